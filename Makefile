@@ -1,0 +1,30 @@
+# The README's commands are the contract: `make test` is what CI runs (.ci/run calls exactly it).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv test lint demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned, so nothing resolves a newer multi-GB build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m ruff check theseus_ops tests benchmarks
+	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+lint: venv
+	$(BIN)/python -m ruff check theseus_ops tests benchmarks
+
+demo: venv
+	$(BIN)/python -m theseus_ops.demo_cli
+
+clean:
+	rm -rf $(VENV) .theseus .pytest_cache

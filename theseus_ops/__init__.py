@@ -1,0 +1,8 @@
+"""theseus-ops: move fine-tuned task vectors to a new base model release without retraining.
+
+The transport engine lives in :mod:`theseus_ops.transport` (torch only); files and models in
+:mod:`theseus_ops.io`; the user-facing Python API in :mod:`theseus_ops.api`, mirrored by the
+``theseus-ops`` CLI.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,362 @@
+"""The Python API, mirrored one to one by the ``theseus-ops`` CLI.
+
+    from theseus_ops.api import prepare, transport, apply_task_vector
+    from theseus_ops.config import PrepareConfig, TransportConfig, CalibrationSpec
+
+    prepare(PrepareConfig("v1", "v2", CalibrationSpec("calib.safetensors")), "v1-v2.alignment")
+    transport(TransportConfig("v1", "v2", "theseus", task_vector="tv.safetensors",
+                              alignment="v1-v2.alignment"), out="tv-v2.safetensors")
+    apply_task_vector("v2", "tv-v2.safetensors", alpha=1.0, out="v2-tuned")
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from theseus_ops import __version__
+from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig, check_alpha
+from theseus_ops.errors import InputError, PartialTransportError
+from theseus_ops.io.alignment import Alignment
+from theseus_ops.io.atomic import atomic_path, write_text
+from theseus_ops.io.calibration import Calibration, check_paired, load_calibration
+from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_model, resolve_device
+from theseus_ops.io.task_vectors import (
+    ADAPTER_CONFIG,
+    META_BASE_SHA,
+    META_BASE_TYPE,
+    read_task_vector,
+    validate_against_base,
+    write_task_vector,
+)
+from theseus_ops.transport.engine import (
+    ParamPlan,
+    ParamRecord,
+    all_space_keys,
+    detect_prefix,
+    execute_plan,
+    plan_transport,
+    space_requests,
+    space_widths,
+)
+from theseus_ops.transport.family import FamilySpec, same_family
+from theseus_ops.transport.layer_map import LayerMap, build_layer_map
+from theseus_ops.transport.methods import get_method
+from theseus_ops.transport.methods.baselines import check_same_shapes, pad_maps
+from theseus_ops.transport.methods.gradfix import GradFixConfig, apply_gradfix, descent_signs
+from theseus_ops.transport.methods.theseus import ProbeConfig, estimate_maps, probe_inputs
+from theseus_ops.transport.task_vector import TaskVector
+
+log = logging.getLogger("theseus_ops")
+
+
+def _progress(message: str) -> None:
+    log.info(message)
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """Two base models of one family, read from their headers, and how their layers pair."""
+
+    source: ModelInfo
+    target: ModelInfo
+    family: FamilySpec
+    layer_map: LayerMap
+    source_prefix: str
+    target_prefix: str
+
+
+def open_pair(source_base: str, target_base: str, layer_map: str) -> ModelPair:
+    source, target = inspect_model_dir(source_base), inspect_model_dir(target_base)
+    family = same_family(source.model_type, target.model_type)
+    lm = build_layer_map(layer_map, source.num_layers, target.num_layers)
+    if lm.unmapped_targets:
+        log.warning("target layers without a source layer (they receive no update): %s", lm.unmapped_targets)
+    return ModelPair(source, target, family, lm, detect_prefix(family, list(source.shapes)),
+                     detect_prefix(family, list(target.shapes)))
+
+
+def _model_summary(info: ModelInfo) -> dict:
+    return {"path": str(info.path), "sha256": info.sha256(), "model_type": info.model_type,
+            "layers": info.num_layers}
+
+
+def load_calibrations(spec: CalibrationSpec, input_kind: str, max_rows: int | None) -> tuple[Calibration, Calibration]:
+    if spec.both:
+        source = target = load_calibration(spec.both, input_kind)
+    else:
+        source = load_calibration(spec.source, input_kind)
+        target = load_calibration(spec.target, input_kind)
+        check_paired(source, target)
+    if max_rows is not None and max_rows < source.rows:
+        source, target = source.head(max_rows), target.head(max_rows)
+    if source.rows < 2:
+        raise InputError(f"calibration has {source.rows} row(s); at least 2 examples are needed")
+    return source, target
+
+
+def _existing_modules(model: torch.nn.Module) -> set[str]:
+    return {name for name, _ in model.named_modules()}
+
+
+def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None = None) -> Alignment:
+    """Maps for the given target-space keys (all of the family's when None), with provenance."""
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    if cfg.method == "theseus":
+        source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows)
+        source_data, target_data = source_cal.inputs(), target_cal.inputs()
+        calibration_info = {"source_fingerprint": source_cal.fingerprint, "target_fingerprint": target_cal.fingerprint,
+                            "rows": source_cal.rows}
+    else:
+        source_data = target_data = None
+        calibration_info = {"probe": "seeded synthetic inputs", "seed": cfg.probe_seed}
+    _progress(f"loading models {pair.source.path} and {pair.target.path} on {device}")
+    source_model = load_model(pair.source, device)
+    target_model = load_model(pair.target, device)
+    wanted = keys if keys is not None else all_space_keys(pair.family, pair.layer_map)
+    requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix)
+    present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
+    skipped = [r.key for r in requests if r.source.module not in present_a or r.target.module not in present_b]
+    if skipped and keys is not None:
+        raise InputError(f"space(s) {', '.join(skipped)} are needed but a model lacks their module")
+    requests = [r for r in requests if r.key not in skipped]
+    if source_data is None:
+        # The widest space is the widest trailing dimension of any weight (e.g. an MLP's hidden width).
+        max_width = max(int(s[-1]) for info in (pair.source, pair.target) for s in info.shapes.values())
+        source_data, target_data = probe_inputs(pair.source.config, pair.target.config, pair.family.input_kind,
+                                                 max_width, ProbeConfig(seed=cfg.probe_seed))
+        calibration_info["rows"] = next(iter(source_data.values())).shape[0]
+    maps, quality = estimate_maps(
+        source_model, target_model, requests, source_data, target_data,
+        layout=pair.family.token_layout, options=cfg.map_options, batch_size=cfg.batch_size, device=device,
+        progress=_progress,
+    )
+    del source_model, target_model
+    provenance = {
+        "theseus_ops_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "family": pair.family.name,
+        "source": _model_summary(pair.source),
+        "target": _model_summary(pair.target),
+        "calibration": calibration_info,
+        "options": cfg.provenance_options(),
+        "layer_map": pair.layer_map.describe(),
+        "skipped_spaces": skipped,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return Alignment({k: v.cpu() for k, v in maps.items()}, {k: q.as_dict() for k, q in quality.items()}, provenance)
+
+
+def prepare(cfg: PrepareConfig, out: str | Path) -> Alignment:
+    """Estimate every space's map once for a (source, target, calibration, options) and save it."""
+    pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
+    alignment = compute_alignment(cfg, pair)
+    alignment.save(out)
+    _progress(f"wrote alignment with {len(alignment.maps)} spaces to {out}")
+    return alignment
+
+
+def _check_alignment(alignment: Alignment, pair: ModelPair, method: str, where: str) -> None:
+    prov = alignment.provenance
+    if prov["source"]["sha256"] != pair.source.sha256() or prov["target"]["sha256"] != pair.target.sha256():
+        raise InputError(f"{where} was prepared for another model pair "
+                         f"({prov['source']['path']} -> {prov['target']['path']})")
+    if list(prov["layer_map"]["sources"]) != list(pair.layer_map.sources):
+        raise InputError(f"{where} was prepared with layer map {prov['layer_map']['kind']}; pass the same --layer-map")
+    if prov["options"]["method"] != method:
+        raise InputError(f"{where} holds {prov['options']['method']} maps but --method is {method}")
+
+
+def _load_task_vector(cfg: TransportConfig, pair: ModelPair) -> tuple[TaskVector, str]:
+    where = cfg.task_vector or cfg.source_tuned
+    tv = read_task_vector(where, pair.source, tuned=bool(cfg.source_tuned))
+    validate_against_base(tv, pair.source, f"task vector {where}")
+    return tv, str(where)
+
+
+def _space_quality_lines(records: list[ParamRecord], quality: dict[str, dict]) -> list[dict]:
+    lines = []
+    for record in records:
+        line = record.as_dict()
+        line["space_residuals"] = {k: quality[k]["residual"] for k in record.spaces if k in quality}
+        lines.append(line)
+    return lines
+
+
+def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVector, records: list[ParamRecord],
+                 quality: dict[str, dict], extra: dict) -> dict:
+    left = [r for r in records if r.status == "left_out"]
+    return {
+        "theseus_ops_version": __version__,
+        "method": cfg.method,
+        "source_base": _model_summary(pair.source),
+        "target_base": _model_summary(pair.target),
+        "task_vector": {"path": tv_path, "kind": tv.kind, "entries": len(records)},
+        "layer_map": pair.layer_map.describe(),
+        "options": {"center": cfg.center, "whiten_power": cfg.whiten_power, "max_rows": cfg.max_rows,
+                    "allow_partial": cfg.allow_partial, "gradfix_mode": cfg.gradfix_mode,
+                    "gradfix_signs": cfg.gradfix_signs, "alignment": cfg.alignment},
+        "parameters": _space_quality_lines(records, quality),
+        "spaces": quality,
+        **extra,
+        "summary": {
+            "total": len(records),
+            "transported": len(records) - len(left),
+            "left_out": len(left),
+            "target_layers_without_source": pair.layer_map.unmapped_targets,
+            "underdetermined_spaces": sorted(k for k, q in quality.items() if q.get("underdetermined")),
+        },
+    }
+
+
+def _gradfix(cfg: TransportConfig, pair: ModelPair, tv: TaskVector, plans: list[ParamPlan]):
+    if tv.kind != "full":
+        raise InputError("gradfix masks full deltas; this task vector is a LoRA adapter (use theseus or pad, "
+                         "or pass the fine-tuned model with --source-tuned)")
+    gf = GradFixConfig(cfg.gradfix_mode, cfg.gradfix_signs, cfg.batch_size)
+    _source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows)
+    device = resolve_device(cfg.device)
+    model = load_model(pair.target, device, dtype=torch.float32)
+    names = [p.source_name for p in plans if not p.reason]
+    signs = descent_signs(model, names, target_cal.tensors, gf, device, _progress)
+    masked, kept = apply_gradfix(TaskVector("full", deltas={n: tv.deltas[n] for n in names}), signs, gf.mode)
+    records = []
+    for plan in plans:
+        before = tv.norm(plan.source_name)
+        if plan.reason:
+            records.append(ParamRecord(plan.source_name, "left_out", plan.rule, [], before, None, [], plan.reason))
+        else:
+            records.append(ParamRecord(plan.source_name, "transported", f"gradfix-{gf.mode}",
+                                       [plan.targets[0].name], before, masked.norm(plan.source_name), []))
+    return masked, records, {"gradfix": {"kept_fraction": kept, "examples": target_cal.rows}}
+
+
+def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | None = None) -> dict:
+    """Port one task vector to the target base; strict unless ``allow_partial``. Returns the report."""
+    method = get_method(cfg.method)
+    pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
+    tv, tv_path = _load_task_vector(cfg, pair)
+    if tv.kind == "lora" and not method.supports_lora:
+        raise InputError(f"method {cfg.method} does not support LoRA adapters")
+    plans = plan_transport(pair.family, tv.names(), pair.target.shapes, pair.layer_map, pair.target_prefix)
+    if method.same_shape_only:
+        check_same_shapes(cfg.method, plans, pair.source.shapes, pair.layer_map.kind,
+                          pair.source.num_layers, pair.target.num_layers)
+    quality: dict[str, dict] = {}
+    extra: dict = {}
+    if cfg.method == "gradfix":
+        result, records, extra = _gradfix(cfg, pair, tv, plans)
+    else:
+        needed = set().union(*(p.spaces() for p in plans)) if plans else set()
+        if cfg.method in ("pad", "naive"):
+            maps = pad_maps(space_widths(plans, pair.source.shapes))
+        elif cfg.alignment:
+            alignment = Alignment.load(cfg.alignment)
+            _check_alignment(alignment, pair, cfg.method, f"alignment {cfg.alignment}")
+            maps, quality = alignment.maps, {k: v for k, v in alignment.quality.items() if k in needed}
+            extra["alignment_provenance"] = alignment.provenance
+        else:
+            alignment = compute_alignment(cfg.prepare_config(), pair, needed)
+            maps, quality = alignment.maps, alignment.quality
+            extra["alignment_provenance"] = alignment.provenance
+        result, records = execute_plan(tv, plans, maps)
+    report = build_report(cfg, pair, tv_path, tv, records, quality, extra)
+    if report_path:
+        write_text(report_path, json.dumps(report, indent=2, sort_keys=False))
+    left = [r for r in records if r.status == "left_out"]
+    if left and not cfg.allow_partial:
+        raise PartialTransportError(
+            f"{len(left)} of {len(records)} task-vector parameters cannot be transported "
+            f"(first: {left[0].name}: {left[0].reason}); see --report, or pass --allow-partial")
+    for name in result.names():
+        tensors = [result.deltas[name]] if result.kind == "full" else [result.lora[name].a, result.lora[name].b]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise InputError(f"transport produced NaN or Inf for {name}; refusing to write {out}")
+    metadata = {
+        META_BASE_SHA: pair.target.sha256(),
+        META_BASE_TYPE: pair.target.model_type,
+        "theseus.method": cfg.method,
+        "theseus.transported_from_base": pair.source.sha256(),
+        "theseus.left_out": str(len(left)),
+    }
+    write_task_vector(result, out, metadata, target_dir=str(pair.target.path))
+    _progress(f"wrote {result.kind} task vector with {len(result.names())} tensors to {out} "
+              f"({len(records) - len(left)}/{len(records)} transported)")
+    return report
+
+
+_WEIGHT_FILES = ("config.json", "model.safetensors.index.json")
+
+
+def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, out: str | Path) -> Path:
+    """θ_B + α·τ_B as a model directory that loads with ``from_pretrained``; tokenizer files copied."""
+    alpha = check_alpha(alpha)
+    info = inspect_model_dir(base)
+    tv = read_task_vector(task_vector)
+    validate_against_base(tv, info, f"task vector {task_vector}")
+    model = load_model(info, torch.device("cpu"))
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name in tv.names():
+            param = state[name]
+            delta = tv.deltas[name] if tv.kind == "full" else tv.lora[name].dense()
+            if delta.shape != param.shape:
+                delta = delta.T
+            param.add_(alpha * delta.to(param.dtype))
+    out = Path(out)
+    with atomic_path(out, directory=True) as tmp:
+        model.save_pretrained(str(tmp))
+        for item in Path(base).iterdir():
+            if item.is_file() and not item.name.endswith(".safetensors") and item.name not in _WEIGHT_FILES \
+                    and not (tmp / item.name).exists():
+                shutil.copy2(item, tmp / item.name)
+    _progress(f"wrote {out} = {base} + {alpha} x {task_vector}")
+    return out
+
+
+def inspect_path(path: str | Path) -> dict:
+    """Summarise a model directory, a task vector (file, adapter) or an alignment file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    if path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+        info = inspect_model_dir(path)
+        return {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.family.name,
+                "layers": info.num_layers, "parameters": sum(_numel(s) for s in info.shapes.values()),
+                "tensors": len(info.shapes), "dtypes": sorted(set(info.dtypes.values())), "sha256": info.sha256()}
+    if path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+        if "theseus.alignment" in meta:
+            alignment = Alignment.load(path)
+            q = alignment.quality
+            return {"kind": "alignment", "path": str(path), "provenance": alignment.provenance,
+                    "spaces": len(alignment.maps),
+                    "worst_residual": max((v["residual"] for v in q.values()), default=None),
+                    "underdetermined": sorted(k for k, v in q.items() if v["underdetermined"]),
+                    "quality": q}
+    tv = read_task_vector(path)
+    return {"kind": f"task_vector/{tv.kind}", "path": str(path), "tensors": len(tv.names()),
+            "metadata": tv.metadata,
+            "norms": {n: round(tv.norm(n), 6) for n in tv.names()},
+            **({"rank": sorted({f.rank for f in tv.lora.values()})} if tv.kind == "lora" else {})}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

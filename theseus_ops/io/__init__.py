@@ -1,0 +1,1 @@
+"""Files: model directories, task vectors, calibration sets and alignment files."""

@@ -1,0 +1,187 @@
+"""Task vectors on disk, in three forms: a safetensors delta file, a PEFT LoRA adapter directory,
+or a fine-tuned model directory (whose delta against the source base is computed).
+
+Every form is validated against the source base before any work: keys must exist, shapes must
+match, and values must be finite. Output keeps the input's form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import atomic_path
+from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_state
+from theseus_ops.transport.task_vector import LoraFactors, TaskVector
+
+FORMAT_VERSION = "1"
+META_FORMAT = "theseus.format_version"
+META_KIND = "theseus.kind"
+META_BASE_SHA = "theseus.base_sha256"
+META_BASE_TYPE = "theseus.base_model_type"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+                       r"(?:\.weight)?$")
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return tensors, metadata
+
+
+def read_delta_file(path: Path) -> TaskVector:
+    tensors, metadata = _load_safetensors(path)
+    if not tensors:
+        raise InputError(f"{path}: the task vector holds no tensors")
+    kind = metadata.get(META_KIND, "full_delta")
+    if kind != "full_delta":
+        raise InputError(f"{path}: task-vector kind {kind!r} is not supported (expected full_delta)")
+    return TaskVector("full", deltas=tensors, metadata=metadata)
+
+
+def _lora_scaling(config: dict, module: str, rank: int) -> float:
+    alpha = config.get("lora_alpha", 8)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.search(rf"(^|\.){pattern}$", module):
+            alpha = value
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def read_lora_adapter(directory: Path) -> TaskVector:
+    """A PEFT LoRA adapter directory as factors keyed by the adapted weight's parameter name."""
+    try:
+        config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{directory / ADAPTER_CONFIG}: corrupt adapter config ({exc})") from exc
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise InputError(f"{directory}: only LoRA adapters are supported, got peft_type {config.get('peft_type')!r}")
+    if config.get("use_dora"):
+        raise InputError(f"{directory}: DoRA adapters are not supported (their magnitude vector has no transport rule)")
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise InputError(f"{directory}: no {ADAPTER_WEIGHTS} (only safetensors adapters are supported)")
+    tensors, metadata = _load_safetensors(weights)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        found = _PEFT_KEY.match(key)
+        if not found:
+            raise InputError(f"{weights}: entry {key!r} is not a LoRA factor (modules_to_save and biases "
+                             "are not supported)")
+        parts.setdefault(found.group("module"), {})[found.group("part")] = value
+    factors = {}
+    for module, p in parts.items():
+        embedding = "lora_embedding_A" in p
+        a = p.get("lora_embedding_A" if embedding else "lora_A")
+        b = p.get("lora_embedding_B" if embedding else "lora_B")
+        if a is None or b is None or a.shape[0] != b.shape[1]:
+            raise InputError(f"{weights}: module {module} lacks a matching pair of LoRA factors")
+        factors[f"{module}.weight"] = LoraFactors(a, b, _lora_scaling(config, module, a.shape[0]), embedding)
+    if not factors:
+        raise InputError(f"{weights}: the adapter holds no LoRA factors")
+    return TaskVector("lora", lora=factors, adapter_config=config, metadata=metadata)
+
+
+def delta_from_tuned(tuned_dir: Path, source: ModelInfo) -> TaskVector:
+    """tuned − base for every tensor that changed; shapes and names must match the base."""
+    tuned = inspect_model_dir(tuned_dir)
+    if tuned.family.name != source.family.name:
+        raise InputError(f"{tuned_dir} is a {tuned.family.name} model but the source base is {source.family.name}")
+    unknown = sorted(set(tuned.shapes) - set(source.shapes))
+    if unknown:
+        raise InputError(f"{tuned_dir}: parameter {unknown[0]} does not exist in the source base "
+                         f"({len(unknown)} such)")
+    for name, shape in tuned.shapes.items():
+        if source.shapes[name] != shape:
+            raise InputError(f"{tuned_dir}: {name} has shape {list(shape)} but the source base has "
+                             f"{list(source.shapes[name])}")
+    tuned_state, base_state = load_state(tuned), load_state(source)
+    deltas = {}
+    for name, value in tuned_state.items():
+        delta = value.float() - base_state[name].float()
+        if bool(delta.any()):
+            deltas[name] = delta.to(value.dtype) if value.is_floating_point() else delta
+    if not deltas:
+        raise InputError(f"{tuned_dir}: identical to the source base; the task vector would be empty")
+    return TaskVector("full", deltas=deltas, metadata={META_KIND: "full_delta"})
+
+
+def read_task_vector(path: str | Path, source: ModelInfo | None = None, tuned: bool = False) -> TaskVector:
+    """Read any task-vector form; ``tuned`` marks a fine-tuned model directory (needs ``source``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"task vector {path} does not exist")
+    if tuned or (path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file()):
+        if source is None:
+            raise InputError(f"{path} is a fine-tuned model directory; the source base is needed to compute its delta")
+        return delta_from_tuned(path, source)
+    if path.is_dir():
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise InputError(f"{path}: neither a PEFT adapter ({ADAPTER_CONFIG}) nor a model directory (config.json)")
+        return read_lora_adapter(path)
+    return read_delta_file(path)
+
+
+def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None:
+    """Keys must exist in the source base with matching shapes; values must be finite."""
+    base_sha = tv.metadata.get(META_BASE_SHA)
+    if base_sha and base_sha != source.sha256():
+        raise InputError(f"{where} was made on base {base_sha[:12]} but the source base {source.path} "
+                         f"is {source.sha256()[:12]}")
+    for name in tv.names():
+        if name not in source.shapes:
+            raise InputError(f"{where}: parameter {name} does not exist in the source base")
+        shape = source.shapes[name]
+        if tv.kind == "full":
+            tensors = {"delta": tv.deltas[name]}
+            got = tuple(tv.deltas[name].shape)
+            ok = got == shape
+        else:
+            f = tv.lora[name]
+            tensors = {"lora_A": f.a, "lora_B": f.b}
+            got = (f.b.shape[0], f.a.shape[1])
+            ok = got in (shape, tuple(reversed(shape)))
+        if not ok:
+            raise InputError(f"{where}: {name} has shape {list(got)} but the source base has {list(shape)}")
+        for part, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise InputError(f"{where}: {name} ({part}) contains NaN or Inf")
+
+
+def write_task_vector(tv: TaskVector, dest: str | Path, metadata: dict[str, str], target_dir: str | None = None) -> None:
+    """Write atomically: a delta file for a full vector, a PEFT adapter directory for LoRA."""
+    dest = Path(dest)
+    meta = {META_FORMAT: FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
+    if tv.kind == "full":
+        meta[META_KIND] = "full_delta"
+        tensors = {k: v.contiguous() for k, v in tv.deltas.items()}
+        with atomic_path(dest) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return
+    meta[META_KIND] = "lora"
+    tensors = {}
+    for name, f in tv.lora.items():
+        module = name.removesuffix(".weight")
+        a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if f.embedding else ("lora_A.weight", "lora_B.weight")
+        tensors[f"base_model.model.{module}.{a_key}"] = f.a.contiguous()
+        tensors[f"base_model.model.{module}.{b_key}"] = f.b.contiguous()
+    config = dict(tv.adapter_config or {})
+    if target_dir is not None:
+        config["base_model_name_or_path"] = str(target_dir)
+    with atomic_path(dest, directory=True) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=meta)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -1,0 +1,236 @@
+"""Plan and execute a transport: which target parameter each task-vector entry becomes, through
+which spaces, and a report line for every entry, transported or not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from theseus_ops.transport.family import FamilySpec, is_shared, resolve_name, space_key
+from theseus_ops.transport.layer_map import LayerMap
+from theseus_ops.transport.rules import RuleRefused, transport_dense, transport_lora
+from theseus_ops.transport.statistics import ResolvedSite, SpaceRequest
+from theseus_ops.transport.task_vector import TaskVector
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """One target parameter fed by a source parameter, and the spaces its rule uses."""
+
+    name: str
+    layer: int | None
+    reads: str | None
+    writes: tuple[str, ...]
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """What happens to one task-vector entry. ``reason`` set means it cannot be transported."""
+
+    source_name: str
+    rule: str | None
+    source_layer: int | None
+    targets: tuple[TargetPlan, ...] = ()
+    reason: str | None = None
+    spec: object = field(default=None, compare=False, repr=False)
+
+    def spaces(self) -> set[str]:
+        keys = set()
+        for t in self.targets:
+            keys.update(k for k in (t.reads, *t.writes) if k and not is_shared(k))
+        return keys
+
+
+@dataclass
+class ParamRecord:
+    """One line of the report."""
+
+    name: str
+    status: str
+    rule: str | None
+    targets: list[str]
+    norm_before: float
+    norm_after: float | None
+    spaces: list[str]
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def detect_prefix(family: FamilySpec, names: list[str]) -> str:
+    """The naming prefix a model uses (e.g. ``vision_model.`` for a full CLIP model)."""
+    counts = {p: 0 for p in family.prefixes}
+    for name in names:
+        found = family.match(name)
+        if found:
+            counts[found[2]] += 1
+    return max(counts, key=lambda p: (counts[p], -len(p)))
+
+
+def plan_transport(
+    family: FamilySpec,
+    names: list[str],
+    target_shapes: Mapping[str, tuple[int, ...]],
+    layer_map: LayerMap,
+    target_prefix: str,
+) -> list[ParamPlan]:
+    """Resolve every task-vector entry to its target parameters and spaces."""
+    plans = []
+    for name in names:
+        found = family.match(name)
+        if found is None:
+            plans.append(ParamPlan(name, None, None, reason=f"no rule in family {family.name} for this parameter"))
+            continue
+        spec, layer, _prefix = found
+        layers: list[int | None] = [None]
+        if spec.layered:
+            assert layer is not None
+            layers = list(layer_map.targets_of(layer))
+            if not layers:
+                plans.append(ParamPlan(name, spec.rule, layer, reason=f"source layer {layer} feeds no target layer "
+                                       f"under layer map {layer_map.kind}", spec=spec))
+                continue
+        targets, reason = [], None
+        for j in layers:
+            target_name = resolve_name(spec.name, j, target_prefix)
+            if target_name not in target_shapes:
+                tied = f" (the target ties it to {spec.tied_to})" if spec.tied_to else ""
+                reason = f"target has no parameter {target_name}{tied}"
+                break
+
+            def key(site: str, j: int | None = j, layered: bool = spec.layered) -> str:
+                return space_key(site, j, layered and site in family.layer_sites)
+
+            targets.append(TargetPlan(
+                name=target_name,
+                layer=j,
+                reads=key(spec.reads) if spec.reads else None,
+                writes=tuple(key(s) for s in spec.writes),
+                shape=tuple(target_shapes[target_name]),
+            ))
+        if reason:
+            plans.append(ParamPlan(name, spec.rule, layer, reason=reason, spec=spec))
+        else:
+            plans.append(ParamPlan(name, spec.rule, layer, tuple(targets), spec=spec))
+    return plans
+
+
+def space_requests(
+    family: FamilySpec,
+    keys: set[str],
+    layer_map: LayerMap,
+    source_prefix: str,
+    target_prefix: str,
+) -> list[SpaceRequest]:
+    """Site pairs for the given target-space keys: target layer j reads source layer sources[j]."""
+    requests = []
+    for key in sorted(keys):
+        if key.startswith("layers."):
+            _, j_text, site_name = key.split(".", 2)
+            j = int(j_text)
+            source_layer = layer_map.sources[j]
+            if source_layer is None:
+                continue
+            site = family.layer_sites[site_name]
+            source_key = f"layers.{source_layer}.{site_name}"
+        else:
+            j = source_layer = None
+            site = family.global_sites[key]
+            source_key = key
+        requests.append(SpaceRequest(
+            key=key,
+            source_key=source_key,
+            source=ResolvedSite(resolve_name(site.module, source_layer, source_prefix), site.capture,
+                                site.chunk, site.chunks),
+            target=ResolvedSite(resolve_name(site.module, j, target_prefix), site.capture, site.chunk, site.chunks),
+        ))
+    return requests
+
+
+def all_space_keys(family: FamilySpec, layer_map: LayerMap) -> set[str]:
+    """Every space of the family for a layer map: what ``prepare`` estimates for reuse."""
+    keys = set(family.global_sites)
+    for j, source in enumerate(layer_map.sources):
+        if source is not None:
+            keys.update(f"layers.{j}.{site}" for site in family.layer_sites)
+    return keys
+
+
+def space_widths(plans: list[ParamPlan], source_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
+    """(width in A, width in B) of each space, read off the parameters that use it (for pad/naive)."""
+    widths: dict[str, tuple[int, int]] = {}
+    for plan in plans:
+        if plan.reason or plan.spec is None:
+            continue
+        spec = plan.spec
+        src = source_shapes[plan.source_name]
+        for t in plan.targets:
+            dst = t.shape
+            if spec.rule == "linear":
+                s_out, s_in = (src[1], src[0]) if spec.layout == "in_out" else (src[0], src[1])
+                d_out, d_in = (dst[1], dst[0]) if spec.layout == "in_out" else (dst[0], dst[1])
+                pairs = [(t.reads, s_in, d_in)]
+                k = len(t.writes)
+                pairs += [(w, s_out // k, d_out // k) for w in t.writes]
+            elif spec.rule in ("bias", "norm"):
+                k = len(t.writes)
+                pairs = [(w, src[0] // k, dst[0] // k) for w in t.writes]
+            elif spec.rule == "patch_conv":
+                pairs = [(t.writes[0], src[0], dst[0])]
+            else:
+                pairs = [(t.writes[0], src[-1], dst[-1])]
+            for key, a, b in pairs:
+                if key and not is_shared(key):
+                    widths.setdefault(key, (a, b))
+    return widths
+
+
+def execute_plan(
+    task_vector: TaskVector,
+    plans: list[ParamPlan],
+    maps: Mapping[str, torch.Tensor],
+) -> tuple[TaskVector, list[ParamRecord]]:
+    """Apply the rules with the given space maps; every entry gets a record."""
+    out = TaskVector(task_vector.kind, adapter_config=task_vector.adapter_config)
+    records = []
+    for plan in plans:
+        before = task_vector.norm(plan.source_name)
+        if plan.reason:
+            records.append(ParamRecord(plan.source_name, "left_out", plan.rule, [], before, None, [], plan.reason))
+            continue
+        produced, reason = {}, None
+        for t in plan.targets:
+            missing = [k for k in (t.reads, *t.writes) if k and not is_shared(k) and k not in maps]
+            if missing:
+                reason = f"no map for space(s) {', '.join(missing)}"
+                break
+            map_in = maps[t.reads] if t.reads and not is_shared(t.reads) else None
+            maps_out = [None if is_shared(w) else maps[w] for w in t.writes]
+            try:
+                if task_vector.kind == "full":
+                    produced[t.name] = transport_dense(plan.spec, plan.source_name,
+                                                       task_vector.deltas[plan.source_name], map_in, maps_out, t.shape)
+                else:
+                    produced[t.name] = transport_lora(plan.spec, plan.source_name,
+                                                      task_vector.lora[plan.source_name], map_in, maps_out, t.shape)
+            except RuleRefused as exc:
+                reason = str(exc)
+                break
+        spaces = sorted(plan.spaces())
+        if reason:
+            records.append(ParamRecord(plan.source_name, "left_out", plan.rule, [], before, None, spaces, reason))
+            continue
+        store = out.deltas if out.kind == "full" else out.lora
+        after = 0.0
+        for name, value in produced.items():
+            store[name] = value
+            after += out.norm(name) ** 2
+        records.append(ParamRecord(plan.source_name, "transported", plan.rule, sorted(produced), before,
+                                   math.sqrt(after), spaces))
+    return out, records

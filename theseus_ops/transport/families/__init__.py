@@ -1,0 +1,1 @@
+"""Declarative family descriptions, one JSON file per architecture family (see ``family.py``)."""

@@ -1,0 +1,94 @@
+"""GradFix (arXiv 2510.09658): between two bases of identical shape, keep the coordinates of τ
+whose sign agrees with −∇L of the target on a few labeled examples (or force them to it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from theseus_ops.errors import InputError
+from theseus_ops.transport.statistics import model_inputs
+from theseus_ops.transport.task_vector import TaskVector
+
+log = logging.getLogger("theseus_ops")
+
+
+@dataclass(frozen=True)
+class GradFixConfig:
+    """``mode``: normal keeps agreeing coordinates; force uses |τ|·(−sign g) everywhere g ≠ 0.
+    ``signs``: mean takes the sign of the mean gradient; vote a per-example majority.
+    """
+
+    mode: str = "normal"
+    signs: str = "mean"
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("normal", "force"):
+            raise InputError(f"gradfix mode must be normal or force, got {self.mode!r}")
+        if self.signs not in ("mean", "vote"):
+            raise InputError(f"gradfix signs must be mean or vote, got {self.signs!r}")
+        if self.batch_size < 1:
+            raise InputError("gradfix batch size must be at least 1")
+
+
+def descent_signs(
+    model: torch.nn.Module,
+    names: list[str],
+    data: dict[str, torch.Tensor],
+    config: GradFixConfig,
+    device: torch.device,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """sign(g) of the model's own task loss at its current weights, per named parameter."""
+    if "labels" not in data:
+        raise InputError("gradfix needs 'labels' in the target calibration file (LM: -100 outside the answer)")
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise InputError(f"gradfix: the target model has no trainable parameter {missing[0]}")
+    for name, p in params.items():
+        p.requires_grad_(name in names)
+    total = data["labels"].shape[0]
+    step = 1 if config.signs == "vote" else config.batch_size
+    votes = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    model.zero_grad(set_to_none=True)
+    for start in range(0, total, step):
+        batch = {k: v[start : start + step] for k, v in data.items()}
+        out = model(**model_inputs(batch, model, device), labels=batch["labels"].to(device))
+        if out.loss is None or not torch.isfinite(out.loss):
+            raise InputError("gradfix: the model's task loss is undefined on these labels (all ignored?)")
+        weight = batch["labels"].shape[0] / total
+        (out.loss * (1.0 if config.signs == "vote" else weight)).backward()
+        if config.signs == "vote":
+            for n in names:
+                votes[n] += params[n].grad.float().sign()
+            model.zero_grad(set_to_none=True)
+        if progress:
+            progress(f"gradfix: gradients {min(start + step, total)}/{total} examples")
+    if config.signs == "mean":
+        votes = {n: params[n].grad.float().sign() for n in names}
+    model.zero_grad(set_to_none=True)
+    return {n: v.sign() for n, v in votes.items()}
+
+
+def apply_gradfix(tv: TaskVector, signs: dict[str, torch.Tensor], mode: str) -> tuple[TaskVector, dict[str, float]]:
+    """Mask (normal) or re-sign (force) each delta; returns the kept fraction per parameter."""
+    out = TaskVector("full", metadata=dict(tv.metadata))
+    kept = {}
+    for name, delta in tv.deltas.items():
+        descent = -signs[name].to(delta.device)
+        d = delta.float()
+        if mode == "normal":
+            keep = (d.sign() == descent) & (descent != 0)
+            new = torch.where(keep, d, torch.zeros_like(d))
+        else:
+            keep = descent != 0
+            new = d.abs() * descent
+        out.deltas[name] = new.to(delta.dtype)
+        kept[name] = float(keep.float().mean())
+    return out, kept

@@ -1,0 +1,254 @@
+"""Streaming activation statistics for pairs of sites (METHOD.md step 3).
+
+Both base models see the same calibration examples batch by batch. Only the modules that some
+requested space needs are hooked, and a module hooked by several spaces is captured once. The
+cross moment is a float32 matrix product per batch, accumulated in float64 on the compute device;
+no activation leaves the device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from theseus_ops.errors import InputError
+
+
+@dataclass(frozen=True)
+class ResolvedSite:
+    """A concrete module of a concrete model, its input or output, optionally one chunk."""
+
+    module: str
+    capture: str
+    chunk: int | None = None
+    chunks: int = 1
+
+    @property
+    def hook_key(self) -> tuple[str, str]:
+        return (self.module, self.capture)
+
+
+@dataclass(frozen=True)
+class SpaceRequest:
+    """Estimate the map of one target space from one source site and one target site."""
+
+    key: str
+    source_key: str
+    source: ResolvedSite
+    target: ResolvedSite
+
+
+@dataclass
+class SpaceStatistics:
+    """Sufficient statistics of one site pair: cross moment, sums, squares, optional Grams."""
+
+    cross: torch.Tensor
+    sum_a: torch.Tensor
+    sum_b: torch.Tensor
+    sq_a: torch.Tensor
+    sq_b: torch.Tensor
+    rows: int = 0
+    gram_a: torch.Tensor | None = None
+    gram_b: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, width_a: int, width_b: int, device: torch.device, with_gram: bool) -> SpaceStatistics:
+        z = dict(dtype=torch.float64, device=device)
+        return cls(
+            cross=torch.zeros(width_a, width_b, **z),
+            sum_a=torch.zeros(width_a, **z),
+            sum_b=torch.zeros(width_b, **z),
+            sq_a=torch.zeros((), **z),
+            sq_b=torch.zeros((), **z),
+            gram_a=torch.zeros(width_a, width_a, **z) if with_gram else None,
+            gram_b=torch.zeros(width_b, width_b, **z) if with_gram else None,
+        )
+
+    def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+        """Add rows (float32 [n, d]); products in float32, accumulation in float64."""
+        self.cross += (xa.T @ xb).double()
+        self.sum_a += xa.sum(0).double()
+        self.sum_b += xb.sum(0).double()
+        self.sq_a += xa.double().square().sum()
+        self.sq_b += xb.double().square().sum()
+        if self.gram_a is not None and self.gram_b is not None:
+            self.gram_a += (xa.T @ xa).double()
+            self.gram_b += (xb.T @ xb).double()
+        self.rows += xa.shape[0]
+
+
+class _Recorder:
+    """Forward hooks that keep the latest float32 activation of each requested (module, capture)."""
+
+    def __init__(self, model: torch.nn.Module, keys: set[tuple[str, str]]) -> None:
+        self.values: dict[tuple[str, str], torch.Tensor] = {}
+        self._handles = []
+        modules = dict(model.named_modules())
+        for module_name, capture in sorted(keys):
+            if module_name not in modules:
+                raise InputError(f"model has no module {module_name!r} that the family description expects")
+            module = modules[module_name]
+            key = (module_name, capture)
+            if capture == "input":
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook(key), with_kwargs=True))
+            else:
+                self._handles.append(module.register_forward_hook(self._post_hook(key)))
+
+    def _pre_hook(self, key: tuple[str, str]) -> Callable:
+        def hook(_module, args, kwargs):
+            value = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()), None))
+            self.values[key] = _first_tensor(value).float()
+
+        return hook
+
+    def _post_hook(self, key: tuple[str, str]) -> Callable:
+        def hook(_module, _args, output):
+            self.values[key] = _first_tensor(output).float()
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.values.clear()
+
+
+def _first_tensor(value: object) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple | list) or hasattr(value, "to_tuple"):
+        return value[0]  # type: ignore[index]
+    raise TypeError(f"cannot take activations from {type(value).__name__}")
+
+
+def _select(value: torch.Tensor, site: ResolvedSite) -> torch.Tensor:
+    if site.chunk is None:
+        return value
+    return value.chunk(site.chunks, dim=-1)[site.chunk]
+
+
+def _resample_tokens(acts: torch.Tensor, tokens: int, layout: str) -> torch.Tensor:
+    """Resample the token axis of [B, T, d] to ``tokens``: CLS kept and grid bilinear, or linear."""
+    if layout == "cls_grid":
+        cls, grid = acts[:, :1], acts[:, 1:]
+        side_in, side_out = math.isqrt(grid.shape[1]), math.isqrt(tokens - 1)
+        if side_in * side_in != grid.shape[1] or side_out * side_out != tokens - 1:
+            raise InputError("vision token counts are not CLS plus a square patch grid; cannot resample")
+        img = grid.transpose(1, 2).reshape(acts.shape[0], acts.shape[2], side_in, side_in)
+        img = F.interpolate(img, size=(side_out, side_out), mode="bilinear", align_corners=False)
+        return torch.cat([cls, img.flatten(2).transpose(1, 2)], dim=1)
+    return F.interpolate(acts.transpose(1, 2), size=tokens, mode="linear", align_corners=True).transpose(1, 2)
+
+
+def paired_rows(
+    act_a: torch.Tensor,
+    act_b: torch.Tensor,
+    mask: torch.Tensor | None,
+    layout: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of A and B that describe the same token of the same input, as [n, d] each."""
+    if act_a.dim() == 2 and act_b.dim() == 2:
+        return act_a, act_b
+    if act_a.dim() != 3 or act_b.dim() != 3:
+        raise InputError(f"cannot pair activations of shapes {tuple(act_a.shape)} and {tuple(act_b.shape)}")
+    if act_a.shape[1] != act_b.shape[1]:
+        act_a = _resample_tokens(act_a, act_b.shape[1], layout)
+    xa, xb = act_a.reshape(-1, act_a.shape[-1]), act_b.reshape(-1, act_b.shape[-1])
+    if mask is not None:
+        keep = mask.reshape(-1).bool()
+        xa, xb = xa[keep], xb[keep]
+    return xa, xb
+
+
+def _row_mask(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The token mask used to pair rows; equal-length calibrations must agree on it."""
+    mask_a, mask_b = source.get("attention_mask"), target.get("attention_mask")
+    ids_a, ids_b = source.get("input_ids"), target.get("input_ids")
+    if ids_a is not None and ids_b is not None and ids_a.shape[1] != ids_b.shape[1]:
+        for name, mask in (("source", mask_a), ("target", mask_b)):
+            if mask is not None and not bool(mask.all()):
+                raise InputError(
+                    f"{name} calibration is padded and the sequence lengths differ; "
+                    "token rows cannot be paired: use unpadded examples of one length per side"
+                )
+        return None
+    if mask_a is not None and mask_b is not None and not torch.equal(mask_a.bool(), mask_b.bool()):
+        raise InputError("source and target attention masks differ for the same examples; rows cannot be paired")
+    return mask_b if mask_b is not None else mask_a
+
+
+def _forward_callable(model: torch.nn.Module, modules: set[str]) -> Callable[..., object]:
+    """The backbone when every needed site lives inside it: skips heads such as a large LM head."""
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, prefix, None) if prefix else None
+    if backbone is not None and backbone is not model and all(m.startswith(prefix + ".") for m in modules):
+        return backbone
+    return model
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor], model: torch.nn.Module, device: torch.device) -> dict:
+    """The keyword arguments a forward pass takes, on the device and in the model's float dtype."""
+    dtype = next(model.parameters()).dtype
+    out = {}
+    for name in ("input_ids", "attention_mask", "pixel_values"):
+        if name in batch:
+            value = batch[name].to(device)
+            out[name] = value.to(dtype) if value.is_floating_point() else value
+    return out
+
+
+def collect_statistics(
+    source_model: torch.nn.Module,
+    target_model: torch.nn.Module,
+    requests: Sequence[SpaceRequest],
+    source_data: Mapping[str, torch.Tensor],
+    target_data: Mapping[str, torch.Tensor],
+    *,
+    layout: str,
+    batch_size: int,
+    device: torch.device,
+    with_gram: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, SpaceStatistics]:
+    """Stream the calibration examples through both models and accumulate every requested space."""
+    if not requests:
+        return {}
+    total = next(iter(source_data.values())).shape[0]
+    source_keys = {r.source.hook_key for r in requests}
+    target_keys = {r.target.hook_key for r in requests}
+    run_a = _forward_callable(source_model, {m for m, _ in source_keys})
+    run_b = _forward_callable(target_model, {m for m, _ in target_keys})
+    rec_a, rec_b = _Recorder(source_model, source_keys), _Recorder(target_model, target_keys)
+    stats: dict[str, SpaceStatistics] = {}
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for start in range(0, total, batch_size):
+                batch_a = {k: v[start : start + batch_size] for k, v in source_data.items()}
+                batch_b = {k: v[start : start + batch_size] for k, v in target_data.items()}
+                mask = _row_mask(batch_a, batch_b)
+                mask = mask.to(device) if mask is not None else None
+                run_a(**model_inputs(batch_a, source_model, device))
+                run_b(**model_inputs(batch_b, target_model, device))
+                for req in requests:
+                    act_a = _select(rec_a.values[req.source.hook_key], req.source)
+                    act_b = _select(rec_b.values[req.target.hook_key], req.target)
+                    xa, xb = paired_rows(act_a, act_b, mask, layout)
+                    if req.key not in stats:
+                        stats[req.key] = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, with_gram)
+                    stats[req.key].update(xa, xb)
+                rec_a.values.clear()
+                rec_b.values.clear()
+                if progress:
+                    done = min(start + batch_size, total)
+                    progress(f"statistics: {done}/{total} examples, {len(requests)} spaces, "
+                             f"{time.perf_counter() - started:.1f} s")
+    finally:
+        rec_a.close()
+        rec_b.close()
+    return stats
