@@ -202,3 +202,39 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def add_delta(state: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], alpha: float = 1.0):
     return {k: v + alpha * delta[k] if k in delta else v for k, v in state.items()}
+
+
+class Case:
+    """A source base A, a target base B (a function-preserving transform of A), a task vector and
+    a calibration file, all on disk, plus what the oracle needs to compare A + τ_A with B + τ_B."""
+
+    def __init__(self, root: Path, family: str, oracle: str, tie: bool = False, seed: int = 0) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.family, self.oracle = root, family, oracle
+        llama = family == "llama"
+        self.config_a = llama_config(tie=tie) if llama else gpt2_config()
+        model_a = build(self.config_a, seed)
+        self.state_a = file_state(model_a, root / "A")
+        self.source = root / "A"
+        if oracle == "identity":
+            self.config_b, self.state_b = self.config_a, self.state_a
+        elif oracle == "permutation":
+            self.config_b = self.config_a
+            self.state_b = (permute_llama if llama else permute_gpt2)(self.state_a, self.config_a)
+        elif oracle == "widening":
+            self.config_b = llama_config(inter=96, tie=tie) if llama else gpt2_config(inner=160)
+            self.state_b = (widen_mlp_llama if llama else widen_mlp_gpt2)(self.state_a, 32)
+        else:
+            raise ValueError(oracle)
+        self.target = root / "B"
+        save(with_state(self.config_b, self.state_b), self.target)
+        self.delta = random_delta(self.state_a, seed=seed + 1)
+        self.task_vector = save_delta(self.delta, root / "tv.safetensors")
+        self.calibration = calibration(root / "calibration.safetensors")
+
+    def error(self, delta_b: dict[str, torch.Tensor], alpha: float = 1.0) -> float:
+        """Relative logits error of B + α·τ_B against A + α·τ_A on fresh inputs."""
+        ids = torch.randint(3, VOCAB, (4, 20), generator=torch.Generator().manual_seed(99))
+        tuned_a = with_state(self.config_a, add_delta(self.state_a, self.delta, alpha))
+        tuned_b = with_state(self.config_b, add_delta(self.state_b, delta_b, alpha))
+        return relative_error(logits(tuned_b, ids), logits(tuned_a, ids))

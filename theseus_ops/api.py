@@ -45,6 +45,7 @@ from theseus_ops.transport.engine import (
     plan_transport,
     space_requests,
     space_widths,
+    storage_delta,
 )
 from theseus_ops.transport.family import FamilySpec, same_family
 from theseus_ops.transport.layer_map import LayerMap, build_layer_map
@@ -102,6 +103,18 @@ def load_calibrations(spec: CalibrationSpec, input_kind: str, max_rows: int | No
     return source, target
 
 
+def check_token_range(calibration: Calibration, info: ModelInfo, side: str) -> None:
+    """Token ids must index the model's vocabulary; otherwise the forward pass would crash midway."""
+    ids = calibration.tensors.get("input_ids")
+    vocab = info.config.get("vocab_size")
+    if ids is None or not vocab or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        raise InputError(f"{side} calibration {calibration.path}: input_ids span {low}..{high}, outside the "
+                         f"vocabulary of {vocab} of {info.path}")
+
+
 def _existing_modules(model: torch.nn.Module) -> set[str]:
     return {name for name, _ in model.named_modules()}
 
@@ -112,6 +125,8 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     started = time.perf_counter()
     if cfg.method == "theseus":
         source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows)
+        check_token_range(source_cal, pair.source, "source")
+        check_token_range(target_cal, pair.target, "target")
         source_data, target_data = source_cal.inputs(), target_cal.inputs()
         calibration_info = {"source_fingerprint": source_cal.fingerprint, "target_fingerprint": target_cal.fingerprint,
                             "rows": source_cal.rows}
@@ -124,7 +139,8 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     wanted = keys if keys is not None else all_space_keys(pair.family, pair.layer_map)
     requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix)
     present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
-    skipped = [r.key for r in requests if r.source.module not in present_a or r.target.module not in present_b]
+    skipped = [r.key for r in requests
+               if r.source.module_in(present_a) is None or r.target.module_in(present_b) is None]
     if skipped and keys is not None:
         raise InputError(f"space(s) {', '.join(skipped)} are needed but a model lacks their module")
     requests = [r for r in requests if r.key not in skipped]
@@ -223,6 +239,7 @@ def _gradfix(cfg: TransportConfig, pair: ModelPair, tv: TaskVector, plans: list[
                          "or pass the fine-tuned model with --source-tuned)")
     gf = GradFixConfig(cfg.gradfix_mode, cfg.gradfix_signs, cfg.batch_size)
     _source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows)
+    check_token_range(target_cal, pair.target, "target")
     device = resolve_device(cfg.device)
     model = load_model(pair.target, device, dtype=torch.float32)
     names = [p.source_name for p in plans if not p.reason]
@@ -293,31 +310,38 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     return report
 
 
-_WEIGHT_FILES = ("config.json", "model.safetensors.index.json")
-
-
 def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, out: str | Path) -> Path:
-    """θ_B + α·τ_B as a model directory that loads with ``from_pretrained``; tokenizer files copied."""
+    """θ_B + α·τ_B as a model directory that loads with ``from_pretrained``.
+
+    Works on the base's safetensors shards directly, so tensor names, dtypes and sharding stay
+    exactly as the base has them; every other file (config, shard index, tokenizer, processor)
+    is copied along.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     alpha = check_alpha(alpha)
     info = inspect_model_dir(base)
     tv = read_task_vector(task_vector)
     validate_against_base(tv, info, f"task vector {task_vector}")
-    model = load_model(info, torch.device("cpu"))
-    state = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for name in tv.names():
-            param = state[name]
-            delta = tv.deltas[name] if tv.kind == "full" else tv.lora[name].dense()
-            if delta.shape != param.shape:
-                delta = delta.T
-            param.add_(alpha * delta.to(param.dtype))
+    pending = set(tv.names())
     out = Path(out)
     with atomic_path(out, directory=True) as tmp:
-        model.save_pretrained(str(tmp))
+        for shard in info.files:
+            with safe_open(str(shard), framework="pt") as fh:
+                metadata = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+            for name in pending & set(tensors):
+                value = tensors[name]
+                delta = storage_delta(info.family, name, tv)
+                tensors[name] = (value.double() + alpha * delta.double()).to(value.dtype)
+                pending.discard(name)
+            save_file(tensors, str(tmp / shard.name), metadata={**metadata, "format": metadata.get("format", "pt")})
         for item in Path(base).iterdir():
-            if item.is_file() and not item.name.endswith(".safetensors") and item.name not in _WEIGHT_FILES \
-                    and not (tmp / item.name).exists():
+            if item.is_file() and not item.name.endswith(".safetensors"):
                 shutil.copy2(item, tmp / item.name)
+        if pending:
+            raise InputError(f"task vector entries not found in any shard of {base}: {sorted(pending)[:3]}")
     _progress(f"wrote {out} = {base} + {alpha} x {task_vector}")
     return out
 

@@ -11,11 +11,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from theseus_ops.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; on success replace ``dest`` with it, else remove it."""
     dest = Path(dest)
+    if not directory and dest.is_dir():
+        raise InputError(f"output {dest} is a directory; give a file path")
+    if directory and dest.exists() and not dest.is_dir():
+        raise InputError(f"output {dest} is a file; give a directory path")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))

@@ -77,7 +77,8 @@ def load_calibration(path: str | Path, input_kind: str) -> Calibration:
             raise InputError(f"{path}: '{key}' has {tensor.shape[0]} rows but '{main}' has {rows}")
     mask = tensors.get("attention_mask")
     if mask is not None and mask.shape != value.shape:
-        raise InputError(f"{path}: 'attention_mask' shape {list(mask.shape)} differs from 'input_ids' {list(value.shape)}")
+        raise InputError(f"{path}: 'attention_mask' shape {list(mask.shape)} differs from "
+                         f"'input_ids' {list(value.shape)}")
     return Calibration(tensors, fingerprint(tensors), str(path))
 
 

@@ -63,9 +63,20 @@ def read_safetensors_header(path: Path) -> dict:
             if size > 100_000_000:
                 raise ValueError("header length is implausible")
             header = json.loads(fh.read(size))
-            if not isinstance(header, dict):
-                raise ValueError("header is not an object")
-            return header
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+        end = 0
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+                    and isinstance(entry.get("dtype"), str) and len(entry.get("data_offsets", ())) == 2):
+                raise ValueError(f"malformed header entry {name!r}")
+            end = max(end, int(entry["data_offsets"][1]))
+        if 8 + size + end != path.stat().st_size:
+            raise ValueError(f"truncated or padded: header promises {8 + size + end} bytes, "
+                             f"file has {path.stat().st_size}")
+        return header
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
 
@@ -117,7 +128,13 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
                 continue
             shapes[name] = tuple(entry["shape"])
             dtypes[name] = entry["dtype"]
-    return ModelInfo(directory, config, family, shapes, dtypes, files)
+    info = ModelInfo(directory, config, family, shapes, dtypes, files)
+    try:
+        if info.num_layers < 1:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{directory}: config.json has no valid {family.num_layers_key} (layer count)") from None
+    return info
 
 
 def _file_sha256(path: Path) -> str:

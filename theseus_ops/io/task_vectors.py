@@ -28,6 +28,7 @@ META_BASE_SHA = "theseus.base_sha256"
 META_BASE_TYPE = "theseus.base_model_type"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_BASE_LAYER_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.base_layer\.weight$")
 _PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
                        r"(?:\.weight)?$")
 
@@ -77,7 +78,12 @@ def read_lora_adapter(directory: Path) -> TaskVector:
         raise InputError(f"{directory}: no {ADAPTER_WEIGHTS} (only safetensors adapters are supported)")
     tensors, metadata = _load_safetensors(weights)
     parts: dict[str, dict[str, torch.Tensor]] = {}
+    copies = {}
     for key, value in tensors.items():
+        copy = _BASE_LAYER_KEY.match(key)
+        if copy:
+            copies[f"{copy.group('module')}.weight"] = value
+            continue
         found = _PEFT_KEY.match(key)
         if not found:
             raise InputError(f"{weights}: entry {key!r} is not a LoRA factor (modules_to_save and biases "
@@ -93,7 +99,8 @@ def read_lora_adapter(directory: Path) -> TaskVector:
         factors[f"{module}.weight"] = LoraFactors(a, b, _lora_scaling(config, module, a.shape[0]), embedding)
     if not factors:
         raise InputError(f"{weights}: the adapter holds no LoRA factors")
-    return TaskVector("lora", lora=factors, adapter_config=config, metadata=metadata)
+    config.pop("save_embedding_layers", None)
+    return TaskVector("lora", lora=factors, adapter_config=config, metadata=metadata, base_layer_copies=copies)
 
 
 def delta_from_tuned(tuned_dir: Path, source: ModelInfo) -> TaskVector:
@@ -142,6 +149,12 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
     if base_sha and base_sha != source.sha256():
         raise InputError(f"{where} was made on base {base_sha[:12]} but the source base {source.path} "
                          f"is {source.sha256()[:12]}")
+    if tv.base_layer_copies:
+        base = load_state(source, list(tv.base_layer_copies))
+        for name, value in tv.base_layer_copies.items():
+            if name not in base or not torch.equal(base[name], value.to(base[name].dtype)):
+                raise InputError(f"{where}: the adapter carries a modified copy of {name} (resized vocabulary?); "
+                                 "only adapters on the unchanged source base can be transported")
     for name in tv.names():
         if name not in source.shapes:
             raise InputError(f"{where}: parameter {name} does not exist in the source base")
@@ -162,7 +175,9 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
                 raise InputError(f"{where}: {name} ({part}) contains NaN or Inf")
 
 
-def write_task_vector(tv: TaskVector, dest: str | Path, metadata: dict[str, str], target_dir: str | None = None) -> None:
+def write_task_vector(
+    tv: TaskVector, dest: str | Path, metadata: dict[str, str], target_dir: str | None = None
+) -> None:
     """Write atomically: a delta file for a full vector, a PEFT adapter directory for LoRA."""
     dest = Path(dest)
     meta = {META_FORMAT: FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}

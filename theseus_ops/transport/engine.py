@@ -63,6 +63,22 @@ class ParamRecord:
         return dict(self.__dict__)
 
 
+def storage_delta(family: FamilySpec, name: str, tv: TaskVector) -> torch.Tensor:
+    """An entry's dense delta in the parameter's storage layout (Conv1D weights are [in, out]).
+
+    The layout comes from the family description, never from comparing shapes: a square Conv1D
+    weight looks the same either way round.
+    """
+    if tv.kind == "full":
+        return tv.deltas[name]
+    factors = tv.lora[name]
+    delta = factors.dense()
+    found = family.match(name)
+    if found is not None and found[0].layout == "in_out" and not factors.embedding:
+        delta = delta.T
+    return delta
+
+
 def detect_prefix(family: FamilySpec, names: list[str]) -> str:
     """The naming prefix a model uses (e.g. ``vision_model.`` for a full CLIP model)."""
     counts = {p: 0 for p in family.prefixes}
@@ -146,9 +162,10 @@ def space_requests(
         requests.append(SpaceRequest(
             key=key,
             source_key=source_key,
-            source=ResolvedSite(resolve_name(site.module, source_layer, source_prefix), site.capture,
-                                site.chunk, site.chunks),
-            target=ResolvedSite(resolve_name(site.module, j, target_prefix), site.capture, site.chunk, site.chunks),
+            source=ResolvedSite(tuple(resolve_name(m, source_layer, source_prefix) for m in site.module),
+                                site.capture, site.chunk, site.chunks),
+            target=ResolvedSite(tuple(resolve_name(m, j, target_prefix) for m in site.module),
+                                site.capture, site.chunk, site.chunks),
         ))
     return requests
 

@@ -24,9 +24,13 @@ SHARED_PREFIX = "@"
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """Where a coordinate space is observed: a module's input or output, optionally one chunk of it."""
+    """Where a coordinate space is observed: a module's input or output, optionally one chunk of it.
 
-    module: str
+    ``module`` lists candidate paths, first match wins: transformers renames modules between
+    versions while checkpoints keep their tensor names.
+    """
+
+    module: tuple[str, ...]
     capture: Literal["input", "output"]
     chunk: int | None = None
     chunks: int = 1
@@ -123,9 +127,10 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             _reject_unknown("site", f"{where}: site {site_name}", site, _SITE_KEYS)
             if site["capture"] not in ("input", "output"):
                 raise ValueError(f"{where}: site {site_name}: capture must be input or output")
-            if layered != (LAYER in site["module"]):
+            modules = site["module"] if isinstance(site["module"], list) else [site["module"]]
+            if any(layered != (LAYER in m) for m in modules):
                 raise ValueError(f"{where}: site {site_name}: layer sites, and only they, contain {LAYER}")
-            out[site_name] = SiteSpec(**site)
+            out[site_name] = SiteSpec(**{**site, "module": tuple(modules)})
         return out
 
     global_sites = sites(data.get("global_sites", {}), layered=False)

@@ -127,7 +127,9 @@ class SpaceQuality:
     """What a user needs to trust one space's map.
 
     ``residual`` is ‖X_A T − X_B‖ / ‖X_B‖ on the calibration rows (an upper bound when narrowing
-    without Gram statistics). ``data_rank`` counts directions the data determined; the rest were
+    without Gram statistics). It comes from the accumulated moments, so its resolution is about
+    1e-3 (float32 products cancel in ‖X_A‖² − 2 tr(TᵀC) + ‖X_B‖²). ``data_rank`` counts
+    directions the data determined; the rest were
     filled by the pad prior (``prior_filled``) or the seeded completion (``seeded_filled``).
     """
 

@@ -21,16 +21,16 @@ from theseus_ops.errors import InputError
 
 @dataclass(frozen=True)
 class ResolvedSite:
-    """A concrete module of a concrete model, its input or output, optionally one chunk."""
+    """A concrete module of a concrete model (first existing candidate), its input or output, a chunk."""
 
-    module: str
+    candidates: tuple[str, ...]
     capture: str
     chunk: int | None = None
     chunks: int = 1
 
-    @property
-    def hook_key(self) -> tuple[str, str]:
-        return (self.module, self.capture)
+    def module_in(self, names: set[str] | dict) -> str | None:
+        """The first candidate path the model has, or None."""
+        return next((m for m in self.candidates if m in names), None)
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,6 @@ class _Recorder:
         self._handles = []
         modules = dict(model.named_modules())
         for module_name, capture in sorted(keys):
-            if module_name not in modules:
-                raise InputError(f"model has no module {module_name!r} that the family description expects")
             module = modules[module_name]
             key = (module_name, capture)
             if capture == "input":
@@ -116,6 +114,13 @@ class _Recorder:
         for handle in self._handles:
             handle.remove()
         self.values.clear()
+
+
+def _hook_key(site: ResolvedSite, modules: dict) -> tuple[str, str]:
+    name = site.module_in(modules)
+    if name is None:
+        raise InputError(f"model has no module {' or '.join(site.candidates)} that the family description expects")
+    return (name, site.capture)
 
 
 def _first_tensor(value: object) -> torch.Tensor:
@@ -219,8 +224,10 @@ def collect_statistics(
     if not requests:
         return {}
     total = next(iter(source_data.values())).shape[0]
-    source_keys = {r.source.hook_key for r in requests}
-    target_keys = {r.target.hook_key for r in requests}
+    names_a, names_b = dict(source_model.named_modules()), dict(target_model.named_modules())
+    hooks_a = {r.key: _hook_key(r.source, names_a) for r in requests}
+    hooks_b = {r.key: _hook_key(r.target, names_b) for r in requests}
+    source_keys, target_keys = set(hooks_a.values()), set(hooks_b.values())
     run_a = _forward_callable(source_model, {m for m, _ in source_keys})
     run_b = _forward_callable(target_model, {m for m, _ in target_keys})
     rec_a, rec_b = _Recorder(source_model, source_keys), _Recorder(target_model, target_keys)
@@ -236,8 +243,8 @@ def collect_statistics(
                 run_a(**model_inputs(batch_a, source_model, device))
                 run_b(**model_inputs(batch_b, target_model, device))
                 for req in requests:
-                    act_a = _select(rec_a.values[req.source.hook_key], req.source)
-                    act_b = _select(rec_b.values[req.target.hook_key], req.target)
+                    act_a = _select(rec_a.values[hooks_a[req.key]], req.source)
+                    act_b = _select(rec_b.values[hooks_b[req.key]], req.target)
                     xa, xb = paired_rows(act_a, act_b, mask, layout)
                     if req.key not in stats:
                         stats[req.key] = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, with_gram)

@@ -43,7 +43,8 @@ class TaskVector:
 
     ``kind == "full"`` fills ``deltas``; ``kind == "lora"`` fills ``lora`` (keyed by the adapted
     weight's parameter name, e.g. ``model.layers.0.self_attn.q_proj.weight``) and keeps the PEFT
-    ``adapter_config`` to write a valid adapter back.
+    ``adapter_config`` to write a valid adapter back. ``base_layer_copies`` are full base weights
+    PEFT saves beside embedding adapters; they must equal the source base and are not written back.
     """
 
     kind: Literal["full", "lora"]
@@ -51,6 +52,7 @@ class TaskVector:
     lora: dict[str, LoraFactors] = field(default_factory=dict)
     adapter_config: dict | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    base_layer_copies: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return sorted(self.deltas) if self.kind == "full" else sorted(self.lora)

@@ -1,0 +1,119 @@
+"""Family descriptions: every file loads strictly, and every family transports end to end."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from tests import tiny
+from theseus_ops import api
+from theseus_ops.config import CalibrationSpec, TransportConfig
+from theseus_ops.errors import UnsupportedArchitectureError
+from theseus_ops.transport.family import all_families, family_for_model_type, parse_family
+
+
+def _raw(name: str) -> dict:
+    return json.loads((resources.files("theseus_ops.transport.families") / f"{name}.json").read_text())
+
+
+def test_every_family_file_loads():
+    names = {f.name for f in all_families()}
+    assert names == {"bert", "clip_vision", "gpt2", "llama", "roberta", "vit"}
+    for fam in all_families():
+        assert fam.parameters and fam.global_sites
+
+
+def test_unknown_keys_are_refused():
+    raw = _raw("llama")
+    raw["parameters"][0]["in_space"] = "embed"
+    with pytest.raises(ValueError, match="unknown parameter key"):
+        parse_family(raw)
+    raw = _raw("llama")
+    raw["global_sites"]["embed"]["space"] = "x"
+    with pytest.raises(ValueError, match="unknown site key"):
+        parse_family(raw)
+
+
+def test_dangling_site_reference_is_refused():
+    raw = _raw("gpt2")
+    raw["parameters"][3]["writes"] = "no_such_site"
+    with pytest.raises(ValueError, match="undefined site"):
+        parse_family(raw)
+
+
+def test_llama_style_model_types_share_a_family():
+    assert {family_for_model_type(t).name for t in ("llama", "qwen2", "mistral")} == {"llama"}
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    with pytest.raises(UnsupportedArchitectureError, match=r"llama") as err:
+        family_for_model_type("mamba")
+    assert "gpt2" in str(err.value) and "vit" in str(err.value)
+
+
+def test_gpt2_fused_projection_and_llama_names_resolve():
+    spec, layer, prefix = family_for_model_type("gpt2").match("transformer.h.7.attn.c_attn.weight")
+    assert (spec.writes, spec.layout, layer, prefix) == (("q", "k", "v"), "in_out", 7, "")
+    spec, layer, prefix = family_for_model_type("clip").match("vision_model.encoder.layers.3.mlp.fc2.weight")
+    assert (spec.reads, layer, prefix) == ("mlp_hidden", 3, "vision_model.")
+
+
+def _model(kind: str, hidden: int, image: int = 32, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4)
+    if kind == "bert":
+        return transformers.BertForSequenceClassification(
+            transformers.BertConfig(vocab_size=64, num_labels=3, max_position_embeddings=64, **common))
+    if kind == "roberta":
+        return transformers.RobertaForSequenceClassification(
+            transformers.RobertaConfig(vocab_size=64, num_labels=3, max_position_embeddings=66, pad_token_id=1,
+                                       **common))
+    if kind == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+            vocab_size=64, num_key_value_heads=2, max_position_embeddings=64, **common))
+    if kind == "vit":
+        return transformers.ViTForImageClassification(
+            transformers.ViTConfig(image_size=image, patch_size=8, num_labels=3, **common))
+    return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(image_size=image, patch_size=8, **common))
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "qwen2", "vit", "clip"])
+def test_family_identity_and_wider_target(tmp_path, kind):
+    model_a, model_b = _model(kind, 32).eval(), _model(kind, 48, image=40, seed=1).eval()
+    model_a.save_pretrained(tmp_path / "A")
+    model_b.save_pretrained(tmp_path / "B")
+    state = load_file(str(tmp_path / "A" / "model.safetensors"))
+    delta = tiny.random_delta(state, 0.02)
+    tiny.save_delta(delta, tmp_path / "tv.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    if kind in ("vit", "clip"):
+        images = torch.randn(16, 3, 40, 40, generator=gen)
+        save_file({"pixel_values": torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")},
+                  str(tmp_path / "ca.safetensors"))
+        save_file({"pixel_values": images}, str(tmp_path / "cb.safetensors"))
+        same = CalibrationSpec(str(tmp_path / "ca.safetensors"))
+        paired = CalibrationSpec(None, str(tmp_path / "ca.safetensors"), str(tmp_path / "cb.safetensors"))
+    else:
+        ids = torch.randint(3, 64, (16, 24), generator=gen)
+        save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(tmp_path / "c.safetensors"))
+        same = paired = CalibrationSpec(str(tmp_path / "c.safetensors"))
+
+    def transport(target, calibration):
+        cfg = TransportConfig(str(tmp_path / "A"), str(tmp_path / target), "theseus",
+                              task_vector=str(tmp_path / "tv.safetensors"), calibration=calibration)
+        report = api.transport(cfg, tmp_path / "out.safetensors")
+        return load_file(str(tmp_path / "out.safetensors")), report
+
+    out, report = transport("A", same)
+    assert report["summary"]["left_out"] == 0
+    for name, value in delta.items():
+        torch.testing.assert_close(out[name], value, rtol=1e-4, atol=1e-5)
+    out, report = transport("B", paired)
+    assert report["summary"]["transported"] == len(delta)
+    target = load_file(str(tmp_path / "B" / "model.safetensors"))
+    assert {k: v.shape for k, v in out.items()} == {k: target[k].shape for k in out}

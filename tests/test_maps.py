@@ -1,0 +1,115 @@
+"""The map math: Procrustes, deterministic completion of undetermined directions, and
+invariance to the arbitrary sign and order choices of decompositions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import tiny
+from theseus_ops import api
+from theseus_ops.config import PrepareConfig
+from theseus_ops.transport import maps as maps_module
+from theseus_ops.transport.maps import MapOptions, estimate_space_map, pad_map, polar_factor
+from theseus_ops.transport.statistics import SpaceStatistics
+
+
+def _stats(xa: torch.Tensor, xb: torch.Tensor, gram: bool = False) -> SpaceStatistics:
+    s = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, gram)
+    s.update(xa.float(), xb.float())
+    return s
+
+
+def _flipping_svd(generator: torch.Generator):
+    """An SVD that returns the triplets in reversed order with random joint sign flips: as valid as any."""
+
+    def svd(m, full_matrices=False):
+        u, s, vh = torch.linalg.svd(m, full_matrices=full_matrices)
+        k = s.shape[0]
+        signs = torch.where(torch.rand(k, generator=generator) < 0.5, -1.0, 1.0).to(u.dtype)
+        order = torch.arange(k - 1, -1, -1)
+        return (u[:, :k] * signs)[:, order], s[order], (vh[:k] * signs[:, None])[order]
+
+    return svd
+
+
+def _flipping_eigh(generator: torch.Generator):
+    def eigh(m):
+        vals, vecs = torch.linalg.eigh(m)
+        signs = torch.where(torch.rand(vals.shape[0], generator=generator) < 0.5, -1.0, 1.0).to(vecs.dtype)
+        return vals, vecs * signs
+
+    return eigh
+
+
+def test_polar_factor_recovers_rotation_and_is_semi_orthogonal():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 12, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(12, 20, generator=gen, dtype=torch.float64).T)
+    t = polar_factor(x.T @ (x @ q.T)).map  # widening 12 -> 20
+    assert torch.allclose(t, q.T, atol=1e-10)
+    assert torch.allclose(t @ t.T, torch.eye(12, dtype=torch.float64), atol=1e-10)
+
+
+def test_undetermined_directions_are_filled_by_the_pad_prior_and_reported():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 10, generator=gen, dtype=torch.float64)  # 6 rows span only 6 of 10 directions
+    result = polar_factor(x.T @ x)
+    assert result.data_rank == 6 and result.prior_filled == 4 and result.seeded_filled == 0
+    # identity data gives the identity map even where the data says nothing
+    assert torch.allclose(result.map, torch.eye(10, dtype=torch.float64), atol=1e-8)
+
+
+def test_zero_statistics_fall_back_to_pad_map():
+    result = polar_factor(torch.zeros(4, 7, dtype=torch.float64))
+    assert result.data_rank == 0
+    assert torch.allclose(result.map, pad_map(4, 7), atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [200, 5])
+def test_polar_factor_invariant_to_decomposition_choices(monkeypatch, rows):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(rows, 9, generator=gen, dtype=torch.float64)
+    cross = x.T @ (x @ torch.randn(9, 13, generator=gen, dtype=torch.float64))
+    reference = polar_factor(cross).map
+    monkeypatch.setattr(maps_module, "_svd", _flipping_svd(torch.Generator().manual_seed(3)))
+    assert torch.allclose(polar_factor(cross).map, reference, atol=1e-9)
+
+
+def test_whitened_and_centered_maps_still_recover_a_permutation():
+    gen = torch.Generator().manual_seed(4)
+    xa = torch.randn(400, 8, generator=gen) * torch.linspace(0.1, 3.0, 8) + 2.0
+    perm = torch.randperm(8, generator=gen)
+    xb = xa[:, perm]
+    expected = torch.eye(8)[:, perm]
+    for options in (MapOptions(center=True), MapOptions(whiten_power=0.5), MapOptions(center=True, whiten_power=0.25)):
+        t, quality = estimate_space_map(_stats(xa, xb, gram=options.needs_gram), "s", options)
+        assert torch.allclose(t, expected, atol=1e-4), options
+        assert quality.residual < 1e-3  # the residual's resolution (SpaceQuality docstring)
+
+
+def test_quality_reports_residual_and_rank():
+    gen = torch.Generator().manual_seed(5)
+    xa, xb = torch.randn(50, 6, generator=gen), torch.randn(50, 6, generator=gen)
+    _t, q = estimate_space_map(_stats(xa, xb), "unrelated", MapOptions())
+    assert 0.5 < q.residual < 1.5 and q.data_rank == 6 and not q.underdetermined
+    _t, q = estimate_space_map(_stats(xa[:4], xb[:4]), "few", MapOptions())
+    assert q.underdetermined and q.data_rank == 4
+
+
+def test_map_options_validate():
+    with pytest.raises(ValueError, match="whiten_power"):
+        MapOptions(whiten_power=0.7)
+
+
+def test_data_free_maps_invariant_to_eigenvector_signs(tmp_path, monkeypatch):
+    """End to end: flipping the signs (and order) of every decomposition leaves the maps unchanged."""
+    case = tiny.Case(tmp_path, "llama", "widening")
+    cfg = PrepareConfig(str(case.source), str(case.target), method="theseus-data-free", whiten_power=0.25)
+    reference = api.prepare(cfg, tmp_path / "a.alignment")
+    monkeypatch.setattr(maps_module, "_svd", _flipping_svd(torch.Generator().manual_seed(7)))
+    monkeypatch.setattr(maps_module, "_eigh", _flipping_eigh(torch.Generator().manual_seed(8)))
+    flipped = api.prepare(cfg, tmp_path / "b.alignment")
+    assert reference.maps.keys() == flipped.maps.keys() and len(reference.maps) > 10
+    for key in reference.maps:
+        torch.testing.assert_close(flipped.maps[key], reference.maps[key], atol=1e-5, rtol=0)
