@@ -94,3 +94,28 @@ def test_report_lists_every_parameter(tmp_path):
     assert fc["norm_after"] == pytest.approx(fc["norm_before"], rel=1e-5)
     hidden = report["spaces"]["layers.0.mlp_hidden"]
     assert (hidden["width_a"], hidden["width_b"], hidden["data_rank"]) == (128, 160, 128)
+
+
+def test_bf16_models_work_with_upcast_statistics(tmp_path):
+    case = tiny.Case(tmp_path, "llama", "permutation")
+    for directory, config, state in ((case.source, case.config_a, case.state_a),
+                                     (case.target, case.config_b, case.state_b)):
+        tiny.with_state(config, state).to(torch.bfloat16).save_pretrained(str(directory))
+    case.state_a = {k: v.to(torch.bfloat16).float() for k, v in case.state_a.items()}
+    case.state_b = {k: v.to(torch.bfloat16).float() for k, v in case.state_b.items()}
+    delta_b, report = run(case)
+    assert report["summary"]["left_out"] == 0
+    # bf16 activations are noisy, yet the maps still find the permutation
+    assert max(q["residual"] for q in report["spaces"].values()) < 2e-2
+    assert case.error(delta_b) < 1e-3
+
+
+def test_only_the_spaces_the_task_vector_needs_are_estimated(tmp_path):
+    case = tiny.Case(tmp_path, "llama", "widening")
+    partial = {k: v for k, v in case.delta.items() if k.startswith("model.layers.1.mlp.")}
+    tiny.save_delta(partial, case.task_vector)
+    case.delta = partial
+    delta_b, report = run(case)
+    assert set(report["spaces"]) == {"layers.1.mlp_in", "layers.1.mlp_hidden", "layers.1.resid_out"}
+    assert set(delta_b) == set(partial)
+    assert case.error(delta_b) < 1e-3
