@@ -24,7 +24,7 @@ lint: venv
 	$(BIN)/python -m ruff check theseus_ops tests benchmarks
 
 demo: venv
-	$(BIN)/python -m theseus_ops.demo_cli
+	bash scripts/engine-demo.sh
 
 clean:
 	rm -rf $(VENV) .theseus .pytest_cache

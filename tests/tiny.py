@@ -13,6 +13,13 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from theseus_ops.examples import (
+    permute_gpt2,
+    permute_llama,
+    widen_mlp_gpt2,
+    widen_mlp_llama,
+)
+
 VOCAB = 64
 
 
@@ -94,101 +101,6 @@ def calibration(path: Path, rows: int = 16, length: int = 24, seed: int = 2, lab
         tensors["labels"] = lab
     save_file(tensors, str(path))
     return path
-
-
-def _perms(seed: int, hidden: int, inter: int, heads: int, kv: int):
-    gen = torch.Generator().manual_seed(seed)
-    pr = torch.randperm(hidden, generator=gen)
-    pm = torch.randperm(inter, generator=gen)
-    pk = torch.randperm(kv, generator=gen)
-    group = heads // kv
-    within = [torch.randperm(group, generator=gen) for _ in range(kv)]
-    q_heads = torch.cat([pk[i] * group + within[i] for i in range(kv)])
-    return pr, pm, pk, q_heads
-
-
-def _rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
-
-
-def permute_llama(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
-    """B = A with residual channels, kv-head groups, query heads within groups and MLP units permuted."""
-    hd = config.hidden_size // config.num_attention_heads
-    pr, pm, pk, qh = _perms(seed, config.hidden_size, config.intermediate_size, config.num_attention_heads,
-                            config.num_key_value_heads)
-    qrows, kvrows = _rows(qh, hd), _rows(pk, hd)
-    out = {}
-    for name, w in state.items():
-        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-            out[name] = w[:, pr]
-        elif name.endswith("q_proj.weight"):
-            out[name] = w[qrows][:, pr]
-        elif name.endswith(("k_proj.weight", "v_proj.weight")):
-            out[name] = w[kvrows][:, pr]
-        elif name.endswith("o_proj.weight"):
-            out[name] = w[pr][:, qrows]
-        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
-            out[name] = w[pm][:, pr]
-        elif name.endswith("down_proj.weight"):
-            out[name] = w[pr][:, pm]
-        elif name.endswith("norm.weight"):
-            out[name] = w[pr]
-        else:
-            raise AssertionError(f"unhandled {name}")
-    return out
-
-
-def permute_gpt2(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
-    """B = A with residual channels, heads (q, k, v alike) and MLP units permuted; Conv1D is [in, out]."""
-    d, h = config.n_embd, config.n_head
-    inner = config.n_inner or 4 * d
-    pr, pm, _pk, qh = _perms(seed, d, inner, h, h)
-    heads = _rows(qh, d // h)
-    qkv = torch.cat([heads, d + heads, 2 * d + heads])
-    out = {}
-    for name, w in state.items():
-        if name.endswith(("wte.weight", "wpe.weight", "lm_head.weight")):
-            out[name] = w[:, pr]
-        elif name.endswith("c_attn.weight"):
-            out[name] = w[pr][:, qkv]
-        elif name.endswith("c_attn.bias"):
-            out[name] = w[qkv]
-        elif name.endswith("attn.c_proj.weight"):
-            out[name] = w[heads][:, pr]
-        elif name.endswith("mlp.c_fc.weight"):
-            out[name] = w[pr][:, pm]
-        elif name.endswith("mlp.c_fc.bias"):
-            out[name] = w[pm]
-        elif name.endswith("mlp.c_proj.weight"):
-            out[name] = w[pm][:, pr]
-        elif name.endswith((".bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
-            out[name] = w[pr]
-        else:
-            raise AssertionError(f"unhandled {name}")
-    return out
-
-
-def widen_mlp_llama(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
-    """Extra MLP units with zero input and output weights: silent, so the function is unchanged."""
-    out = dict(state)
-    for name, w in state.items():
-        if name.endswith(("gate_proj.weight", "up_proj.weight")):
-            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
-        elif name.endswith("down_proj.weight"):
-            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
-    return out
-
-
-def widen_mlp_gpt2(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
-    out = dict(state)
-    for name, w in state.items():
-        if name.endswith("mlp.c_fc.weight"):
-            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
-        elif name.endswith("mlp.c_fc.bias"):
-            out[name] = torch.cat([w, torch.zeros(extra)])
-        elif name.endswith("mlp.c_proj.weight"):
-            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
-    return out
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Oracle table: logits error of B + τ_B against A + τ_A for every method, family and oracle.
+
+Run from the repository root:  .venv/bin/python benchmarks/oracles.py --out benchmarks/results/oracles.json
+
+Identity, consistent permutation and silent widening all keep the function, so an exact
+transport scores ~0. It also times one transport (statistics, maps and apply) per case on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from safetensors.torch import load_file
+
+from tests import tiny
+from theseus_ops import api
+from theseus_ops.config import CalibrationSpec, TransportConfig
+
+METHODS = ("theseus", "theseus-data-free", "pad", "naive")
+
+
+def measure(root: Path, family: str, oracle: str, method: str) -> dict:
+    case = tiny.Case(root / f"{family}-{oracle}-{method}", family, oracle)
+    if method == "naive" and oracle == "widening":
+        return {"error": None, "seconds": None, "note": "shapes differ"}
+    calibration = CalibrationSpec(str(case.calibration)) if method == "theseus" else CalibrationSpec()
+    cfg = TransportConfig(str(case.source), str(case.target), method, task_vector=str(case.task_vector),
+                          calibration=calibration, device="cpu")
+    started = time.perf_counter()
+    api.transport(cfg, case.root / "out.safetensors")
+    seconds = time.perf_counter() - started
+    return {"error": case.error(load_file(str(case.root / "out.safetensors"))), "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="benchmarks/results/oracles.json")
+    args = parser.parse_args()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in ("llama", "gpt2"):
+            for oracle in ("identity", "permutation", "widening"):
+                for method in METHODS:
+                    rows.append({"family": family, "oracle": oracle, "method": method,
+                                 **measure(Path(tmp), family, oracle, method)})
+    print("| family | oracle | " + " | ".join(METHODS) + " |")
+    print("|---|---|" + "---|" * len(METHODS))
+    for family in ("llama", "gpt2"):
+        for oracle in ("identity", "permutation", "widening"):
+            cells = []
+            for method in METHODS:
+                r = next(x for x in rows if (x["family"], x["oracle"], x["method"]) == (family, oracle, method))
+                cells.append("n/a" if r["error"] is None else f"{r['error']:.1e} ({r['seconds']:.2f} s)")
+            print(f"| {family} | {oracle} | " + " | ".join(cells) + " |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                               "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""A tiny, self-built model pair to try the engine on, and the function-preserving transforms
+the oracles use.
+
+``python -m theseus_ops.examples tiny-pair --out DIR`` writes:
+
+- ``v1``: a tiny Llama-style base (random init, seeded);
+- ``v1-tuned``: v1 fine-tuned for a few steps on a synthetic lookup skill (x -> 7x+3 mod V);
+- ``v2``: v1 with extra silent MLP units, then residual channels, heads and MLP units permuted
+  consistently: the same function in unknown, wider coordinates, the case Theseus exists for;
+- ``calibration.safetensors``: unlabeled task inputs (from the skill's train split).
+
+Transport of the v1 fine-tune to v2 is then exact, and pad is not: a quick end-to-end check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _perms(seed: int, hidden: int, inter: int, heads: int, kv: int):
+    gen = torch.Generator().manual_seed(seed)
+    pr = torch.randperm(hidden, generator=gen)
+    pm = torch.randperm(inter, generator=gen)
+    pk = torch.randperm(kv, generator=gen)
+    group = heads // kv
+    within = [torch.randperm(group, generator=gen) for _ in range(kv)]
+    q_heads = torch.cat([pk[i] * group + within[i] for i in range(kv)])
+    return pr, pm, pk, q_heads
+
+
+def _rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def permute_llama(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """B = A with residual channels, kv-head groups, query heads within groups and MLP units permuted."""
+    hd = config.hidden_size // config.num_attention_heads
+    pr, pm, pk, qh = _perms(seed, config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                            config.num_key_value_heads)
+    qrows, kvrows = _rows(qh, hd), _rows(pk, hd)
+    out = {}
+    for name, w in state.items():
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            out[name] = w[:, pr]
+        elif name.endswith("q_proj.weight"):
+            out[name] = w[qrows][:, pr]
+        elif name.endswith(("k_proj.weight", "v_proj.weight")):
+            out[name] = w[kvrows][:, pr]
+        elif name.endswith("o_proj.weight"):
+            out[name] = w[pr][:, qrows]
+        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
+            out[name] = w[pm][:, pr]
+        elif name.endswith("down_proj.weight"):
+            out[name] = w[pr][:, pm]
+        elif name.endswith("norm.weight"):
+            out[name] = w[pr]
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return out
+
+
+def permute_gpt2(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """B = A with residual channels, heads (q, k, v alike) and MLP units permuted; Conv1D is [in, out]."""
+    d, h = config.n_embd, config.n_head
+    inner = config.n_inner or 4 * d
+    pr, pm, _pk, qh = _perms(seed, d, inner, h, h)
+    heads = _rows(qh, d // h)
+    qkv = torch.cat([heads, d + heads, 2 * d + heads])
+    out = {}
+    for name, w in state.items():
+        if name.endswith(("wte.weight", "wpe.weight", "lm_head.weight")):
+            out[name] = w[:, pr]
+        elif name.endswith("c_attn.weight"):
+            out[name] = w[pr][:, qkv]
+        elif name.endswith("c_attn.bias"):
+            out[name] = w[qkv]
+        elif name.endswith("attn.c_proj.weight"):
+            out[name] = w[heads][:, pr]
+        elif name.endswith("mlp.c_fc.weight"):
+            out[name] = w[pr][:, pm]
+        elif name.endswith("mlp.c_fc.bias"):
+            out[name] = w[pm]
+        elif name.endswith("mlp.c_proj.weight"):
+            out[name] = w[pm][:, pr]
+        elif name.endswith((".bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            out[name] = w[pr]
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return out
+
+
+def widen_mlp_llama(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """Extra MLP units with zero input and output weights: silent, so the function is unchanged."""
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith(("gate_proj.weight", "up_proj.weight")):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
+        elif name.endswith("down_proj.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
+    return out
+
+
+def widen_mlp_gpt2(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("mlp.c_fc.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
+        elif name.endswith("mlp.c_fc.bias"):
+            out[name] = torch.cat([w, torch.zeros(extra)])
+        elif name.endswith("mlp.c_proj.weight"):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
+    return out
+
+
+def _build(config, seed: int):
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.15)
+            elif "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    return model
+
+
+def lookup_task(rows: int, pairs: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences "x1 f(x1) x2 f(x2) ..." with f(x) = (7x + 3) mod (vocab − 3) + 3; labels on the f(x)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, vocab, (rows, pairs), generator=gen)
+    fx = (7 * x + 3) % (vocab - 3) + 3
+    ids = torch.stack([x, fx], dim=2).reshape(rows, 2 * pairs)
+    labels = ids.clone()
+    labels[:, 0::2] = -100
+    return ids, labels
+
+
+def build_tiny_pair(out: Path, steps: int = 120) -> dict:
+    """Write v1, v1-tuned, v2 and a calibration file under ``out``; returns a summary."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=64, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    v1 = _build(config, 0)
+    v1.save_pretrained(str(out / "v1"))
+    state = load_file(str(out / "v1" / "model.safetensors"))
+
+    train, labels = lookup_task(256, 8, config.vocab_size, seed=1)
+    tuned = _build(config, 0)
+    tuned.train()
+    optimizer = torch.optim.AdamW(tuned.parameters(), lr=1e-2)
+    losses = []
+    for step in range(steps):
+        batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
+        loss = tuned(input_ids=train[batch], labels=labels[batch]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    tuned.eval().save_pretrained(str(out / "v1-tuned"))
+
+    wide = transformers.LlamaConfig(**{**config.to_dict(), "intermediate_size": 96})
+    state_v2 = permute_llama(widen_mlp_llama(state, 32), wide, seed=7)
+    v2 = transformers.LlamaForCausalLM(wide).eval()
+    v2.load_state_dict(state_v2, strict=False)
+    v2.save_pretrained(str(out / "v2"))
+    save_file({"input_ids": train[:32], "attention_mask": torch.ones_like(train[:32])},
+              str(out / "calibration.safetensors"))
+    summary = {"out": str(out), "fine_tune_loss": [round(losses[0], 3), round(losses[-1], 3)]}
+    (out / "example.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m theseus_ops.examples", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    pair = sub.add_parser("tiny-pair", help="write v1, v1-tuned, v2 and a calibration file")
+    pair.add_argument("--out", required=True, type=Path)
+    pair.add_argument("--steps", type=int, default=120)
+    args = parser.parse_args(argv)
+    summary = build_tiny_pair(args.out, args.steps)
+    print(f"wrote {summary['out']}: v1, v1-tuned (loss {summary['fine_tune_loss'][0]} -> "
+          f"{summary['fine_tune_loss'][1]}), v2, calibration.safetensors", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
