@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from theseus_ops.transport.family import FamilySpec, is_shared, resolve_name, space_key
+from theseus_ops.transport.family import FamilySpec, ParamSpec, is_shared, resolve_name, space_key
 from theseus_ops.transport.layer_map import LayerMap
 from theseus_ops.transport.rules import RuleRefused, transport_dense, transport_lora
 from theseus_ops.transport.statistics import ResolvedSite, SpaceRequest
@@ -37,7 +37,7 @@ class ParamPlan:
     source_layer: int | None
     targets: tuple[TargetPlan, ...] = ()
     reason: str | None = None
-    spec: object = field(default=None, compare=False, repr=False)
+    spec: ParamSpec | None = field(default=None, compare=False, repr=False)
 
     def spaces(self) -> set[str]:
         keys = set()
