@@ -72,10 +72,10 @@ class SpaceStatistics:
     def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
         """Add rows (float32 [n, d]); products in float32, accumulation in float64."""
         self.cross += (xa.T @ xb).double()
-        self.sum_a += xa.sum(0).double()
-        self.sum_b += xb.sum(0).double()
-        self.sq_a += xa.double().square().sum()
-        self.sq_b += xb.double().square().sum()
+        self.sum_a += xa.sum(0, dtype=torch.float64)
+        self.sum_b += xb.sum(0, dtype=torch.float64)
+        self.sq_a += torch.linalg.vector_norm(xa, dtype=torch.float64).square()
+        self.sq_b += torch.linalg.vector_norm(xb, dtype=torch.float64).square()
         if self.gram_a is not None and self.gram_b is not None:
             self.gram_a += (xa.T @ xa).double()
             self.gram_b += (xb.T @ xb).double()
@@ -242,13 +242,18 @@ def collect_statistics(
                 mask = mask.to(device) if mask is not None else None
                 run_a(**model_inputs(batch_a, source_model, device))
                 run_b(**model_inputs(batch_b, target_model, device))
+                rows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # site pairs shared by requests
                 for req in requests:
-                    act_a = _select(rec_a.values[hooks_a[req.key]], req.source)
-                    act_b = _select(rec_b.values[hooks_b[req.key]], req.target)
-                    xa, xb = paired_rows(act_a, act_b, mask, layout)
+                    pair_key = (hooks_a[req.key], req.source.chunk, hooks_b[req.key], req.target.chunk)
+                    if pair_key not in rows:
+                        act_a = _select(rec_a.values[hooks_a[req.key]], req.source)
+                        act_b = _select(rec_b.values[hooks_b[req.key]], req.target)
+                        rows[pair_key] = paired_rows(act_a, act_b, mask, layout)
+                    xa, xb = rows[pair_key]
                     if req.key not in stats:
                         stats[req.key] = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, with_gram)
                     stats[req.key].update(xa, xb)
+                rows.clear()
                 rec_a.values.clear()
                 rec_b.values.clear()
                 if progress:

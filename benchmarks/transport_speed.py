@@ -1,0 +1,195 @@
+"""Transport speed: bare forward vs prepare (statistics and maps apart) vs apply, with an oracle.
+
+Run from the repository root, e.g.
+    .venv/bin/python benchmarks/transport_speed.py --pairs vit-cpu                 # CPU smoke
+    python benchmarks/transport_speed.py --pairs vit-base,llama-1b --out $OUT/speed.json   # GPU
+
+Pairs are built from configs with random weights (nothing is downloaded). Every run also checks
+the identity oracle (A -> A must return the task vector unchanged), so speed never costs
+correctness. Prints a Markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from theseus_ops.transport.engine import execute_plan, plan_transport, space_requests
+from theseus_ops.transport.family import family_for_model_type
+from theseus_ops.transport.layer_map import build_layer_map
+from theseus_ops.transport.maps import MapOptions, estimate_space_map
+from theseus_ops.transport.statistics import collect_statistics
+from theseus_ops.transport.task_vector import LoraFactors, TaskVector
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A source and target config, the calibration batch, and the dtype to run in."""
+
+    kind: str
+    source: dict
+    target: dict
+    batch: int
+    dtype: str = "float32"
+
+
+def _vit(hidden: int, heads: int, image: int, layers: int = 12) -> dict:
+    return dict(hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden, image_size=image,
+                patch_size=16, num_hidden_layers=layers, num_labels=10)
+
+
+def _llama(hidden: int, inter: int, layers: int, heads: int, kv: int) -> dict:
+    return dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv, vocab_size=32000, max_position_embeddings=4096)
+
+
+PAIRS = {
+    "vit-cpu": Pair("vit", _vit(192, 3, 128, 4), _vit(256, 4, 144, 4), batch=16),
+    "vit-base": Pair("vit", _vit(768, 12, 224), _vit(896, 14, 240), batch=32),
+    "llama-1b": Pair("llama", _llama(2048, 5632, 22, 32, 4), _llama(2560, 6912, 22, 32, 4), batch=8,
+                     dtype="bfloat16"),
+    "llama-8b": Pair("llama", _llama(4096, 14336, 32, 32, 8), _llama(5120, 17920, 32, 40, 8), batch=4,
+                     dtype="bfloat16"),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, object]:
+    _sync(device)
+    start = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return time.perf_counter() - start, result
+
+
+def _build(pair: Pair, config: dict, device: torch.device, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if pair.kind == "vit":
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(**config))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    return model.to(device=device, dtype=getattr(torch, pair.dtype)).eval()
+
+
+def _inputs(pair: Pair, config: dict, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    if pair.kind == "vit":
+        size = config["image_size"]
+        return {"pixel_values": torch.randn(pair.batch, 3, size, size, generator=gen)}
+    ids = torch.randint(0, config["vocab_size"], (pair.batch, 512), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _task_vectors(model: torch.nn.Module, rank: int = 16) -> tuple[TaskVector, TaskVector]:
+    gen = torch.Generator().manual_seed(1)
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    full = TaskVector("full", deltas={n: 1e-3 * torch.randn(p.shape, generator=gen).to(p) for n, p in state.items()})
+    lora = TaskVector("lora")
+    for n, p in state.items():
+        if p.dim() == 2 and "embed" not in n and n != "lm_head.weight" and "position" not in n:
+            lora.lora[n] = LoraFactors(torch.randn(rank, p.shape[1], generator=gen).to(p),
+                                       torch.randn(p.shape[0], rank, generator=gen).to(p), 0.5)
+    return full, lora
+
+
+def run_pair(name: str, device: torch.device) -> dict:
+    pair = PAIRS[name]
+    family = family_for_model_type(pair.kind)
+    source, target = _build(pair, pair.source, device, 0), _build(pair, pair.target, device, 1)
+    data_a, data_b = _inputs(pair, pair.source, 2), _inputs(pair, pair.target, 2)
+    if pair.kind == "vit":  # the same images at each model's resolution
+        data_b = {"pixel_values": torch.nn.functional.interpolate(data_a["pixel_values"],
+                                                                  size=pair.target["image_size"], mode="bilinear")}
+    else:
+        data_b = data_a
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def forward():
+        with torch.inference_mode():
+            for model, data in ((source, data_a), (target, data_b)):
+                model(**{k: v.to(device).to(getattr(torch, pair.dtype)) if v.is_floating_point() else v.to(device)
+                         for k, v in data.items()})
+
+    forward()  # warm-up
+    t_forward, _ = _timed(device, forward)
+    full, lora = _task_vectors(source)
+    if pair.kind == "vit":
+        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if family.match(k)})
+        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if family.match(k)})
+    shapes = {n: tuple(p.shape) for n, p in target.named_parameters()}
+    layer_map = build_layer_map("identity", pair.source["num_hidden_layers"], pair.target["num_hidden_layers"])
+    plans = plan_transport(family, full.names(), shapes, layer_map, "")
+    keys = set().union(*(p.spaces() for p in plans if not p.reason))
+    requests = space_requests(family, keys, layer_map, "", "")
+    layout = family.token_layout
+
+    def stats():
+        return collect_statistics(source, target, requests, data_a, data_b, layout=layout, batch_size=pair.batch,
+                                  device=device)
+
+    stats()  # warm-up (kernels, allocator)
+    t_stats, statistics = _timed(device, stats)
+
+    def maps():
+        return {k: estimate_space_map(s, k, MapOptions())[0] for k, s in statistics.items()}
+
+    t_maps, space_maps = _timed(device, maps)
+    t_apply_full, (full_b, records) = _timed(device, lambda: execute_plan(full, plans, space_maps))
+    lora_plans = plan_transport(family, lora.names(), shapes, layer_map, "")
+    t_apply_lora, _ = _timed(device, lambda: execute_plan(lora, lora_plans, space_maps))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+    # identity oracle at this scale: A -> A must give tau back
+    id_requests = space_requests(family, keys, layer_map, "", "")
+    id_stats = collect_statistics(source, source, id_requests, data_a, data_a, layout=layout,
+                                  batch_size=pair.batch, device=device)
+    id_maps = {k: estimate_space_map(s, k, MapOptions())[0] for k, s in id_stats.items()}
+    source_shapes = {n: tuple(p.shape) for n, p in source.named_parameters()}
+    id_out, _ = execute_plan(full, plan_transport(family, full.names(), source_shapes, layer_map, ""), id_maps)
+    oracle = max(float((id_out.deltas[k].float() - v.float()).norm() / v.float().norm())
+                 for k, v in full.deltas.items())
+    left = sum(r.status != "transported" for r in records)
+    return {"pair": name, "device": str(device), "dtype": pair.dtype, "spaces": len(space_maps),
+            "forward_s": t_forward, "statistics_s": t_stats, "maps_s": t_maps,
+            "prepare_over_forward": (t_stats + t_maps) / t_forward, "apply_full_s": t_apply_full,
+            "apply_lora16_s": t_apply_lora, "peak_gib": peak, "identity_oracle_rel_err": oracle,
+            "left_out": left, "transported": len(full_b.names())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", default="vit-cpu", help=f"comma-separated, of {sorted(PAIRS)}")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", default="benchmarks/results/transport_speed.json")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    rows = [run_pair(name, device) for name in args.pairs.split(",")]
+    cols = ["pair", "forward_s", "statistics_s", "maps_s", "prepare_over_forward", "apply_full_s",
+            "apply_lora16_s", "peak_gib", "identity_oracle_rel_err"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "machine": platform.machine(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
