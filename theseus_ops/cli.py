@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="summarise a model, task vector or alignment file as JSON")
     i.add_argument("path")
+
+    # Subcommands owned by other packages register themselves; imports stay light (no torch/mlflow).
+    from theseus_ops.catalog import cli as catalog_cli
+    from theseus_ops.demo import cli as demo_cli
+
+    demo_cli.add_subcommands(sub)
+    catalog_cli.add_subcommands(sub)
     return parser
 
 
@@ -86,6 +93,13 @@ def _calibration(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from theseus_ops.catalog import cli as catalog_cli
+    from theseus_ops.demo import cli as demo_cli
+
+    for owner in (demo_cli, catalog_cli):
+        handled = owner.run(args)
+        if handled is not None:
+            return handled
     from theseus_ops import api
     from theseus_ops.config import PrepareConfig, TransportConfig
 

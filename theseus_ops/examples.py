@@ -21,55 +21,21 @@ from pathlib import Path
 
 import torch
 
-
-def _perms(seed: int, hidden: int, inter: int, heads: int, kv: int):
-    gen = torch.Generator().manual_seed(seed)
-    pr = torch.randperm(hidden, generator=gen)
-    pm = torch.randperm(inter, generator=gen)
-    pk = torch.randperm(kv, generator=gen)
-    group = heads // kv
-    within = [torch.randperm(group, generator=gen) for _ in range(kv)]
-    q_heads = torch.cat([pk[i] * group + within[i] for i in range(kv)])
-    return pr, pm, pk, q_heads
-
-
-def _rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+from theseus_ops.demo.grow import head_rows, permutations, permutations_for, permute_state
 
 
 def permute_llama(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
     """B = A with residual channels, kv-head groups, query heads within groups and MLP units permuted."""
-    hd = config.hidden_size // config.num_attention_heads
-    pr, pm, pk, qh = _perms(seed, config.hidden_size, config.intermediate_size, config.num_attention_heads,
-                            config.num_key_value_heads)
-    qrows, kvrows = _rows(qh, hd), _rows(pk, hd)
-    out = {}
-    for name, w in state.items():
-        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-            out[name] = w[:, pr]
-        elif name.endswith("q_proj.weight"):
-            out[name] = w[qrows][:, pr]
-        elif name.endswith(("k_proj.weight", "v_proj.weight")):
-            out[name] = w[kvrows][:, pr]
-        elif name.endswith("o_proj.weight"):
-            out[name] = w[pr][:, qrows]
-        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
-            out[name] = w[pm][:, pr]
-        elif name.endswith("down_proj.weight"):
-            out[name] = w[pr][:, pm]
-        elif name.endswith("norm.weight"):
-            out[name] = w[pr]
-        else:
-            raise AssertionError(f"unhandled {name}")
-    return out
+    return permute_state(state, config, permutations(config, seed))
 
 
 def permute_gpt2(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
     """B = A with residual channels, heads (q, k, v alike) and MLP units permuted; Conv1D is [in, out]."""
     d, h = config.n_embd, config.n_head
     inner = config.n_inner or 4 * d
-    pr, pm, _pk, qh = _perms(seed, d, inner, h, h)
-    heads = _rows(qh, d // h)
+    perms = permutations_for(d, inner, h, h, seed)
+    pr, pm = perms["resid"], perms["mlp"]
+    heads = head_rows(perms["q_heads"], d // h)
     qkv = torch.cat([heads, d + heads, 2 * d + heads])
     out = {}
     for name, w in state.items():

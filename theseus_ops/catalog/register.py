@@ -1,0 +1,305 @@
+"""Registering base releases, task vectors and transported models, with lineage tags.
+
+Every function validates against the registry before uploading anything: the base a task vector
+names must be a registered base release whose weights hash matches the vector's, and a
+transported entry must name a registered source vector and target base. Registration is
+idempotent: a re-run returns the version it created the first time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from theseus_ops.catalog.client import Catalog, check_model_name
+from theseus_ops.catalog.config import Evaluation, GateConfig, GateDecision, decide
+from theseus_ops.catalog.schema import (
+    ALIAS_CANDIDATE,
+    ALIAS_CHAMPION,
+    CONTENT_SHA256,
+    IDEMPOTENCY_KEY,
+    OPTIONS_SHA256,
+    ROLE,
+    ROLE_BASE,
+    ROLE_TASK_VECTOR,
+    BaseReleaseTags,
+    TaskVectorTags,
+    TransportedModelTags,
+    VersionRef,
+    check_task,
+    check_uri,
+)
+from theseus_ops.errors import InputError
+from theseus_ops.service_errors import CatalogError
+from theseus_ops.storage.manifest import build_manifest
+from theseus_ops.storage.releases import LandedRelease, check_name, download_release
+from theseus_ops.storage.zones import LandingZone
+
+log = logging.getLogger("theseus_ops")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registry version theseus-ops wrote (or found, when ``created`` is False)."""
+
+    version: object  # mlflow.entities.model_registry.ModelVersion
+    created: bool
+    decision: GateDecision | None = None
+
+    @property
+    def ref(self) -> VersionRef:
+        return VersionRef(self.version.name, str(self.version.version))
+
+
+def options_sha256(options: dict) -> str:
+    """Canonical hash of transport options (JSON with sorted keys)."""
+    try:
+        text = json.dumps(options, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"transport options must be plain JSON values ({exc})") from exc
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def idempotency_key(source_vector: VersionRef, target_base: VersionRef, method: str, options: dict) -> str:
+    """The identity of a transport: (source vector version, target base version, method, options hash)."""
+    payload = json.dumps({"source_vector": str(source_vector), "target_base": str(target_base), "method": method,
+                          "options_sha256": options_sha256(options)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# -- lookups -------------------------------------------------------------------------------------
+def get_base(catalog: Catalog, ref: VersionRef) -> BaseReleaseTags:
+    mv = catalog.get_version(ref, "base release")
+    return BaseReleaseTags.from_tags(mv.tags or {}, f"base release {ref}")
+
+
+def get_task_vector(catalog: Catalog, ref: VersionRef) -> TaskVectorTags:
+    mv = catalog.get_version(ref, "task vector")
+    return TaskVectorTags.from_tags(mv.tags or {}, f"task vector {ref}")
+
+
+def find_base_release(catalog: Catalog, family: str, release: str):
+    """The version registering ``release`` of ``family``, or None."""
+    found = catalog.search_versions(family, {ROLE: ROLE_BASE, "theseus.release": release})
+    return found[-1] if found else None
+
+
+def find_task_vectors(catalog: Catalog, task: str, base: VersionRef | None = None) -> list:
+    """Every task-vector version for ``task`` (on ``base`` if given); CatalogError for a task the catalog lacks."""
+    check_task(task)
+    tags = {ROLE: ROLE_TASK_VECTOR, "theseus.task": task}
+    if base is not None:
+        tags.update({"theseus.base_model": base.name, "theseus.base_version": base.version})
+    found = catalog.search_versions(tags=tags)
+    if not found:
+        known = sorted({v.tags.get("theseus.task") for v in catalog.search_versions(tags={ROLE: ROLE_TASK_VECTOR})}
+                       - {None})
+        where = f" on base {base}" if base else ""
+        raise CatalogError(f"unknown task {task!r}{where}: no task vector in the catalog "
+                           f"(known tasks: {', '.join(known) or 'none'})")
+    return found
+
+
+def _vector_format(path: Path) -> str:
+    from theseus_ops.io.task_vectors import ADAPTER_CONFIG
+
+    if path.is_dir():
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise InputError(f"{path} is a directory without {ADAPTER_CONFIG}: not a LoRA adapter")
+        return "lora"
+    if path.is_file():
+        return "full"
+    raise InputError(f"{path} does not exist")
+
+
+def _check_vector_against_base(path: Path, base: BaseReleaseTags, base_ref: VersionRef) -> str:
+    """Read and validate the vector; its recorded base hash (if any) must be the base's. Returns its format."""
+    from theseus_ops.io.task_vectors import META_BASE_SHA, read_task_vector
+
+    fmt = _vector_format(path)
+    tv = read_task_vector(path)
+    recorded = (tv.metadata or {}).get(META_BASE_SHA)
+    if recorded and recorded != base.sha256:
+        raise CatalogError(f"task vector {path} was made for base weights {recorded[:12]}…, but base {base_ref} "
+                           f"(release {base.release}) has {base.sha256[:12]}…")
+    return fmt
+
+
+def _existing(catalog: Catalog, name: str, tags: dict[str, str]):
+    found = catalog.search_versions(name, tags)
+    return found[0] if found else None
+
+
+# -- base releases -------------------------------------------------------------------------------
+def register_base(catalog: Catalog, family: str, release: str, model_dir: str | Path,
+                  description: str | None = None, source_uri: str | None = None,
+                  progress: Progress | None = None) -> Registration:
+    """Register a Hugging Face model directory as ``release`` of the registered model ``family``."""
+    from theseus_ops.io.models import inspect_model_dir
+
+    check_model_name(family)
+    check_name(release, "release")
+    info = inspect_model_dir(model_dir)
+    tags = BaseReleaseTags(release=release, sha256=info.sha256()).to_tags()
+    if source_uri:
+        tags["theseus.source_uri"] = source_uri
+    existing = find_base_release(catalog, family, release)
+    if existing is not None:
+        if existing.tags.get("theseus.sha256") != tags["theseus.sha256"]:
+            raise CatalogError(f"release {release} of {family} is already registered as version "
+                               f"{existing.version} with other weights")
+        return Registration(existing, False)
+    mv = catalog.upload_and_register(family, model_dir, tags, "model", description or f"{family} release {release}",
+                                     progress=progress)
+    return Registration(mv, True)
+
+
+def register_landed_release(catalog: Catalog, zone: LandingZone, landed: LandedRelease,
+                            progress: Progress | None = None) -> Registration:
+    """Download a landed release (verifying every checksum) and register it as a base release."""
+    with tempfile.TemporaryDirectory(prefix="theseus-landed-") as tmp:
+        local = download_release(zone, landed.family, landed.release, Path(tmp) / "model")
+        return register_base(catalog, landed.family, landed.release, local, source_uri=landed.url, progress=progress)
+
+
+# -- task vectors --------------------------------------------------------------------------------
+def register_task_vector(catalog: Catalog, name: str, path: str | Path, *, task: str, base_model: str,
+                         base_version: str, dataset: str, metric: str, fmt: str | None = None,
+                         description: str | None = None, progress: Progress | None = None) -> Registration:
+    """Register a fine-tuned task vector (delta file or LoRA adapter dir) for a registered base version."""
+    check_model_name(name)
+    path = Path(path)
+    base_ref = VersionRef(check_model_name(base_model), str(base_version))
+    check_task(task)
+    check_uri(dataset, "dataset")
+    base = get_base(catalog, base_ref)
+    detected = _check_vector_against_base(path, base, base_ref)
+    if fmt is not None and fmt != detected:
+        raise InputError(f"{path} is a {detected} task vector, not {fmt}")
+    tags = TaskVectorTags(task=task, base_model=base_ref.name, base_version=base_ref.version, format=detected,
+                          dataset=dataset, metric=metric).to_tags()
+    content = build_manifest(path).digest()
+    existing = _existing(catalog, name, {ROLE: ROLE_TASK_VECTOR, "theseus.base_version": base_ref.version,
+                                         "theseus.base_model": base_ref.name, CONTENT_SHA256: content})
+    if existing is not None:
+        return Registration(existing, False)
+    mv = catalog.upload_and_register(name, path, tags, "task_vector", description, progress=progress)
+    return Registration(mv, True)
+
+
+def _transport_context(catalog: Catalog, source_vector: VersionRef, target_base: VersionRef
+                       ) -> tuple[TaskVectorTags, BaseReleaseTags]:
+    source = get_task_vector(catalog, source_vector)
+    target = get_base(catalog, target_base)
+    get_base(catalog, source.base)  # the source's own base must still be registered
+    if source.base_model != target_base.name:
+        raise CatalogError(f"task vector {source_vector} belongs to family {source.base_model}, "
+                           f"target base {target_base} to {target_base.name}")
+    if source.base_version == target_base.version:
+        raise InputError(f"task vector {source_vector} is already on base {target_base}")
+    return source, target
+
+
+def register_transported_vector(catalog: Catalog, source_vector: VersionRef, target_base: VersionRef,
+                                path: str | Path, *, method: str, alpha: float, alignment: str,
+                                options: dict | None = None, name: str | None = None,
+                                progress: Progress | None = None) -> Registration:
+    """Register a transported task vector as a catalog entry of the target base (default: same model name).
+
+    Idempotent on (source vector, target base, method, options incl. alpha).
+    """
+    options = {**(options or {}), "alpha": float(alpha)}
+    source, target = _transport_context(catalog, source_vector, target_base)
+    check_uri(alignment, "alignment")
+    name = check_model_name(name or source_vector.name)
+    key = idempotency_key(source_vector, target_base, method, options)
+    existing = _existing(catalog, name, {ROLE: ROLE_TASK_VECTOR, IDEMPOTENCY_KEY: key})
+    if existing is not None:
+        log.info("%s is already registered as %s/%s", key[:12], name, existing.version)
+        return Registration(existing, False)
+    path = Path(path)
+    fmt = _check_vector_against_base(path, target, target_base)
+    tags = TaskVectorTags(task=source.task, base_model=target_base.name, base_version=target_base.version,
+                          format=fmt, dataset=source.dataset, metric=source.metric,
+                          transported_from=str(source_vector), method=method, alpha=repr(float(alpha)),
+                          alignment=alignment).to_tags()
+    tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
+    mv = catalog.upload_and_register(name, path, tags, "task_vector",
+                                     f"{source.task} task vector ported from {source_vector} by {method}",
+                                     progress=progress)
+    return Registration(mv, True)
+
+
+# -- transported models --------------------------------------------------------------------------
+def _save_transformers_model(model_dir: Path, out: Path) -> None:
+    """``model_dir`` as an MLflow model with the transformers (and pyfunc) flavor, for text generation."""
+    import mlflow
+    import torch
+    import transformers
+
+    try:
+        pipe = transformers.pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{model_dir}: cannot build a text-generation pipeline (model and tokenizer are "
+                         f"needed in the directory): {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    from huggingface_hub import ModelCard
+
+    readme = model_dir / "README.md"
+    # an explicit card: otherwise MLflow looks one up on the Hugging Face Hub by the directory's name
+    card = ModelCard(readme.read_text() if readme.is_file() else f"# {model_dir.name}\n\nWritten by theseus-ops.\n")
+    requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+    mlflow.transformers.save_model(transformers_model=pipe, path=str(out), task="text-generation",
+                                   pip_requirements=requirements, model_card=card)
+
+
+def register_transported_model(catalog: Catalog, name: str, model_dir: str | Path, *, source_vector: VersionRef,
+                               target_base: VersionRef, method: str, alpha: float, evaluation: Evaluation,
+                               gate: GateConfig, options: dict | None = None,
+                               progress: Progress | None = None) -> Registration:
+    """Log a ready-to-serve model (target base + ported vector) and gate its ``candidate`` alias.
+
+    Idempotent on (source vector, target base, method, options incl. alpha): a re-run returns the
+    existing version and moves no alias.
+    """
+    check_model_name(name)
+    options = {**(options or {}), "alpha": float(alpha)}
+    source, _target = _transport_context(catalog, source_vector, target_base)
+    key = idempotency_key(source_vector, target_base, method, options)
+    existing = _existing(catalog, name, {ROLE: TransportedModelTags.ROLE_VALUE, IDEMPOTENCY_KEY: key})
+    if existing is not None:
+        log.info("%s is already registered as %s/%s", key[:12], name, existing.version)
+        return Registration(existing, False)
+    decision = decide(evaluation, gate)
+    tags = TransportedModelTags(
+        task=source.task, base_model=target_base.name, base_version=target_base.version,
+        source_base_model=source.base_model, source_base_version=source.base_version,
+        transported_from=str(source_vector), method=method, alpha=repr(float(alpha)), metric=source.metric,
+        val_metric=repr(evaluation.val_metric), test_metric=repr(evaluation.test_metric),
+        base_test_metric=repr(evaluation.base_test_metric),
+        general_loss=None if evaluation.general_loss is None else repr(evaluation.general_loss),
+        base_general_loss=None if evaluation.base_general_loss is None else repr(evaluation.base_general_loss),
+        gate=decision.tag,
+    ).to_tags()
+    tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
+    metrics = {"val_metric": evaluation.val_metric, "test_metric": evaluation.test_metric}
+    with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
+        saved = Path(tmp) / "model"
+        _save_transformers_model(Path(model_dir), saved)
+        mv = catalog.upload_and_register(
+            name, saved, tags, "model",
+            f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",
+            metrics=metrics, progress=progress)
+    if decision.candidate:
+        catalog.set_alias(name, ALIAS_CANDIDATE, mv.version)
+        log.info("%s/%s is now %s (%s)", name, mv.version, ALIAS_CANDIDATE, decision.reason)
+    else:
+        log.info("%s/%s did not pass the gate: %s", name, mv.version, decision.reason)
+    if decision.champion:
+        catalog.set_alias(name, ALIAS_CHAMPION, mv.version)
+    return Registration(mv, True, decision)

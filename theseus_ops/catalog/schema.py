@@ -1,0 +1,154 @@
+"""The catalog schema: registry entries and their ``theseus.*`` tags (see docs/catalog.md).
+
+Three kinds of model versions, told apart by ``theseus.role``:
+
+* a base release: a version of the registered model named after the family;
+* a task vector (fine-tuned or transported): a delta file or a LoRA adapter for one base version;
+* a transported model: base + task vector, logged with the transformers flavor, ready to serve.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import MISSING, asdict, dataclass, fields
+from urllib.parse import urlparse
+
+from theseus_ops.errors import InputError
+from theseus_ops.service_errors import CatalogError
+
+PREFIX = "theseus."
+ROLE = "theseus.role"
+ROLE_BASE = "base"
+ROLE_TASK_VECTOR = "task_vector"
+ROLE_TRANSPORTED_MODEL = "transported_model"
+ROLES = (ROLE_BASE, ROLE_TASK_VECTOR, ROLE_TRANSPORTED_MODEL)
+FORMATS = ("full", "lora")
+
+# bookkeeping tags theseus-ops writes on every version it creates
+IDEMPOTENCY_KEY = "theseus.idempotency_key"
+OPTIONS_SHA256 = "theseus.options_sha256"
+CONTENT_SHA256 = "theseus.content_sha256"  # digest of the artifact manifest's file list
+MANIFEST_SHA256 = "theseus.manifest_sha256"  # sha256 of the manifest file itself
+ARTIFACT_PATH = "theseus.artifact_path"
+ARTIFACT_FILE = "theseus.artifact_file"  # set when the artifact is a single file
+
+ALIAS_CANDIDATE = "candidate"
+ALIAS_CHAMPION = "champion"
+
+_TASK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_task(task: str) -> str:
+    if not isinstance(task, str) or not _TASK.match(task):
+        raise InputError(f"task {task!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return task
+
+
+def check_uri(uri: str, what: str) -> str:
+    if not isinstance(uri, str) or not urlparse(uri).scheme or len(urlparse(uri).scheme) < 2:
+        raise InputError(f"{what} {uri!r} is not a URI (e.g. s3://bucket/data/sst2?splits=train,validation,test)")
+    return uri
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registry model version: ``name/version``."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> VersionRef:
+        name, sep, version = str(text).rpartition("/")
+        if not sep or not name or not version.isdigit():
+            raise InputError(f"{text!r} is not a model version reference NAME/VERSION")
+        return cls(name, version)
+
+
+class _Tags:
+    """Dataclass <-> ``theseus.<field>`` tag dict, with every field a string."""
+
+    ROLE_VALUE = ""
+
+    def to_tags(self) -> dict[str, str]:
+        tags = {ROLE: self.ROLE_VALUE}
+        for k, v in asdict(self).items():
+            if v is not None:
+                tags[PREFIX + k] = str(v)
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str], where: str):
+        if tags.get(ROLE) != cls.ROLE_VALUE:
+            raise CatalogError(f"{where} is not a {cls.ROLE_VALUE} entry (theseus.role={tags.get(ROLE)!r})")
+        values = {}
+        for f in fields(cls):
+            value = tags.get(PREFIX + f.name)
+            if value is None and f.default is MISSING:
+                raise CatalogError(f"{where} lacks tag {PREFIX + f.name}")
+            values[f.name] = value if value is not None else f.default
+        try:
+            return cls(**values)
+        except InputError as exc:
+            raise CatalogError(f"{where}: invalid tags ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class BaseReleaseTags(_Tags):
+    ROLE_VALUE = ROLE_BASE
+    release: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TaskVectorTags(_Tags):
+    ROLE_VALUE = ROLE_TASK_VECTOR
+    task: str
+    base_model: str
+    base_version: str
+    format: str
+    dataset: str
+    metric: str
+    # set on transported vectors only
+    transported_from: str | None = None
+    method: str | None = None
+    alpha: str | None = None
+    alignment: str | None = None
+
+    def __post_init__(self) -> None:
+        check_task(self.task)
+        if self.format not in FORMATS:
+            raise InputError(f"task-vector format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        check_uri(self.dataset, "dataset")
+        if not self.metric:
+            raise InputError("a task vector needs the name of its metric (e.g. accuracy)")
+        transported = (self.transported_from, self.method, self.alpha, self.alignment)
+        if any(v is not None for v in transported) and not all(v is not None for v in transported):
+            raise InputError("a transported task vector needs transported_from, method, alpha and alignment")
+
+    @property
+    def base(self) -> VersionRef:
+        return VersionRef(self.base_model, self.base_version)
+
+
+@dataclass(frozen=True)
+class TransportedModelTags(_Tags):
+    ROLE_VALUE = ROLE_TRANSPORTED_MODEL
+    task: str
+    base_model: str  # the target base (the model this one is built on)
+    base_version: str
+    source_base_model: str
+    source_base_version: str
+    transported_from: str  # the source task vector, name/version
+    method: str
+    alpha: str
+    metric: str
+    val_metric: str
+    test_metric: str
+    base_test_metric: str
+    general_loss: str | None = None
+    base_general_loss: str | None = None
+    gate: str | None = None  # passed | failed: reason

@@ -1,0 +1,277 @@
+"""``bench quality``: every transport method on every skill and target release, honestly.
+
+Protocol (METHOD.md): calibrate on train; choose α per method on val over a grid; report test at
+that α, beside the general capability (held-out LM loss) so forgetting shows next to the gain.
+The target fine-tuned directly is the upper bound; each method's share of its gain is
+(transported − base) / (fine-tuned − base). The method best on val is reported as selected.
+Nothing is ever chosen on test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from theseus_ops.demo import evaluate as ev
+from theseus_ops.demo.family import TARGETS, Family, build_family, family_config
+from theseus_ops.demo.skills import load_split
+from theseus_ops.errors import InputError, TheseusError
+
+log = logging.getLogger("theseus_ops")
+METHODS = ("pad", "naive", "theseus", "theseus-data-free", "gradfix")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    family: str = "tiny"
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+    methods: tuple[str, ...] = METHODS
+    targets: tuple[str, ...] = TARGETS
+    cache: str | None = None
+    val_limit: int | None = None
+    test_limit: int | None = None
+    plots: bool = True
+    family_overrides: dict = field(default_factory=dict, hash=False)
+
+
+def _state_with(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], alpha: float) -> dict:
+    return {k: (v + alpha * delta[k].to(v.dtype)) if k in delta else v for k, v in base.items()}
+
+
+def _dense(path: Path, target_dir: Path) -> dict[str, torch.Tensor]:
+    """A transported task vector as dense deltas keyed like the target's state dict."""
+    from theseus_ops.io.models import inspect_model_dir
+    from theseus_ops.io.task_vectors import read_task_vector
+    from theseus_ops.transport.engine import storage_delta
+
+    tv = read_task_vector(path)
+    family = inspect_model_dir(target_dir).family
+    return {name: storage_delta(family, name, tv).float() for name in tv.names()}
+
+
+class Scorer:
+    """One target base loaded once; scores base + α·δ on a split without writing model files."""
+
+    def __init__(self, model_dir: Path, heldout: str) -> None:
+        self.model, _ = ev.load_for_eval(model_dir)
+        self.base = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.heldout = heldout
+
+    def score(self, delta: dict[str, torch.Tensor] | None, alpha: float, rows, with_loss: bool = False) -> dict:
+        state = self.base if delta is None or alpha == 0 else _state_with(self.base, delta, alpha)
+        self.model.load_state_dict(state)
+        out = ev.score_rows(self.model, rows).as_dict()
+        if with_loss:
+            out["lm_loss"] = ev.lm_loss(self.model, self.heldout)
+        return out
+
+
+def _key(s: dict) -> tuple[float, float]:
+    return (s["exact_match"], s["token_accuracy"])
+
+
+def _share(value: float, base: float, tuned: float) -> float | None:
+    gain = tuned - base
+    return None if gain <= 1e-9 else (value - base) / gain
+
+
+def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out: Path, alignments: dict) -> Path:
+    from theseus_ops import api
+    from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
+
+    source, tgt = str(fam.model("v1")), str(fam.model(target))
+    kwargs: dict = {}
+    if method in ("theseus", "theseus-data-free"):
+        key = (target, skill if method == "theseus" else None)
+        if key not in alignments:
+            path = out.parent.parent / "alignments" / f"{target}-{method}{'-' + skill if key[1] else ''}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cal = CalibrationSpec(str(fam.calibration(skill))) if method == "theseus" else CalibrationSpec()
+            api.prepare(PrepareConfig(source, tgt, cal, method=method), path)
+            alignments[key] = str(path)
+        kwargs["alignment"] = alignments[key]
+    elif method == "gradfix":
+        kwargs["calibration"] = CalibrationSpec(str(fam.calibration(skill)))
+    dest = out / (f"{method}" if tv.is_dir() else f"{method}.safetensors")
+    out.mkdir(parents=True, exist_ok=True)
+    api.transport(TransportConfig(source, tgt, method, task_vector=str(tv), **kwargs), dest, out / f"{method}.json")
+    return dest
+
+
+def _run_cell(fam: Family, scorer: Scorer, cfg: BenchConfig, target: str, skill: str, tv: Path, label: str,
+              val, test, base_val: dict, base_test: dict, out: Path, alignments: dict) -> dict:
+    """All methods for one (target, task vector): α sweep on val, test at the chosen α."""
+    cell: dict = {"target": target, "task": label, "methods": {}}
+    cell["methods"]["base"] = {"alpha": 0.0, "val": base_val, "test": base_test, "sweep": []}
+    for method in cfg.methods:
+        t0 = time.perf_counter()
+        try:
+            path = _transport(fam, target, method, tv, skill, out / target / label, alignments)
+        except TheseusError as exc:
+            cell["methods"][method] = {"not_applicable": str(exc).splitlines()[0]}
+            continue
+        delta = _dense(path, fam.model(target))
+        transport_s = time.perf_counter() - t0
+        sweep = [{"alpha": a, **scorer.score(delta, a, val)} for a in cfg.alphas]
+        best = max(sweep, key=lambda s: (*_key(s), -s["alpha"]))
+        test_score = scorer.score(delta, best["alpha"], test, with_loss=True)
+        chosen = {k: best[k] for k in ("exact_match", "token_accuracy")}
+        cell["methods"][method] = {"alpha": best["alpha"], "val": chosen,
+                                   "test": test_score, "sweep": sweep, "transport_seconds": round(transport_s, 3),
+                                   "eval_seconds": round(time.perf_counter() - t0 - transport_s, 3)}
+    ref = fam.reference(target, skill)
+    if ref.is_file():
+        cell["methods"]["finetuned"] = {"alpha": 1.0, "test": scorer.score(_dense(ref, fam.model(target)), 1.0, test,
+                                                                              with_loss=True), "upper_bound": True}
+    candidates = {m: r for m, r in cell["methods"].items() if "val" in r}
+    cell["selected"] = max(candidates, key=lambda m: (*_key(candidates[m]["val"]), m == "base"))
+    tuned = cell["methods"].get("finetuned", {}).get("test")
+    for r in cell["methods"].values():
+        if "test" in r and tuned:
+            r["recovered"] = _share(r["test"]["exact_match"], base_test["exact_match"], tuned["exact_match"])
+            r["recovered_token"] = _share(r["test"]["token_accuracy"], base_test["token_accuracy"],
+                                          tuned["token_accuracy"])
+    return cell
+
+
+def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
+    """Build (or reuse) the family, run every cell, write results.json, table.md and plots."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fam_cfg = family_config(cfg.family, **cfg.family_overrides)
+    t0 = time.perf_counter()
+    fam = build_family(fam_cfg, cfg.cache, progress=progress)
+    build_s = time.perf_counter() - t0
+    heldout = fam.heldout.read_text()
+    started = time.perf_counter()
+    splits = {s: (load_split(fam.task(s), "val")[: cfg.val_limit], load_split(fam.task(s), "test")[: cfg.test_limit])
+              for s in fam_cfg.skills}
+    results: dict = {"family": {"scale": fam_cfg.scale, "root": str(fam.root), "hash": fam.info.get("hash"),
+                                "build_seconds_recorded": fam.info.get("build_seconds"),
+                                "build_or_load_seconds": round(build_s, 2), "timings": fam.info.get("timings")},
+                     "alphas": list(cfg.alphas), "source": {}, "cells": []}
+    source = Scorer(fam.model("v1"), heldout)
+    for skill, (_val, test) in splits.items():
+        tuned = _dense(fam.task_vector(skill), fam.model("v1"))
+        results["source"][skill] = {"v1": source.score(None, 0, test, with_loss=True),
+                                    "v1_finetuned": source.score(tuned, 1.0, test, with_loss=True)}
+        for lora_skill in fam_cfg.lora_skills:
+            if lora_skill == skill:
+                results["source"][f"{skill}-lora"] = {"v1_finetuned": source.score(
+                    _dense(fam.lora(skill), fam.model("v1")), 1.0, test, with_loss=True)}
+    for target in cfg.targets:
+        scorer = Scorer(fam.model(target), heldout)
+        alignments: dict = {}
+        for skill, (val, test) in splits.items():
+            base_val = scorer.score(None, 0, val)
+            base_test = scorer.score(None, 0, test, with_loss=True)
+            tvs = [(skill, fam.task_vector(skill))]
+            if skill in fam_cfg.lora_skills:
+                tvs.append((f"{skill}-lora", fam.lora(skill)))
+            for label, tv in tvs:
+                t0 = time.perf_counter()
+                cell = _run_cell(fam, scorer, cfg, target, skill, tv, label, val, test, base_val, base_test,
+                                 out / "transported", alignments)
+                cell["seconds"] = round(time.perf_counter() - t0, 2)
+                results["cells"].append(cell)
+                progress(f"bench: {target} {label}: selected {cell['selected']} ({cell['seconds']:.1f}s)")
+    results["eval_seconds"] = round(time.perf_counter() - started, 2)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(markdown_table(results))
+    if cfg.plots:
+        results["plots"] = plot_sweeps(results, out)
+    return results
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.0f}" if pct else f"{v:.3f}"
+
+
+SHOWN = ("base", "pad", "naive", "theseus", "theseus-data-free", "gradfix", "finetuned")
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"# bench quality: family `{results['family']['scale']}`", "",
+             "Test exact match % (α chosen on val in brackets); ✓ marks the method selected on val; "
+             "n/a = method does not apply to this pair. Recovered = share of the direct fine-tune's gain.", ""]
+    lines += ["## Source (v1) and its fine-tunes, test", "", "| task | v1 EM | v1+τ EM | v1 tok acc | v1+τ tok acc |",
+              "|---|---|---|---|---|"]
+    for task, r in results["source"].items():
+        base = r.get("v1")
+        lines.append(f"| {task} | {_fmt(base['exact_match']) if base else '–'} | "
+                     f"{_fmt(r['v1_finetuned']['exact_match'])} | {_fmt(base['token_accuracy']) if base else '–'} | "
+                     f"{_fmt(r['v1_finetuned']['token_accuracy'])} |")
+    lines += ["", "## Targets: test exact match % [α]", "",
+              "| target | task | " + " | ".join(SHOWN) + " | selected | selected recovered |",
+              "|---|---|" + "---|" * (len(SHOWN) + 2)]
+    for cell in results["cells"]:
+        row = [cell["target"], cell["task"]]
+        for m in SHOWN:
+            r = cell["methods"].get(m)
+            if r is None or "not_applicable" in r:
+                row.append("n/a")
+                continue
+            mark = " ✓" if m == cell["selected"] else ""
+            alpha = f" [{r['alpha']:g}]" if m not in ("base", "finetuned") else ""
+            row.append(f"{_fmt(r['test']['exact_match'])}{alpha}{mark}")
+        sel = cell["methods"][cell["selected"]]
+        row += [cell["selected"], _fmt(sel.get("recovered"))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Targets: test answer-token accuracy % and held-out LM loss (nats) at the chosen α", "",
+              "| target | task | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN)]
+    for cell in results["cells"]:
+        row = [cell["target"], cell["task"]]
+        for m in SHOWN:
+            r = cell["methods"].get(m)
+            if r is None or "not_applicable" in r:
+                row.append("n/a")
+            else:
+                row.append(f"{_fmt(r['test']['token_accuracy'])} / {r['test'].get('lm_loss', float('nan')):.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    fam = results["family"]
+    lines += ["", f"Family build: {fam['build_seconds_recorded']}s when built (this run: "
+              f"{fam['build_or_load_seconds']}s, cached if small); evaluation: {results['eval_seconds']}s.", ""]
+    return "\n".join(lines)
+
+
+def plot_sweeps(results: dict, out: Path) -> list[str]:
+    """One PNG per target: val exact match against α, one panel per task, one line per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise InputError("plots need matplotlib (pip install matplotlib), or run without plots") from exc
+    written = []
+    targets = sorted({c["target"] for c in results["cells"]}, key=[c["target"] for c in results["cells"]].index)
+    for target in targets:
+        cells = [c for c in results["cells"] if c["target"] == target]
+        fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.0), sharey=True, squeeze=False)
+        for ax, cell in zip(axes[0], cells):
+            for method, r in cell["methods"].items():
+                if r.get("sweep"):
+                    ax.plot([s["alpha"] for s in r["sweep"]], [100 * s["exact_match"] for s in r["sweep"]],
+                            marker="o", ms=3, label=method)
+            ft = cell["methods"].get("finetuned")
+            if ft:
+                ax.axhline(100 * ft["test"]["exact_match"], color="k", ls="--", lw=0.8, label="fine-tuned (test)")
+            ax.set_title(cell["task"], fontsize=9)
+            ax.set_xlabel("α")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("val exact match %")
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{target}: α sweeps on val", fontsize=10)
+        fig.tight_layout()
+        path = out / f"sweep-{target}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return written

@@ -1,0 +1,240 @@
+"""Landing zones: object storage (S3 API, via boto3) or a local directory, behind one interface.
+
+Keys are POSIX paths relative to the zone's root (``s3://bucket/prefix`` or a directory), laid out
+as ``<family>/<release>/<file>``. Every call goes through the bounded retry policy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+from theseus_ops.errors import InputError
+from theseus_ops.retry import RetryPolicy, call_with_retry
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where releases land.
+
+    ``url``: ``s3://bucket/prefix`` or a local directory (``file:///path`` or a plain path).
+    ``endpoint_url``: an S3-compatible server (RustFS, SeaweedFS, Garage, MinIO); None means AWS.
+    Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``, profiles, instance roles).
+
+    Env defaults (:meth:`from_env`): ``THESEUS_LANDING_URL`` (default ``.theseus/landing``),
+    ``THESEUS_S3_ENDPOINT_URL`` (else ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``),
+    ``THESEUS_S3_REGION`` (else ``AWS_DEFAULT_REGION``, else us-east-1),
+    ``THESEUS_S3_MULTIPART_THRESHOLD_MB`` (64) and ``THESEUS_S3_MULTIPART_CHUNK_MB`` (64).
+    """
+
+    url: str = ".theseus/landing"
+    endpoint_url: str | None = None
+    region: str | None = None
+    multipart_threshold: int = 64 * 1024 * 1024
+    multipart_chunksize: int = 64 * 1024 * 1024
+    max_concurrency: int = 4
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise InputError("the landing zone URL is empty")
+        if self.multipart_chunksize < 5 * 1024 * 1024:
+            raise InputError("S3 multipart chunks must be at least 5 MiB")
+        if self.multipart_threshold < 1 or self.max_concurrency < 1:
+            raise InputError("multipart threshold and concurrency must be positive")
+
+    @classmethod
+    def from_env(cls, **overrides) -> StorageConfig:
+        env = os.environ.get
+        mb = 1024 * 1024
+        values = {
+            "url": env("THESEUS_LANDING_URL", ".theseus/landing"),
+            "endpoint_url": env("THESEUS_S3_ENDPOINT_URL") or env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+            "region": env("THESEUS_S3_REGION") or env("AWS_DEFAULT_REGION"),
+            "multipart_threshold": int(float(env("THESEUS_S3_MULTIPART_THRESHOLD_MB", "64")) * mb),
+            "multipart_chunksize": int(float(env("THESEUS_S3_MULTIPART_CHUNK_MB", "64")) * mb),
+            "retry": RetryPolicy.from_env(),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@runtime_checkable
+class LandingZone(Protocol):
+    url: str
+
+    def put_file(self, local: Path, key: str) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_file(self, key: str, local: Path) -> None: ...
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object's content, or None when it does not exist."""
+
+    def children(self, prefix: str) -> list[str]:
+        """Names one level below ``prefix`` (a key ending in '/' or empty), files and folders alike."""
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise InputError(f"invalid landing-zone key {key!r}")
+    return key
+
+
+class LocalLandingZone:
+    """The embedded default: a directory with the same layout as the bucket. Writes are atomic."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.url = f"file://{self.root.resolve()}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _atomic(self, dest: Path, write: Callable[[Path], None]) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        try:
+            write(Path(name))
+            os.replace(name, dest)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, local: Path, key: str) -> None:
+        self._atomic(self._path(key), lambda tmp: shutil.copyfile(local, tmp))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._atomic(self._path(key), lambda tmp: tmp.write_bytes(data))
+
+    def get_file(self, key: str, local: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise InputError(f"{self.url}/{key} does not exist")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, local)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        p = self._path(key)
+        return p.read_bytes() if p.is_file() else None
+
+    def children(self, prefix: str) -> list[str]:
+        d = self.root / prefix if prefix else self.root
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+
+
+class S3LandingZone:
+    """A bucket prefix on AWS S3 or any S3-compatible server, through boto3.
+
+    Files above ``multipart_threshold`` go up and down in parallel multipart transfers; an
+    interrupted multipart upload never becomes a visible object.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", config: StorageConfig | None = None, client=None) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.config = config or StorageConfig(url=f"s3://{bucket}/{prefix}")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        cfg = self.config
+        self.client = client or boto3.client(
+            "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region or "us-east-1",
+            # one attempt per boto3 call: the bounded policy below is the one retry loop in force
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                          connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout),
+        )
+        self.transfer = TransferConfig(multipart_threshold=cfg.multipart_threshold,
+                                       multipart_chunksize=cfg.multipart_chunksize,
+                                       max_concurrency=cfg.max_concurrency)
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _retry(self, what: str, fn):
+        return call_with_retry(fn, f"S3 {what} ({self.config.endpoint_url or 'AWS'})", self.config.retry)
+
+    def put_file(self, local: Path, key: str) -> None:
+        self._retry(f"upload of s3://{self.bucket}/{self._key(key)}", lambda: self.client.upload_file(
+            str(local), self.bucket, self._key(key), Config=self.transfer))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._retry(f"write of s3://{self.bucket}/{self._key(key)}",
+                    lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
+
+    def get_file(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._retry(f"download of s3://{self.bucket}/{self._key(key)}", lambda: self.client.download_file(
+                self.bucket, self._key(key), str(local), Config=self.transfer))
+        except Exception as exc:
+            if _is_missing(exc):
+                raise InputError(f"{self.url}/{key} does not exist") from exc
+            raise
+
+    def get_bytes(self, key: str) -> bytes | None:
+        def read():
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            except Exception as exc:
+                if _is_missing(exc):
+                    return None
+                raise
+
+        return self._retry(f"read of s3://{self.bucket}/{self._key(key)}", read)
+
+    def children(self, prefix: str) -> list[str]:
+        full = self._key(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
+
+        def listing():
+            names: set[str] = set()
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+                names.update(p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", []))
+                names.update(o["Key"][len(full):] for o in page.get("Contents", []))
+            return sorted(n for n in names if n)
+
+        try:
+            return self._retry(f"listing of s3://{self.bucket}/{full}", listing)
+        except Exception as exc:
+            if _is_missing(exc):
+                raise InputError(f"bucket {self.bucket} does not exist at {self.config.endpoint_url or 'AWS'}") \
+                    from exc
+            raise
+
+
+def _is_missing(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+def open_zone(config: StorageConfig | None = None) -> LandingZone:
+    """The zone a config names: S3 for ``s3://``, else a local directory."""
+    config = config or StorageConfig.from_env()
+    parsed = urlparse(config.url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InputError(f"landing URL {config.url} names no bucket")
+        return S3LandingZone(parsed.netloc, parsed.path.strip("/"), config)
+    if parsed.scheme == "file":
+        return LocalLandingZone(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise InputError(f"landing URL scheme {parsed.scheme}:// is not supported (use s3:// or a directory)")
+    return LocalLandingZone(config.url)
