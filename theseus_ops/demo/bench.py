@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from theseus_ops.demo import evaluate as ev
-from theseus_ops.demo.family import TARGETS, Family, build_family, family_config
+from theseus_ops.demo.family import TARGETS, Family, build_family, ensure_references, family_config
 from theseus_ops.demo.skills import load_split
 from theseus_ops.errors import InputError, TheseusError
 
@@ -147,13 +147,17 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
     t0 = time.perf_counter()
     fam = build_family(fam_cfg, cfg.cache, progress=progress)
     build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reference_timings = ensure_references(fam, progress)
+    reference_s = time.perf_counter() - t0
     heldout = fam.heldout.read_text()
     started = time.perf_counter()
     splits = {s: (load_split(fam.task(s), "val")[: cfg.val_limit], load_split(fam.task(s), "test")[: cfg.test_limit])
               for s in fam_cfg.skills}
     results: dict = {"family": {"scale": fam_cfg.scale, "root": str(fam.root), "hash": fam.info.get("hash"),
                                 "build_seconds_recorded": fam.info.get("build_seconds"),
-                                "build_or_load_seconds": round(build_s, 2), "timings": fam.info.get("timings")},
+                                "build_or_load_seconds": round(build_s, 2), "timings": fam.info.get("timings"),
+                                "reference_seconds": round(reference_s, 2), "reference_timings": reference_timings},
                      "alphas": list(cfg.alphas), "source": {}, "cells": []}
     source = Scorer(fam.model("v1"), heldout)
     for skill, (_val, test) in splits.items():

@@ -51,15 +51,17 @@ class FamilyConfig:
     pretrain: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(steps=800, batch=32, lr=3e-3, warmup=40))
     further: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(steps=300, batch=32, lr=1e-3, warmup=20))
     independent: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(800, 32, 3e-3, 40))
-    finetune: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(steps=250, batch=32, lr=2e-3, warmup=20))
-    lora: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(steps=250, batch=32, lr=5e-3, warmup=20))
+    finetune: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(steps=400, batch=32, lr=2e-3, warmup=20))
+    lora: train.TrainSpec = field(default_factory=lambda: train.TrainSpec(steps=400, batch=32, lr=5e-3, warmup=20))
+    # pretraining windows replayed in every fine-tune (weight 0 turns it off); chosen on val, see BENCHMARKS.md
+    replay_weight: float = 1.0
+    replay_batch: int = 8
     lora_rank: int = 8
     skills: tuple[str, ...] = ("upper", "reverse", "shift", "lookup")
     lora_skills: tuple[str, ...] = ("upper",)
     skill_spec: skills_mod.SkillSpec = field(default_factory=skills_mod.SkillSpec)
     corpus: corpus_mod.CorpusSpec = field(default_factory=corpus_mod.CorpusSpec)
     calibration_rows: int = 256
-    references: bool = True
     seed: int = 0
     threads: int = 2
 
@@ -173,9 +175,10 @@ def _save_delta(tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], p
                                           **{k: str(v) for k, v in meta.items()}})
 
 
-def _finetune(config, state: dict[str, torch.Tensor], data, spec: train.TrainSpec, seed: int) -> dict:
+def _finetune(config, state: dict[str, torch.Tensor], data, spec: train.TrainSpec, seed: int,
+              replay: train.Replay | None) -> dict:
     model = train.with_state(config, state)
-    train.run_training(model, data, spec, seed)
+    train.run_training(model, data, spec, seed, replay=replay)
     return train.state_of(model)
 
 
@@ -269,32 +272,24 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
                                                 "final_loss": losses[-1]})
     stage("v2-indep", t0)
 
-    # task vectors of v1 (full and LoRA) and, for the benchmark, each target fine-tuned directly
+    # task vectors of v1: a full fine-tune per skill, and LoRA ones
     from theseus_ops.io.models import inspect_model_dir
 
     v1_sha = inspect_model_dir(fam.model("v1")).sha256()
+    replay = _replay(cfg, corpus)
     for i, skill in enumerate(cfg.skills):
         t0 = time.perf_counter()
         data = train.example_data(task_rows[skill])
-        tuned = _finetune(v1_cfg, v1_state, data, cfg.finetune, cfg.seed + 100 + i)
+        tuned = _finetune(v1_cfg, v1_state, data, cfg.finetune, cfg.seed + 100 + i, replay)
         _save_delta(tuned, v1_state, fam.task_vector(skill), {"theseus.base_sha256": v1_sha,
                                                               "theseus.skill": skill})
         stage(f"finetune v1 {skill}", t0)
         if skill in cfg.lora_skills:
             t0 = time.perf_counter()
             peft_model = train.lora_finetune(train.with_state(v1_cfg, v1_state), data, cfg.lora, cfg.seed + 200 + i,
-                                             cfg.lora_rank, 2 * cfg.lora_rank)
+                                             cfg.lora_rank, 2 * cfg.lora_rank, replay)
             peft_model.save_pretrained(str(fam.lora(skill)))
             stage(f"lora v1 {skill}", t0)
-        if cfg.references:
-            for release in TARGETS:
-                t0 = time.perf_counter()
-                base_model = train.load_release(fam.model(release))
-                base_state = train.state_of(base_model)
-                tuned = _finetune(base_model.config, base_state, data, cfg.finetune, cfg.seed + 100 + i)
-                _save_delta(tuned, base_state, fam.reference(release, skill), {"theseus.skill": skill,
-                                                                                "theseus.release": release})
-                stage(f"finetune {release} {skill}", t0)
     total = round(time.perf_counter() - started, 2)
     info = {"format": FORMAT, "scale": cfg.scale, "hash": key, "corpus_sha256": corpus.digest,
             "config": cfg.as_dict(), "build_seconds": total, "timings": timings,
@@ -302,3 +297,41 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
     (out / "family.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     progress(f"family {cfg.scale}: built in {total:.1f}s")
     return info
+
+
+def _replay(cfg: FamilyConfig, corpus: corpus_mod.Corpus) -> train.Replay | None:
+    """The pretraining windows every fine-tune replays (the same ones for v1 and the references)."""
+    if cfg.replay_weight <= 0:
+        return None
+    windows = corpus_mod.pretraining_windows(corpus, cfg.seq_len, cfg.finetune.steps * cfg.replay_batch, cfg.seed + 10)
+    return train.Replay(train.window_data(windows, cfg.seq_len), cfg.replay_weight, cfg.replay_batch)
+
+
+def ensure_references(fam: Family, progress=print) -> dict[str, float]:
+    """Each target fine-tuned directly on each skill: the benchmark's upper bound.
+
+    Built on demand (by ``bench quality``), not with the family: the family itself is what users
+    and the demo need, and it must build within minutes. Same recipe, data and seeds as v1's
+    fine-tunes; each file is written atomically and reused when present. Returns seconds per built one.
+    """
+    cfg = fam.config
+    missing = [(i, skill, release) for i, skill in enumerate(cfg.skills) for release in TARGETS
+               if not fam.reference(release, skill).is_file()]
+    if not missing:
+        return {}
+    train.set_determinism(cfg.threads)
+    replay = _replay(cfg, corpus_mod.build_corpus(cfg.corpus, cfg.skills))
+    timings = {}
+    for i, skill, release in missing:
+        t0 = time.perf_counter()
+        data = train.example_data(skills_mod.load_split(fam.task(skill), "train"))
+        base_model = train.load_release(fam.model(release))
+        base_state = train.state_of(base_model)
+        tuned = _finetune(base_model.config, base_state, data, cfg.finetune, cfg.seed + 100 + i, replay)
+        dest = fam.reference(release, skill)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        _save_delta(tuned, base_state, tmp, {"theseus.skill": skill, "theseus.release": release})
+        tmp.rename(dest)
+        timings[f"{release}/{skill}"] = round(time.perf_counter() - t0, 2)
+        progress(f"family {cfg.scale}: reference fine-tune {release} {skill} in {timings[f'{release}/{skill}']}s")
+    return timings

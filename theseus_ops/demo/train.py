@@ -79,8 +79,13 @@ def _lr(step: int, spec: TrainSpec) -> float:
 
 
 def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: TrainSpec, seed: int,
-                 params: list[torch.nn.Parameter] | None = None) -> list[float]:
-    """AdamW on batches sampled (seeded) from ``data`` rows; returns the loss of every step."""
+                 params: list[torch.nn.Parameter] | None = None, replay: Replay | None = None) -> list[float]:
+    """AdamW on batches sampled (seeded) from ``data`` rows; returns the loss of every step.
+
+    With ``replay``, each step adds ``weight`` × the LM loss of a few pretraining windows: a
+    fine-tune then learns its skill without wiping out general capability (without it, held-out
+    loss rose from 1.6 to 5–9 nats on the tiny family).
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -94,6 +99,9 @@ def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: Tr
             group["lr"] = _lr(step, spec)
         batch = {k: v[idx] for k, v in data.items()}
         loss = model(**batch).loss
+        if replay is not None:
+            rows_r = torch.randint(0, replay.data["input_ids"].shape[0], (replay.batch,), generator=gen)
+            loss = loss + replay.weight * model(**{k: v[rows_r] for k, v in replay.data.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, spec.clip)
@@ -101,6 +109,15 @@ def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: Tr
         losses.append(float(loss.detach()))
     model.eval()
     return losses
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Pretraining windows mixed into a fine-tune, and how much their loss weighs."""
+
+    data: dict[str, torch.Tensor]
+    weight: float = 1.0
+    batch: int = 8
 
 
 def window_data(windows: list[str], length: int) -> dict[str, torch.Tensor]:
@@ -132,7 +149,7 @@ def state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def lora_finetune(model: transformers.LlamaForCausalLM, data: dict[str, torch.Tensor], spec: TrainSpec, seed: int,
-                  rank: int, alpha: int):
+                  rank: int, alpha: int, replay: Replay | None = None):
     """A PEFT LoRA fine-tune on every linear layer of the blocks; returns the PEFT model."""
     from peft import LoraConfig, get_peft_model
 
@@ -140,7 +157,7 @@ def lora_finetune(model: transformers.LlamaForCausalLM, data: dict[str, torch.Te
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)
-    run_training(peft_model, data, spec, seed)
+    run_training(peft_model, data, spec, seed, replay=replay)
     return peft_model
 
 
