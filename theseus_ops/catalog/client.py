@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +26,7 @@ from theseus_ops.catalog.schema import (
     VersionRef,
 )
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import promote, staging_directory
 from theseus_ops.retry import call_with_retry
 from theseus_ops.service_errors import CatalogError, IntegrityError
 from theseus_ops.storage.manifest import (
@@ -256,12 +256,7 @@ class Catalog:
         if not mv.run_id or MANIFEST_SHA256 not in tags or ARTIFACT_PATH not in tags:
             raise CatalogError(f"{ref} was not registered by theseus-ops (no manifest checksum in its tags)")
         dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise InputError(f"{dest} exists and is not an empty directory")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
-        try:
-
+        with staging_directory(dest) as tmp:
             mpath = Path(self.call("download of the manifest", self.client.download_artifacts, mv.run_id,
                                    MANIFEST_NAME, str(tmp)))
             if file_sha256(mpath) != tags[MANIFEST_SHA256]:
@@ -271,9 +266,5 @@ class Catalog:
             artifact = tags[ARTIFACT_PATH]
             self.call("download of the artifacts", self.client.download_artifacts, mv.run_id, artifact, str(tmp))
             verify_local(tmp / artifact, manifest, str(ref), exact=True)
-            if dest.exists():
-                dest.rmdir()
-            (tmp / artifact).rename(dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            promote(tmp / artifact, dest)
         return dest / tags[ARTIFACT_FILE] if ARTIFACT_FILE in tags else dest

@@ -51,3 +51,28 @@ def write_text(dest: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def staging_directory(dest: str | Path) -> Iterator[Path]:
+    """A temporary directory beside ``dest`` for a download that must land whole or not at all.
+
+    ``dest`` must be absent or an empty directory. Fill the yielded directory, verify it, then
+    :func:`promote` it (or a folder inside it) to ``dest``; whatever is left is removed on exit.
+    """
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(f"{dest} exists and is not an empty directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def promote(src: Path, dest: Path) -> None:
+    """Move a verified staged directory into place (``dest`` is absent or empty)."""
+    if dest.exists():
+        dest.rmdir()
+    src.rename(dest)

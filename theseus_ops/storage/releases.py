@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import promote, staging_directory
 from theseus_ops.service_errors import CatalogError
 from theseus_ops.storage.manifest import MANIFEST_NAME, Manifest, build_manifest, local_files, verify_local
 from theseus_ops.storage.zones import LandingZone, open_zone
@@ -130,18 +129,9 @@ def download_release(zone: LandingZone, family: str, release: str, dest: str | P
     if landed is None:
         raise InputError(f"{zone.url}/{family}/{release} has not landed (no {MANIFEST_NAME})")
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise InputError(f"{dest} exists and is not an empty directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
-    try:
+    with staging_directory(dest) as tmp:
         for f in landed.manifest.files:
             zone.get_file(f"{family}/{release}/{f.path}", tmp / f.path)
         verify_local(tmp, landed.manifest, landed.url)
-        if dest.exists():
-            dest.rmdir()
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        promote(tmp, dest)
     return dest
