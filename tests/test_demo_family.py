@@ -158,3 +158,11 @@ def test_small_scale_is_selectable():
     small = family.family_config("small")
     assert small.source.hidden >= 256 and small.source.layers > MICRO.source.layers
     assert small.key("x") != family.family_config("tiny").key("x")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the guard is for machines without a GPU")
+def test_gpu_scale_refuses_to_build_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.delenv(family.ALLOW_CPU_ENV, raising=False)
+    with pytest.raises(InputError, match="built on a GPU"):
+        family.build_family(family.family_config("small"), tmp_path, progress=lambda _m: None)
+    assert not any(tmp_path.iterdir())

@@ -182,6 +182,10 @@ def _finetune(config, state: dict[str, torch.Tensor], data, spec: train.TrainSpe
     return train.state_of(model)
 
 
+GPU_SCALES = ("small",)
+ALLOW_CPU_ENV = "THESEUS_ALLOW_CPU_BUILD"
+
+
 def build_family(config: FamilyConfig, root: str | Path | None = None, progress=print) -> Family:
     """Build (or reuse from cache) every release, task and task vector of ``config``."""
     check_fits(config)
@@ -191,6 +195,9 @@ def build_family(config: FamilyConfig, root: str | Path | None = None, progress=
     final = root / f"{config.scale}-{key}"
     if (final / "family.json").is_file():
         return Family(final, config, json.loads((final / "family.json").read_text()))
+    if config.scale in GPU_SCALES and not torch.cuda.is_available() and not os.environ.get(ALLOW_CPU_ENV):
+        raise InputError(f"family {config.scale} is built on a GPU (hours on a CPU) and none is available; "
+                         f"run it where CUDA is, or set {ALLOW_CPU_ENV}=1")
     tmp = root / f".{config.scale}-{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

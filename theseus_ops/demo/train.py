@@ -88,6 +88,8 @@ def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: Tr
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    device = training_device()
+    model.to(device)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     model.train()
@@ -97,11 +99,11 @@ def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: Tr
         idx = torch.randint(0, rows, (spec.batch,), generator=gen)
         for group in opt.param_groups:
             group["lr"] = _lr(step, spec)
-        batch = {k: v[idx] for k, v in data.items()}
+        batch = {k: v[idx].to(device) for k, v in data.items()}
         loss = model(**batch).loss
         if replay is not None:
             rows_r = torch.randint(0, replay.data["input_ids"].shape[0], (replay.batch,), generator=gen)
-            loss = loss + replay.weight * model(**{k: v[rows_r] for k, v in replay.data.items()}).loss
+            loss = loss + replay.weight * model(**{k: v[rows_r].to(device) for k, v in replay.data.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, spec.clip)
@@ -145,7 +147,13 @@ def example_data(rows: list[tuple[str, str]], length: int | None = None) -> dict
 
 
 def state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    """A CPU copy of the weights, wherever the model trained."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def training_device() -> torch.device:
+    """CUDA when present (the ``small`` scale is built there), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def lora_finetune(model: transformers.LlamaForCausalLM, data: dict[str, torch.Tensor], spec: TrainSpec, seed: int,
