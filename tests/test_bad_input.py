@@ -253,6 +253,14 @@ def _prepare_different_families(w, tmp, out):
     return argv, ("different families",)
 
 
+def _bad_rank_tol(w, tmp, out):
+    return transport(w, out, "--calibration", w.cal16, "--rank-tol", "2", method="theseus"), ("rank_tol",)
+
+
+def _bad_whiten_power(w, tmp, out):
+    return transport(w, out, "--calibration", w.cal16, "--whiten-power", "0.9", method="theseus"), ("whiten_power",)
+
+
 def _inspect_garbage(w, tmp, out):
     return ["inspect", garbage(tmp / "thing.safetensors")], ("not a readable safetensors file",)
 
@@ -288,6 +296,8 @@ ERROR_CASES: dict[str, Case] = {
     "partial-without-allow": _partial_without_allow,
     # 12. apply
     "apply-nan-alpha": _apply_nan_alpha,
+    "rank-tol-out-of-range": _bad_rank_tol,
+    "whiten-power-out-of-range": _bad_whiten_power,
     "apply-inf-alpha": _apply_inf_alpha,
     # the other subcommands
     "prepare-missing-calibration": _prepare_missing_calibration,

@@ -8,7 +8,7 @@ import torch
 
 from tests import tiny
 from theseus_ops import api
-from theseus_ops.config import PrepareConfig
+from theseus_ops.config import CalibrationSpec, PrepareConfig
 from theseus_ops.transport import maps as maps_module
 from theseus_ops.transport.maps import MapOptions, estimate_space_map, pad_map, polar_factor
 from theseus_ops.transport.statistics import SpaceStatistics
@@ -113,3 +113,17 @@ def test_data_free_maps_invariant_to_eigenvector_signs(tmp_path, monkeypatch):
     assert reference.maps.keys() == flipped.maps.keys() and len(reference.maps) > 10
     for key in reference.maps:
         torch.testing.assert_close(flipped.maps[key], reference.maps[key], atol=1e-5, rtol=0)
+
+
+def test_rank_tolerance_is_an_option_and_is_reported(tmp_path):
+    case = tiny.Case(tmp_path, "llama", "identity")
+    calibration = CalibrationSpec(str(case.calibration))
+    strict = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration), tmp_path / "a.align")
+    loose = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration, rank_tol=0.5),
+                        tmp_path / "b.align")
+    assert loose.provenance["options"]["rank_tol"] == 0.5
+    hidden_strict, hidden_loose = strict.quality["layers.0.mlp_hidden"], loose.quality["layers.0.mlp_hidden"]
+    assert hidden_strict["data_rank"] == 64 and hidden_loose["data_rank"] < 64
+    assert hidden_loose["data_rank"] + hidden_loose["prior_filled"] + hidden_loose["seeded_filled"] == 64
+    # identity data: the prior fills the rest with the identity too, so the map stays exact
+    torch.testing.assert_close(loose.maps["layers.0.mlp_hidden"], torch.eye(64), atol=1e-5, rtol=0)

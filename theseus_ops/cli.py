@@ -34,6 +34,9 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
                    help="which source layer feeds each target layer (default: identity, equal depth)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=8, help="calibration examples per forward pass")
+    p.add_argument("--rank-tol", type=float, default=1e-6, metavar="TOL",
+                   help="singular values under TOL x the largest count as undetermined by the data (reported)")
+    p.add_argument("--probe-seed", type=int, default=0, help="seed of theseus-data-free's probe inputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = PrepareConfig(
             source_base=args.source_base, target_base=args.target_base, calibration=_calibration(args),
             method=args.method, center=args.center, whiten_power=args.whiten_power, max_rows=args.max_rows,
-            layer_map=args.layer_map, device=args.device, batch_size=args.batch_size,
+            layer_map=args.layer_map, device=args.device, batch_size=args.batch_size, rank_tol=args.rank_tol,
+            probe_seed=args.probe_seed,
         )
         alignment = api.prepare(cfg, args.out)
         worst = max((q["residual"] for q in alignment.quality.values()), default=float("nan"))
@@ -119,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             alignment=args.alignment, layer_map=args.layer_map, allow_partial=args.allow_partial,
             center=args.center, whiten_power=args.whiten_power, max_rows=args.max_rows, device=args.device,
             batch_size=args.batch_size, gradfix_mode=args.gradfix_mode, gradfix_signs=args.gradfix_signs,
+            rank_tol=args.rank_tol, probe_seed=args.probe_seed,
         )
         report = api.transport(cfg, args.out, args.report)
         s = report["summary"]

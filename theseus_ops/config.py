@@ -44,6 +44,7 @@ class PrepareConfig:
     device: str = "auto"
     batch_size: int = 8
     probe_seed: int = 0
+    rank_tol: float = 1e-6
 
     def __post_init__(self) -> None:
         info = get_method(self.method)
@@ -64,11 +65,11 @@ class PrepareConfig:
 
     @property
     def map_options(self) -> MapOptions:
-        return MapOptions(center=self.center, whiten_power=self.whiten_power)
+        return MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol)
 
     def provenance_options(self) -> dict:
         return {"method": self.method, "center": self.center, "whiten_power": self.whiten_power,
-                "max_rows": self.max_rows, "probe_seed": self.probe_seed}
+                "max_rows": self.max_rows, "probe_seed": self.probe_seed, "rank_tol": self.rank_tol}
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class TransportConfig:
     device: str = "auto"
     batch_size: int = 8
     probe_seed: int = 0
+    rank_tol: float = 1e-6
     gradfix_mode: str = "normal"
     gradfix_signs: str = "mean"
 
@@ -105,12 +107,17 @@ class TransportConfig:
             raise InputError("method theseus needs --calibration FILE or a prepared --alignment FILE")
         if info.needs_labels and not self.calibration.given:
             raise InputError(f"method {self.method} needs labeled examples: --calibration FILE with 'labels'")
+        try:
+            MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
 
     def prepare_config(self) -> PrepareConfig:
         return PrepareConfig(
             source_base=self.source_base, target_base=self.target_base, calibration=self.calibration,
             method=self.method, center=self.center, whiten_power=self.whiten_power, max_rows=self.max_rows,
             layer_map=self.layer_map, device=self.device, batch_size=self.batch_size, probe_seed=self.probe_seed,
+            rank_tol=self.rank_tol,
         )
 
 
