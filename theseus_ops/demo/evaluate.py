@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +94,13 @@ def answer_token_accuracy(model: torch.nn.Module, rows: list[tuple[list[int], li
 
 
 @torch.no_grad()
-def lm_loss(model: torch.nn.Module, text: str, length: int = 128, max_windows: int = 64, batch_size: int = 16) -> float:
-    """Mean next-token NLL (nats) over consecutive non-overlapping byte windows of held-out text."""
-    ids = encode_bytes(text)
+def lm_loss(model: torch.nn.Module, text: str, length: int = 128, max_windows: int = 64, batch_size: int = 16,
+            encode: Callable[[str], list[int]] = encode_bytes) -> float:
+    """Mean next-token NLL (nats) over consecutive non-overlapping token windows of held-out text.
+
+    ``encode`` defaults to the demo's byte encoding; pass a tokenizer's encoder for other models.
+    """
+    ids = encode(text)
     windows = [ids[i:i + length] for i in range(0, len(ids) - 1, length)][:max_windows]
     windows = [w for w in windows if len(w) > 1]
     if not windows:
@@ -124,8 +129,11 @@ class TaskScore:
         return {"exact_match": self.exact_match, "token_accuracy": self.token_accuracy, "examples": self.examples}
 
 
-def score_rows(model: torch.nn.Module, rows: list[tuple[str, str]], batch_size: int = 64) -> TaskScore:
-    encoded = [(encode_bytes(p), encode_bytes(a)) for p, a in rows]
+def score_rows(model: torch.nn.Module, rows: list[tuple[str, str]], batch_size: int = 64,
+               encode: Callable[[str], list[int]] = encode_bytes) -> TaskScore:
+    """Exact match and answer-token accuracy; prompt and answer are encoded separately with ``encode``
+    (the demo's bytes by default, so a tokenizer must not merge across the prompt/answer boundary)."""
+    encoded = [(encode(p), encode(a)) for p, a in rows]
     preds = greedy(model, [p for p, _ in encoded], max(len(a) for _, a in encoded), batch_size)
     em = exact_match([pr[: len(a)] for pr, (_, a) in zip(preds, encoded)], [a for _, a in encoded])
     return TaskScore(em, answer_token_accuracy(model, encoded, batch_size), len(rows))

@@ -1,0 +1,208 @@
+"""The release workflow end to end against a real ``mlflow server`` and a local landing zone.
+
+The micro demo family (built in seconds) lands v1 and v2-wide-shuffled; v1's task vectors are
+registered with file:// task directories; the workflow then ports them, registers the results,
+summarises the release and marks it processed. A second full run must create nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest_servers import mlflow_sqlite  # noqa: F401 - fixture
+from theseus_ops.catalog import ALIAS_CANDIDATE, Catalog, CatalogConfig, GateConfig, VersionRef, register_task_vector
+from theseus_ops.demo import family as demo_family
+from theseus_ops.errors import InputError
+from theseus_ops.retry import RetryPolicy
+from theseus_ops.storage import LocalLandingZone, StorageConfig, land_release
+from theseus_ops.workflow import (
+    PROCESSED_TAG,
+    SUMMARY_TAG,
+    WorkflowConfig,
+    list_task_vectors,
+    mark_processed,
+    pending_releases,
+    process_task_vector,
+    register_landed_releases,
+    resolve_pair,
+    summarize_release,
+)
+from theseus_ops.workflow.release import dataset_dir, parse_ref
+
+FAST = RetryPolicy(attempts=2, base_delay=0.05)
+# The micro family is barely trained: at α=1 no transport beats the base on val, at α=3 theseus gains
+# answer-token accuracy on `lookup` (measured), so the test exercises both outcomes: base kept, and registered.
+METHODS = ("pad", "theseus", "theseus-data-free", "naive", "gradfix")  # the defaults
+
+
+def run_workflow(cfg: WorkflowConfig, family: str) -> dict:
+    """What the DAG does: reconcile, then per pending release port every vector (errors caught per vector)."""
+    landed = register_landed_releases(cfg)
+    releases = []
+    for release in pending_releases(cfg, family):
+        pair = resolve_pair(cfg, family, release["version"])
+        outcomes = []
+        for ref in list_task_vectors(cfg, pair):
+            try:
+                outcomes.append(process_task_vector(cfg, pair, ref))
+            except InputError as exc:
+                outcomes.append({"vector": ref, "error": str(exc)})
+        run_id = summarize_release(cfg, pair, outcomes)
+        mark_processed(cfg, family, release["version"], run_id)
+        releases.append({"release": release, "pair": pair, "outcomes": outcomes, "run_id": run_id})
+    return {"landed": landed, "releases": releases}
+
+
+def all_versions(catalog: Catalog) -> list[tuple[str, str]]:
+    return sorted((v.name, str(v.version)) for v in catalog.search_versions())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, mlflow_sqlite):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("workflow")
+    fam = demo_family.build_family(demo_family.family_config("micro"), tmp / "families", progress=lambda _m: None)
+    family = f"micro-{uuid.uuid4().hex[:6]}"
+    landing = tmp / "landing"
+    zone = LocalLandingZone(landing)
+    for release in ("v1", "v2-wide-shuffled"):
+        land_release(fam.model(release), family, release, zone)
+    cfg = WorkflowConfig(
+        catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"wf-{uuid.uuid4().hex[:6]}", retry=FAST),
+        storage=StorageConfig(url=str(landing)), work_dir=tmp / "work", methods=METHODS, alphas=(0.0, 3.0),
+        gate=GateConfig(margin=0.0, max_general_loss_increase=100.0))
+    catalog = Catalog(cfg.catalog)
+    # the first reconcile registers the bases, so the task vectors can name v1's version
+    assert [(r["release"], r["version"]) for r in register_landed_releases(cfg)] == [("v1", "1"),
+                                                                                     ("v2-wide-shuffled", "2")]
+    tasks = {}
+    for skill in ("upper", "lookup"):
+        data = shutil.copytree(fam.task(skill), tmp / "data" / skill)
+        shutil.copy(fam.heldout, data / "heldout.txt")
+        reg = register_task_vector(catalog, f"{family}-{skill}", fam.task_vector(skill), task=skill,
+                                   base_model=family, base_version="1", dataset=data.as_uri(), metric="exact_match")
+        tasks[skill] = str(reg.ref)
+    broken = register_task_vector(catalog, f"{family}-broken", fam.task_vector("lookup"), task="lookup",
+                                  base_model=family, base_version="1", dataset=(tmp / "missing").as_uri(),
+                                  metric="exact_match")
+    tasks["broken"] = str(broken.ref)
+    t0 = time.perf_counter()
+    first = run_workflow(cfg, family)
+    first_s = time.perf_counter() - t0
+    before = all_versions(catalog)
+    t0 = time.perf_counter()
+    second = run_workflow(cfg, family)
+    # a forced rerun of every step (what a cleared DAG run does) must not write either
+    pair = resolve_pair(cfg, family, "2")
+    rerun = []
+    for ref in list_task_vectors(cfg, pair):
+        try:
+            rerun.append(process_task_vector(cfg, pair, ref))
+        except InputError as exc:
+            rerun.append({"vector": ref, "error": str(exc)})
+    rerun_summary = summarize_release(cfg, pair, rerun)
+    second_s = time.perf_counter() - t0
+    return {"cfg": cfg, "catalog": catalog, "family": family, "tasks": tasks, "first": first, "second": second,
+            "before": before, "after": all_versions(catalog), "rerun": rerun, "rerun_summary": rerun_summary,
+            "seconds": (first_s, second_s), "landing": landing}
+
+
+def _by_vector(outcomes: list[dict]) -> dict[str, dict]:
+    return {o["vector"]: o for o in outcomes}
+
+
+def test_first_run_registers_and_marks_processed(world):
+    first, family, catalog = world["first"], world["family"], world["catalog"]
+    assert first["landed"] == []  # registered by the fixture's first reconcile
+    [release] = first["releases"]
+    assert release["release"] == {"family": family, "version": "2", "release": "v2-wide-shuffled", "supersedes": "1"}
+    pair = release["pair"]
+    assert (pair["source"]["release"], pair["target"]["release"]) == ("v1", "v2-wide-shuffled")
+    assert Path(pair["target"]["dir"], "config.json").is_file()
+    base2 = catalog.get_version(VersionRef(family, "2"))
+    assert base2.tags["theseus.role"] == "base"
+    assert base2.tags["theseus.source_uri"].endswith(f"{family}/v2-wide-shuffled")
+    assert base2.tags[PROCESSED_TAG] == release["run_id"]
+    run = catalog.client.get_run(release["run_id"])
+    assert run.data.tags[SUMMARY_TAG] == f"{family}/2"
+
+
+def test_outcomes_and_registry_entries(world):
+    outcomes = _by_vector(world["first"]["releases"][0]["outcomes"])
+    catalog, family = world["catalog"], world["family"]
+    for skill in ("upper", "lookup"):
+        o = outcomes[world["tasks"][skill]]
+        assert o["task"] == skill and o["target_base"] == f"{family}/2" and not o["reused"]
+        for method in ("naive", "gradfix"):  # same-shape methods on a wider target: recorded, not errors
+            assert "identical shape" in o["methods"][method]["not_applicable"]
+        for method in ("pad", "theseus", "theseus-data-free"):
+            r = o["methods"][method]
+            assert r["alpha"] in (0.0, 3.0) and set(r["val"]) >= {"exact_match", "token_accuracy"}
+            assert r["general_loss"] is not None and [s["alpha"] for s in r["sweep"]] == [0.0, 3.0]
+        assert o["selected"] in ("base", "pad", "theseus", "theseus-data-free")
+        if o["selected"] == "base":
+            assert o["registered"]["model"] is None
+            continue
+        vec = catalog.get_version(parse_ref(o["registered"]["task_vector"]))
+        assert vec.tags["theseus.transported_from"] == o["vector"]
+        assert vec.tags["theseus.base_version"] == "2" and vec.tags["theseus.method"] == o["selected"]
+        model = catalog.get_version(parse_ref(o["registered"]["model"]))
+        assert model.name == f"{family}-{skill}-serving"
+        assert model.tags["theseus.role"] == "transported_model" and model.tags["theseus.gate"] == o["registered"][
+            "gate"]
+        if o["registered"]["candidate"]:
+            assert catalog.get_alias(model.name, ALIAS_CANDIDATE).version == model.version
+    assert any(outcomes[world["tasks"][s]]["registered"]["model"] for s in ("upper", "lookup")), \
+        "the micro family should register at least one transported model"
+
+
+def test_broken_vector_fails_alone_with_one_line(world):
+    outcomes = _by_vector(world["first"]["releases"][0]["outcomes"])
+    error = outcomes[world["tasks"]["broken"]]["error"]
+    assert "does not exist" in error and "\n" not in error
+    assert sum("error" in o for o in outcomes.values()) == 1
+    with pytest.raises(InputError, match="only file://"):
+        dataset_dir("s3://bucket/data")
+
+
+def test_second_run_creates_nothing(world):
+    assert world["after"] == world["before"]
+    assert world["second"] == {"landed": [], "releases": []}
+    assert pending_releases(world["cfg"], world["family"]) == []
+    first = _by_vector(world["first"]["releases"][0]["outcomes"])
+    for o in world["rerun"]:
+        if "error" in o:
+            continue
+        assert o["reused"] and o["registered"] == first[o["vector"]]["registered"]
+    assert world["rerun_summary"] == world["first"]["releases"][0]["run_id"]
+
+
+def test_summary_artifacts(world):
+    catalog = world["catalog"]
+    run_id = world["first"]["releases"][0]["run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        md = Path(catalog.client.download_artifacts(run_id, "summary.md", tmp)).read_text()
+    for ref in world["tasks"].values():
+        assert ref in md
+    assert "## Failed task vectors" in md and "| pad val/test (α) |" in md
+
+
+def test_config_validation(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="unknown method"):
+        WorkflowConfig(methods=("pad", "nope"))
+    with pytest.raises(InputError, match="finite"):
+        WorkflowConfig(alphas=(0.0, float("nan")))
+    with pytest.raises(InputError, match="device"):
+        WorkflowConfig(device="tpu")
+    monkeypatch.setenv("THESEUS_METHODS", "pad, theseus")
+    monkeypatch.setenv("THESEUS_ALPHAS", "0,1")
+    monkeypatch.setenv("THESEUS_WORK_DIR", str(tmp_path))
+    cfg = WorkflowConfig.from_env()
+    assert cfg.methods == ("pad", "theseus") and cfg.alphas == (0.0, 1.0) and cfg.work_dir == tmp_path
+    with pytest.raises(InputError, match="name/version"):
+        parse_ref("no-version")

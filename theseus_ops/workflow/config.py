@@ -1,0 +1,109 @@
+"""Configuration of the release workflow, checked once when it is built (e.g. at DAG parse time)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from theseus_ops.catalog.config import CatalogConfig, GateConfig
+from theseus_ops.errors import InputError
+from theseus_ops.storage.zones import StorageConfig
+from theseus_ops.transport.methods import get_method
+
+DEFAULT_METHODS: tuple[str, ...] = ("pad", "theseus", "theseus-data-free", "naive", "gradfix")
+DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+_SUFFIX = re.compile(r"^[A-Za-z0-9._-]*$")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """Everything the workflow steps need; one object so every mapped task sees the same settings.
+
+    ``methods``: every method is tried on every pair; one whose shape rule fails for the pair (naive,
+    gradfix on a wider target) is recorded as not applicable, not as an error. ``alphas``: the grid
+    swept on val to pick each method's scale. ``calibration_rows``: train rows used to align and for
+    gradfix's labels (the first N, so reruns see the same rows). ``device``: transport/prepare
+    device; evaluation runs on the CPU.
+
+    Env defaults (:meth:`from_env`): the catalog's, storage's and gate's own, plus
+    ``THESEUS_WORK_DIR`` (``.theseus/work``), ``THESEUS_METHODS`` and ``THESEUS_ALPHAS`` (comma
+    lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION_ROWS`` (256) and
+    ``THESEUS_DEVICE`` (``auto``).
+    """
+
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    work_dir: Path = Path(".theseus/work")
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    gate: GateConfig = field(default_factory=GateConfig)
+    serving_suffix: str = "-serving"
+    device: str = "auto"
+    calibration_rows: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "work_dir", Path(self.work_dir))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "alphas", tuple(self.alphas))
+        if not self.methods:
+            raise InputError("the workflow needs at least one transport method")
+        if len(set(self.methods)) != len(self.methods):
+            raise InputError(f"transport methods are listed twice: {', '.join(self.methods)}")
+        for method in self.methods:
+            get_method(method)  # unknown names fail here, not hours later in a mapped task
+        if not self.alphas:
+            raise InputError("the workflow needs at least one alpha to sweep")
+        for alpha in self.alphas:
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+                raise InputError(f"every alpha must be a finite number, got {alpha!r}")
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if len(set(self.alphas)) != len(self.alphas):
+            raise InputError(f"alphas are listed twice: {list(self.alphas)}")
+        if not self.serving_suffix or not _SUFFIX.match(self.serving_suffix):
+            raise InputError(f"the serving suffix {self.serving_suffix!r} must be non-empty letters, digits, . _ -")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"the workflow device must be auto, cpu or cuda, got {self.device!r}")
+        if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) \
+                or self.calibration_rows < 2:
+            raise InputError(f"calibration_rows must be an integer of at least 2, got {self.calibration_rows!r}")
+
+    @classmethod
+    def from_env(cls, **overrides) -> WorkflowConfig:
+        """Read every setting from the environment (what an Airflow worker has); overrides win."""
+        env = os.environ.get
+        values: dict = {
+            "catalog": CatalogConfig.from_env(),
+            "storage": StorageConfig.from_env(),
+            "gate": GateConfig.from_env(),
+            "work_dir": Path(env("THESEUS_WORK_DIR", ".theseus/work")),
+            "serving_suffix": env("THESEUS_SERVING_SUFFIX", "-serving"),
+            "device": env("THESEUS_DEVICE", "auto"),
+        }
+        if env("THESEUS_METHODS"):
+            values["methods"] = tuple(_split(env("THESEUS_METHODS", "")))
+        if env("THESEUS_ALPHAS"):
+            try:
+                values["alphas"] = tuple(float(a) for a in _split(env("THESEUS_ALPHAS", "")))
+            except ValueError as exc:
+                raise InputError(f"THESEUS_ALPHAS must be a comma list of numbers ({exc})") from exc
+        if env("THESEUS_CALIBRATION_ROWS"):
+            try:
+                values["calibration_rows"] = int(env("THESEUS_CALIBRATION_ROWS", ""))
+            except ValueError as exc:
+                raise InputError(f"THESEUS_CALIBRATION_ROWS must be an integer ({exc})") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def fingerprint_options(self) -> dict:
+        """The settings a task vector's outcome depends on (part of its idempotency key)."""
+        return {"methods": list(self.methods), "alphas": list(self.alphas), "serving_suffix": self.serving_suffix,
+                "calibration_rows": self.calibration_rows,
+                "gate": {"margin": self.gate.margin, "max_general_loss_increase": self.gate.max_general_loss_increase,
+                         "move_champion": self.gate.move_champion, "higher_is_better": self.gate.higher_is_better}}

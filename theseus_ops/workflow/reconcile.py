@@ -1,0 +1,75 @@
+"""Reconciling the landing zone with the registry: which base releases exist and which still need work.
+
+The reconciler is level-triggered: it looks at the state (landed releases, registered base
+versions, the ``theseus.processed_run`` tag) rather than at events, so any step can be rerun and a
+lost trigger is recovered on the next run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from theseus_ops.catalog import ROLE_BASE, Catalog, register_landed_release
+from theseus_ops.catalog.client import check_model_name
+from theseus_ops.catalog.schema import ROLE, VersionRef
+from theseus_ops.errors import InputError
+from theseus_ops.storage import open_zone, scan_landed_releases
+from theseus_ops.workflow.config import WorkflowConfig
+
+log = logging.getLogger("theseus_ops")
+PROCESSED_TAG = "theseus.processed_run"
+
+
+def catalog_of(cfg: WorkflowConfig) -> Catalog:
+    return Catalog(cfg.catalog)
+
+
+def base_versions(catalog: Catalog, family: str) -> list:
+    """The family's base-release versions, ordered by registry version number (release order)."""
+    return sorted(catalog.search_versions(check_model_name(family), {ROLE: ROLE_BASE}), key=lambda v: int(v.version))
+
+
+def register_landed_releases(cfg: WorkflowConfig) -> list[dict]:
+    """Register every complete, not yet registered release in the landing zone as a base version.
+
+    Releases are registered in the order the zone lists them (family, then release name), which is
+    the order their registry versions get; a rerun finds nothing new and returns an empty list.
+    """
+    catalog = catalog_of(cfg)
+    zone = open_zone(cfg.storage)
+    done = []
+    for landed in scan_landed_releases(zone, catalog):
+        reg = register_landed_release(catalog, zone, landed)
+        done.append({"family": landed.family, "release": landed.release, "version": str(reg.version.version),
+                     "created": reg.created, "source_uri": landed.url})
+    return done
+
+
+def pending_releases(cfg: WorkflowConfig, family: str) -> list[dict]:
+    """Base versions with a predecessor and no processed marker, oldest first.
+
+    ``supersedes`` is the highest base version below it (the source its task vectors come from).
+    """
+    catalog = catalog_of(cfg)
+    versions = base_versions(catalog, family)
+    pending = []
+    for previous, current in itertools.pairwise(versions):
+        if (current.tags or {}).get(PROCESSED_TAG):
+            continue
+        pending.append({"family": family, "version": str(current.version),
+                        "release": current.tags.get("theseus.release"), "supersedes": str(previous.version)})
+    return pending
+
+
+def mark_processed(cfg: WorkflowConfig, family: str, version: str, summary_run_id: str) -> dict:
+    """Tag the base version with the release-summary run, so the reconciler skips it from now on."""
+    if not summary_run_id:
+        raise InputError(f"marking {family}/{version} processed needs the id of its summary run")
+    catalog = catalog_of(cfg)
+    mv = catalog.get_version(VersionRef(check_model_name(family), str(version)), "base release")
+    if (mv.tags or {}).get(ROLE) != ROLE_BASE:
+        raise InputError(f"{family}/{version} is not a base release; only base versions are marked processed")
+    catalog.call("set tag", catalog.client.set_model_version_tag, family, str(version), PROCESSED_TAG,
+                 summary_run_id)
+    return {"family": family, "version": str(version), PROCESSED_TAG: summary_run_id}

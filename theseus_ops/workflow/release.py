@@ -1,0 +1,409 @@
+"""Porting every task vector of a source base release to its successor, one DAG step per function.
+
+Protocol per task vector (as ``bench quality``): calibrate on train, pick α per method on val,
+report test at that α beside the general-capability LM loss, select the method best on val with
+the untouched target base as a candidate too, so nothing worse than the target base is ever
+registered. Every step is idempotent: registry writes are keyed (``theseus.idempotency_key``),
+alignments are cached by (pair, calibration fingerprint), and a finished vector's outcome is
+recorded in an MLflow run that a rerun returns instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from safetensors.torch import save_file
+
+from theseus_ops import api
+from theseus_ops.catalog import (
+    Catalog,
+    Evaluation,
+    VersionRef,
+    get_task_vector,
+    register_transported_model,
+    register_transported_vector,
+)
+from theseus_ops.catalog.client import check_model_name
+from theseus_ops.catalog.schema import ROLE, ROLE_BASE, ROLE_TASK_VECTOR
+from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
+from theseus_ops.demo.skills import SPLITS, load_split
+from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.io.calibration import fingerprint
+from theseus_ops.io.models import inspect_model_dir
+from theseus_ops.workflow.config import WorkflowConfig
+from theseus_ops.workflow.evaluation import Scorer, calibration_tensors, dense_delta, encoder_of, load_tokenizer
+from theseus_ops.workflow.reconcile import base_versions, catalog_of
+
+log = logging.getLogger("theseus_ops")
+WORKFLOW_FORMAT = "theseus-workflow/1"
+OUTCOME_KEY_TAG = "theseus.outcome_key"
+SUMMARY_TAG = "theseus.release_summary"
+OUTCOME_FILE = "outcome.json"
+ALIGNED = ("theseus", "theseus-data-free")
+METRICS = {"exact_match": "exact_match", "accuracy": "exact_match", "token_accuracy": "token_accuracy"}
+
+
+# -- small helpers -------------------------------------------------------------------------------
+def parse_ref(ref: str) -> VersionRef:
+    """``name/version`` (what DAG steps pass around) to a VersionRef."""
+    name, sep, version = str(ref).rpartition("/")
+    if not sep or not name or not version.isdigit():
+        raise InputError(f"{ref!r} is not a registry reference of the form name/version")
+    return VersionRef(check_model_name(name), version)
+
+
+def dataset_dir(uri: str) -> Path:
+    """The local task directory a ``theseus.dataset`` URI names; only ``file://DIR`` is supported so far."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise InputError(f"dataset {uri}: only file://DIR task directories are supported by the workflow")
+    path = Path(unquote(parsed.netloc + parsed.path))
+    if not path.is_dir():
+        raise InputError(f"dataset {uri}: directory {path} does not exist")
+    missing = [s for s in SPLITS if not (path / f"{s}.jsonl").is_file()]
+    if missing:
+        raise InputError(f"dataset {uri}: missing split file(s) {', '.join(f'{s}.jsonl' for s in missing)}")
+    return path
+
+
+def _sha(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _find_finished_run(catalog: Catalog, tag: str, value: str):
+    runs = catalog.call("search runs", catalog.client.search_runs, [catalog.experiment_id()],
+                        filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                        max_results=1, order_by=["attributes.start_time ASC"])
+    return runs[0] if runs else None
+
+
+def _log_run(catalog: Catalog, name: str, tags: dict[str, str], texts: dict[str, str],
+             metrics: dict[str, float] | None = None) -> str:
+    """A run holding ``texts`` as artifacts; FINISHED only after everything is logged (else FAILED)."""
+    run = catalog.call("create run", catalog.client.create_run, catalog.experiment_id(), run_name=name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        for file, text in texts.items():
+            catalog.call(f"log of {file}", catalog.client.log_text, run_id, text, file)
+        for key, value in (metrics or {}).items():
+            catalog.call("log metric", catalog.client.log_metric, run_id, key, float(value))
+        catalog.call("finish run", catalog.client.set_terminated, run_id, "FINISHED")
+    except BaseException:
+        try:
+            catalog.client.set_terminated(run_id, "FAILED")
+        except Exception:
+            log.warning("could not mark run %s as failed", run_id)
+        raise
+    return run_id
+
+
+# -- resolve_pair ----------------------------------------------------------------------------------
+def _local_base(catalog: Catalog, cfg: WorkflowConfig, mv) -> dict:
+    """Download a base version into the work dir once; reuse a copy whose weights hash still matches."""
+    sha = mv.tags.get("theseus.sha256", "")
+    dest = cfg.work_dir / "bases" / mv.name / f"{mv.version}-{sha[:16]}"
+    if (dest / "config.json").is_file():
+        try:
+            if inspect_model_dir(dest).sha256() == sha:
+                return {"version": str(mv.version), "release": mv.tags.get("theseus.release"), "sha256": sha,
+                        "dir": str(dest.resolve())}
+        except TheseusError:
+            pass
+        log.warning("local copy %s does not match %s/%s; downloading again", dest, mv.name, mv.version)
+    if dest.exists():
+        shutil.rmtree(dest)
+    catalog.download(VersionRef(mv.name, str(mv.version)), dest)
+    return {"version": str(mv.version), "release": mv.tags.get("theseus.release"), "sha256": sha,
+            "dir": str(dest.resolve())}
+
+
+def resolve_pair(cfg: WorkflowConfig, family: str, target_version: str, source_version: str | None = None) -> dict:
+    """Both bases of a release step as local, verified directories: ``{"family", "source", "target"}``.
+
+    The source defaults to the highest base version below the target (the release it supersedes).
+    """
+    catalog = catalog_of(cfg)
+    versions = {str(v.version): v for v in base_versions(catalog, family)}
+    target_version = str(target_version)
+    if target_version not in versions:
+        raise InputError(f"{family}/{target_version} is not a registered base release")
+    if source_version is None:
+        lower = [v for v in versions if int(v) < int(target_version)]
+        if not lower:
+            raise InputError(f"{family}/{target_version} has no earlier base release to port task vectors from")
+        source_version = max(lower, key=int)
+    source_version = str(source_version)
+    if source_version not in versions:
+        raise InputError(f"{family}/{source_version} is not a registered base release")
+    if source_version == target_version:
+        raise InputError(f"source and target are the same base version {family}/{target_version}")
+    return {"family": family, "source": _local_base(catalog, cfg, versions[source_version]),
+            "target": _local_base(catalog, cfg, versions[target_version])}
+
+
+def _refs(pair: dict) -> tuple[VersionRef, VersionRef]:
+    try:
+        return (VersionRef(pair["family"], pair["source"]["version"]),
+                VersionRef(pair["family"], pair["target"]["version"]))
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"not a pair from resolve_pair: missing {exc}") from exc
+
+
+# -- list_task_vectors -----------------------------------------------------------------------------
+def list_task_vectors(cfg: WorkflowConfig, pair: dict, tasks: list[str] | None = None) -> list[str]:
+    """``name/version`` of every task vector registered on the source base (only ``tasks`` if given)."""
+    source, _target = _refs(pair)
+    catalog = catalog_of(cfg)
+    found = catalog.search_versions(tags={ROLE: ROLE_TASK_VECTOR, "theseus.base_model": source.name,
+                                          "theseus.base_version": source.version})
+    wanted = set(tasks) if tasks else None
+    refs = [f"{v.name}/{v.version}" for v in found if wanted is None or v.tags.get("theseus.task") in wanted]
+    return sorted(refs, key=lambda r: (r.rsplit("/", 1)[0], int(r.rsplit("/", 1)[1])))
+
+
+# -- process_task_vector ---------------------------------------------------------------------------
+def _calibration(cfg: WorkflowConfig, pair: dict, rows: list[tuple[str, str]]) -> tuple[CalibrationSpec, str]:
+    """Train prompts+answers encoded by each base's own tokenizer, saved once per fingerprint."""
+    rows = rows[: cfg.calibration_rows]
+    sides = {}
+    for side in ("source", "target"):
+        tok = load_tokenizer(pair[side]["dir"])
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        sides[side] = calibration_tensors(rows, encoder_of(tok), pad)
+    prints = {side: fingerprint(t) for side, t in sides.items()}
+    fp = _sha(prints)
+    folder = cfg.work_dir / "calibration"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for side, tensors in sides.items():
+        path = folder / f"{prints[side][:24]}.safetensors"
+        if not path.is_file():
+            with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as fh:
+                tmp = Path(fh.name)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            tmp.replace(path)
+        paths[side] = str(path)
+    if prints["source"] == prints["target"]:
+        return CalibrationSpec(both=paths["source"]), fp
+    return CalibrationSpec(source=paths["source"], target=paths["target"]), fp
+
+
+def _alignment(cfg: WorkflowConfig, pair: dict, method: str, spec: CalibrationSpec, cal_fp: str) -> str:
+    """Prepare once per (pair, method, calibration fingerprint) and cache under the work dir."""
+    src, tgt = pair["source"], pair["target"]
+    suffix = f"-{cal_fp[:16]}" if method == "theseus" else ""
+    name = f"{src['sha256'][:12]}-{tgt['sha256'][:12]}-{method}{suffix}.safetensors"
+    path = cfg.work_dir / "alignments" / pair["family"] / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prep = PrepareConfig(src["dir"], tgt["dir"], spec if method == "theseus" else CalibrationSpec(), method=method,
+                             device=cfg.device)
+        api.prepare(prep, path)
+    return str(path.resolve())
+
+
+def _transport(cfg: WorkflowConfig, pair: dict, method: str, tv_path: Path, spec: CalibrationSpec, cal_fp: str,
+               out_dir: Path) -> tuple[Path, str]:
+    """(transported vector, alignment URI) for one method."""
+    kwargs: dict = {}
+    alignment_uri = f"none://{method}"
+    if method in ALIGNED:
+        path = _alignment(cfg, pair, method, spec, cal_fp)
+        kwargs["alignment"] = path
+        alignment_uri = Path(path).as_uri()
+    elif method == "gradfix":
+        kwargs["calibration"] = spec
+    dest = out_dir / (method if tv_path.is_dir() else f"{method}.safetensors")
+    api.transport(TransportConfig(pair["source"]["dir"], pair["target"]["dir"], method, task_vector=str(tv_path),
+                                  device=cfg.device, **kwargs), dest, out_dir / f"{method}.report.json")
+    return dest, alignment_uri
+
+
+def _rank(score: dict, primary: str) -> tuple[float, float]:
+    secondary = "token_accuracy" if primary == "exact_match" else "exact_match"
+    return (score[primary], score[secondary])
+
+
+def _recorded_outcome(catalog: Catalog, key: str) -> dict | None:
+    run = _find_finished_run(catalog, OUTCOME_KEY_TAG, key)
+    if run is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="theseus-outcome-") as tmp:
+        path = catalog.call("download of the outcome", catalog.client.download_artifacts, run.info.run_id,
+                            OUTCOME_FILE, tmp)
+        outcome = json.loads(Path(path).read_text())
+    return {**outcome, "reused": True, "outcome_run": run.info.run_id}
+
+
+def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
+    """Port one task vector with every configured method, evaluate, select, register; returns the outcome.
+
+    Raises on any error of this vector (the DAG maps one task per vector and catches per task);
+    a method that does not apply to the pair is recorded as ``not_applicable`` instead.
+    """
+    started = time.perf_counter()
+    source_ref, target_ref = _refs(pair)
+    ref = parse_ref(tv_ref)
+    catalog = catalog_of(cfg)
+    tags = get_task_vector(catalog, ref)
+    if tags.base != source_ref:
+        raise InputError(f"task vector {ref} is on base {tags.base}, not on the pair's source {source_ref}")
+    target_tags = catalog.get_version(target_ref, "base release").tags or {}
+    if target_tags.get(ROLE) != ROLE_BASE or target_tags.get("theseus.sha256") != pair["target"]["sha256"]:
+        raise InputError(f"target {target_ref} is not the base release the pair was resolved for")
+    primary = METRICS.get(tags.metric)
+    if primary is None:
+        raise InputError(f"task vector {ref}: metric {tags.metric!r} is not one the workflow measures "
+                         f"({', '.join(sorted(METRICS))})")
+    key = _sha({"format": WORKFLOW_FORMAT, "source_vector": str(ref), "target_base": str(target_ref),
+                "target_sha256": pair["target"]["sha256"], "options": cfg.fingerprint_options()})
+    recorded = _recorded_outcome(catalog, key)
+    if recorded is not None:
+        log.info("%s -> %s was already processed (run %s)", ref, target_ref, recorded["outcome_run"])
+        return recorded
+
+    data_dir = dataset_dir(tags.dataset)
+    splits = {s: load_split(data_dir, s) for s in SPLITS}
+    heldout_path = data_dir / "heldout.txt"
+    heldout = heldout_path.read_text(encoding="utf-8", errors="replace") if heldout_path.is_file() else None
+
+    scratch = cfg.work_dir / "runs" / key[:16]
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    tv_path = Path(catalog.download(ref, scratch / "source-vector"))
+    spec, cal_fp = _calibration(cfg, pair, splits["train"])
+
+    scorer = Scorer(pair["target"]["dir"])
+    base_val = scorer.score(None, 0.0, splits["val"])
+    base = {"alpha": 0.0, "val": base_val, "test": scorer.score(None, 0.0, splits["test"]),
+            "general_loss": scorer.general_loss(None, 0.0, heldout) if heldout is not None else None}
+    methods: dict[str, dict] = {}
+    paths: dict[str, tuple[Path, str]] = {}
+    for method in cfg.methods:
+        t0 = time.perf_counter()
+        try:
+            paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported")
+        except TheseusError as exc:
+            methods[method] = {"not_applicable": str(exc).splitlines()[0]}
+            log.info("%s is not applicable to %s -> %s: %s", method, source_ref, target_ref, exc)
+            continue
+        delta = dense_delta(paths[method][0], pair["target"]["dir"])
+        sweep = [{"alpha": a, **scorer.score(delta, a, splits["val"])} for a in cfg.alphas]
+        best = max(sweep, key=lambda s: (*_rank(s, primary), -s["alpha"]))
+        methods[method] = {
+            "alpha": best["alpha"],
+            "val": {k: best[k] for k in ("exact_match", "token_accuracy", "examples")},
+            "test": scorer.score(delta, best["alpha"], splits["test"]),
+            "general_loss": scorer.general_loss(delta, best["alpha"], heldout) if heldout is not None else None,
+            "sweep": sweep,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    candidates = {"base": base, **{m: r for m, r in methods.items() if "val" in r}}
+    selected = max(candidates, key=lambda m: (*_rank(candidates[m]["val"], primary), m == "base"))
+
+    registered: dict = {"task_vector": None, "model": None, "gate": None, "candidate": False, "champion": False}
+    if selected != "base":
+        chosen = methods[selected]
+        path, alignment_uri = paths[selected]
+        options = {"workflow": WORKFLOW_FORMAT,
+                   "calibration_sha256": cal_fp if selected in ("theseus", "gradfix") else None}
+        vec = register_transported_vector(catalog, ref, target_ref, path, method=selected, alpha=chosen["alpha"],
+                                          alignment=alignment_uri, options=options)
+        model_dir = api.apply_task_vector(pair["target"]["dir"], path, chosen["alpha"], scratch / "model")
+        evaluation = Evaluation(val_metric=chosen["val"][primary], test_metric=chosen["test"][primary],
+                                base_test_metric=base["test"][primary], general_loss=chosen["general_loss"],
+                                base_general_loss=base["general_loss"])
+        model = register_transported_model(catalog, f"{ref.name}{cfg.serving_suffix}", model_dir, source_vector=ref,
+                                           target_base=target_ref, method=selected, alpha=chosen["alpha"],
+                                           evaluation=evaluation, gate=cfg.gate, options=options)
+        gate_tag = model.version.tags.get("theseus.gate")
+        registered = {"task_vector": str(vec.ref), "model": str(model.ref), "gate": gate_tag,
+                      "candidate": bool(gate_tag and gate_tag.startswith("passed")),
+                      "champion": bool(model.decision and model.decision.champion)}
+
+    sel = candidates[selected]
+    outcome = {
+        "vector": str(ref), "task": tags.task, "metric": primary, "dataset": tags.dataset,
+        "source_base": str(source_ref), "target_base": str(target_ref),
+        "base": base, "methods": methods, "selected": selected,
+        "selected_alpha": sel["alpha"], "selected_test": sel["test"][primary],
+        "base_test": base["test"][primary],
+        "general_loss_change": (None if sel["general_loss"] is None or base["general_loss"] is None
+                                else sel["general_loss"] - base["general_loss"]),
+        "registered": registered, "outcome_key": key, "reused": False,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    run_id = _log_run(catalog, f"outcome-{ref.name}-{ref.version}-to-{target_ref.name}-{target_ref.version}",
+                      {OUTCOME_KEY_TAG: key, "theseus.source_vector": str(ref), "theseus.target_base": str(target_ref),
+                       "theseus.selected": selected},
+                      {OUTCOME_FILE: json.dumps(outcome, indent=2)},
+                      {"selected_test": outcome["selected_test"], "base_test": outcome["base_test"]})
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {**outcome, "outcome_run": run_id}
+
+
+# -- summarize_release -----------------------------------------------------------------------------
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_table(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str:
+    """Per-task table: base and each method as val/test at its α, the selection and what it registered."""
+    source, target = _refs(pair)
+    head = ["vector", "task", "metric", "base val/test", *[f"{m} val/test (α)" for m in cfg.methods],
+            "selected", "test (selected)", "Δ general loss", "registered model", "gate"]
+    lines = [f"# {target.name} release {pair['target'].get('release')} ({target}) from {source}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    failed = []
+    for o in outcomes:
+        if "error" in o or "methods" not in o:
+            failed.append(o)
+            continue
+        m = o["metric"]
+        tie = "token_accuracy" if m == "exact_match" else "exact_match"  # the tie-breaker, shown on val
+        cells = [o["vector"], o["task"], m,
+                 f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])} (val {tie} {_fmt(o['base']['val'][tie])})"]
+        for method in cfg.methods:
+            r = o["methods"].get(method, {})
+            if "val" in r:
+                cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} (α {r['alpha']:g}; val {tie} "
+                             f"{_fmt(r['val'][tie])})")
+            else:
+                cells.append("n/a")
+        reg = o["registered"]
+        cells += [o["selected"], _fmt(o["selected_test"]), _fmt(o["general_loss_change"]), reg["model"] or "–",
+                  (reg["gate"] or "–").replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "## Failed task vectors", ""]
+        lines += [f"- {o.get('vector', '?')}: {str(o.get('error', 'no outcome')).splitlines()[0]}" for o in failed]
+    return "\n".join(lines) + "\n"
+
+
+def summarize_release(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str:
+    """One MLflow run per release with the per-task table (Markdown and JSON); returns its run id.
+
+    Idempotent: a finished run tagged ``theseus.release_summary=<family>/<version>`` is returned as is.
+    Failed vectors are outcomes with an ``error`` (what the DAG records for a failed mapped task).
+    """
+    source, target = _refs(pair)
+    catalog = catalog_of(cfg)
+    value = f"{target.name}/{target.version}"
+    existing = _find_finished_run(catalog, SUMMARY_TAG, value)
+    if existing is not None:
+        return existing.info.run_id
+    ok = [o for o in outcomes if "error" not in o and "methods" in o]
+    payload = {"family": target.name, "source_base": str(source), "target_base": str(target),
+               "release": pair["target"].get("release"), "outcomes": outcomes}
+    return _log_run(catalog, f"release-{target.name}-{target.version}",
+                    {SUMMARY_TAG: value, "theseus.source_base": str(source), "theseus.target_base": str(target)},
+                    {"summary.md": markdown_table(cfg, pair, outcomes), "summary.json": json.dumps(payload, indent=2)},
+                    {"vectors_ok": len(ok), "vectors_failed": len(outcomes) - len(ok),
+                     "models_candidate": sum(bool(o["registered"]["candidate"]) for o in ok)})
