@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from theseus_ops.demo import family, grow, skills, train
 from theseus_ops.demo.tokenizer import build_tokenizer, decode_ids, encode_bytes
@@ -166,3 +167,12 @@ def test_gpu_scale_refuses_to_build_on_cpu(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="built on a GPU"):
         family.build_family(family.family_config("small"), tmp_path, progress=lambda _m: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_calibration_mixes_skill_rows_and_corpus_windows(micro):
+    data = load_file(str(micro.calibration("upper")))
+    rows = MICRO.calibration_rows + MICRO.calibration_corpus_rows
+    assert data["input_ids"].shape == (rows, MICRO.seq_len) and data["attention_mask"].shape == (rows, MICRO.seq_len)
+    labels = data["labels"]
+    assert bool((labels[: MICRO.calibration_rows] != -100).any(dim=1).all())  # skill answers are labeled
+    assert bool((labels[MICRO.calibration_rows:] == -100).all())  # corpus windows only calibrate

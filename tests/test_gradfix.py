@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests import tiny
 from theseus_ops import api
@@ -89,3 +89,20 @@ def test_gradfix_refuses_lora_and_missing_labels(same_shape_pair, tmp_path):
     with pytest.raises(InputError, match="labels"):
         api.transport(cfg, root / "out.safetensors")
     assert not (root / "out.safetensors").exists()
+
+
+def test_unlabeled_rows_are_skipped(same_shape_pair):
+    """Calibration may mix in plain text (labels all -100): those rows carry no task loss."""
+    root, *_ = same_shape_pair
+    data = load_file(str(root / "labeled.safetensors"))
+    reference, _ = _run(root)
+    extra = {k: v[:5].clone() for k, v in data.items()}
+    extra["labels"][:] = -100
+    save_file({k: torch.cat([data[k], extra[k]]) for k in data}, str(root / "labeled.safetensors"))
+    mixed, _ = _run(root)
+    for name in reference:
+        assert torch.equal(mixed[name], reference[name])
+    data["labels"][:] = -100
+    save_file(data, str(root / "labeled.safetensors"))
+    with pytest.raises(InputError, match="every calibration label is ignored"):
+        _run(root)

@@ -53,7 +53,13 @@ def descent_signs(
         raise InputError(f"gradfix: the target model has no trainable parameter {missing[0]}")
     for name, p in params.items():
         p.requires_grad_(name in names)
-    total = data["labels"].shape[0]
+    labels = data["labels"]
+    # rows whose labels are all ignored (-100) carry no task loss: calibration may mix in plain text
+    labeled = (labels != -100).reshape(labels.shape[0], -1).any(dim=1)
+    total = int(labeled.sum())
+    if total == 0:
+        raise InputError("gradfix: every calibration label is ignored (-100); label the answer tokens")
+    data = {k: v[labeled] for k, v in data.items()}
     step = 1 if config.signs == "vote" else config.batch_size
     votes = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
     model.zero_grad(set_to_none=True)
@@ -61,7 +67,7 @@ def descent_signs(
         batch = {k: v[start : start + step] for k, v in data.items()}
         out = model(**model_inputs(batch, model, device), labels=batch["labels"].to(device))
         if out.loss is None or not torch.isfinite(out.loss):
-            raise InputError("gradfix: the model's task loss is undefined on these labels (all ignored?)")
+            raise InputError("gradfix: the model's task loss is not finite on these examples")
         weight = batch["labels"].shape[0] / total
         (out.loss * (1.0 if config.signs == "vote" else weight)).backward()
         if config.signs == "vote":
