@@ -201,6 +201,21 @@ def _fmt(v: float | None, pct: bool = True) -> str:
 SHOWN = ("base", "pad", "naive", "theseus", "theseus-data-free", "gradfix", "finetuned")
 
 
+def _method_row(cell: dict, render) -> list[str]:
+    """Target, task, then one rendered cell per shown method ("n/a" where it does not apply)."""
+    row = [cell["target"], cell["task"]]
+    for m in SHOWN:
+        r = cell["methods"].get(m)
+        row.append("n/a" if r is None or "not_applicable" in r else render(m, r, cell))
+    return row
+
+
+def _em_cell(m: str, r: dict, cell: dict) -> str:
+    mark = " ✓" if m == cell["selected"] else ""
+    alpha = f" [{r['alpha']:g}]" if m not in ("base", "finetuned") else ""
+    return f"{_fmt(r['test']['exact_match'])}{alpha}{mark}"
+
+
 def markdown_table(results: dict) -> str:
     lines = [f"# bench quality: family `{results['family']['scale']}`", "",
              "Test exact match % (α chosen on val in brackets); ✓ marks the method selected on val; "
@@ -216,28 +231,15 @@ def markdown_table(results: dict) -> str:
               "| target | task | " + " | ".join(SHOWN) + " | selected | selected recovered |",
               "|---|---|" + "---|" * (len(SHOWN) + 2)]
     for cell in results["cells"]:
-        row = [cell["target"], cell["task"]]
-        for m in SHOWN:
-            r = cell["methods"].get(m)
-            if r is None or "not_applicable" in r:
-                row.append("n/a")
-                continue
-            mark = " ✓" if m == cell["selected"] else ""
-            alpha = f" [{r['alpha']:g}]" if m not in ("base", "finetuned") else ""
-            row.append(f"{_fmt(r['test']['exact_match'])}{alpha}{mark}")
+        row = _method_row(cell, _em_cell)
         sel = cell["methods"][cell["selected"]]
         row += [cell["selected"], _fmt(sel.get("recovered"))]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Targets: test answer-token accuracy % and held-out LM loss (nats) at the chosen α", "",
               "| target | task | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN)]
     for cell in results["cells"]:
-        row = [cell["target"], cell["task"]]
-        for m in SHOWN:
-            r = cell["methods"].get(m)
-            if r is None or "not_applicable" in r:
-                row.append("n/a")
-            else:
-                row.append(f"{_fmt(r['test']['token_accuracy'])} / {r['test'].get('lm_loss', float('nan')):.3f}")
+        row = _method_row(cell, lambda _m, r, _c: f"{_fmt(r['test']['token_accuracy'])} / "
+                                                   f"{r['test'].get('lm_loss', float('nan')):.3f}")
         lines.append("| " + " | ".join(row) + " |")
     fam = results["family"]
     lines += ["", f"Family build: {fam['build_seconds_recorded']}s when built (this run: "
