@@ -21,6 +21,7 @@ from theseus_ops.demo import evaluate as ev
 from theseus_ops.demo.family import TARGETS, Family, build_family, ensure_references, family_config
 from theseus_ops.demo.skills import load_split
 from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.io.task_vectors import dense_deltas
 
 log = logging.getLogger("theseus_ops")
 METHODS = ("pad", "naive", "theseus", "theseus-data-free", "gradfix")
@@ -39,35 +40,17 @@ class BenchConfig:
     family_overrides: dict = field(default_factory=dict, hash=False)
 
 
-def _state_with(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], alpha: float) -> dict:
-    return {k: (v + alpha * delta[k].to(v.dtype)) if k in delta else v for k, v in base.items()}
-
-
-def _dense(path: Path, target_dir: Path) -> dict[str, torch.Tensor]:
-    """A transported task vector as dense deltas keyed like the target's state dict."""
-    from theseus_ops.io.models import inspect_model_dir
-    from theseus_ops.io.task_vectors import read_task_vector
-    from theseus_ops.transport.engine import storage_delta
-
-    tv = read_task_vector(path)
-    family = inspect_model_dir(target_dir).family
-    return {name: storage_delta(family, name, tv).float() for name in tv.names()}
-
-
-class Scorer:
-    """One target base loaded once; scores base + α·δ on a split without writing model files."""
+class Scorer(ev.Scorer):
+    """The bench's scorer: a family release, byte encoding, LM loss on the family's held-out text."""
 
     def __init__(self, model_dir: Path, heldout: str) -> None:
-        self.model, _ = ev.load_for_eval(model_dir)
-        self.base = {k: v.clone() for k, v in self.model.state_dict().items()}
+        super().__init__(ev.load_for_eval(model_dir)[0])
         self.heldout = heldout
 
     def score(self, delta: dict[str, torch.Tensor] | None, alpha: float, rows, with_loss: bool = False) -> dict:
-        state = self.base if delta is None or alpha == 0 else _state_with(self.base, delta, alpha)
-        self.model.load_state_dict(state)
-        out = ev.score_rows(self.model, rows).as_dict()
+        out = super().score(delta, alpha, rows)
         if with_loss:
-            out["lm_loss"] = ev.lm_loss(self.model, self.heldout)
+            out["lm_loss"] = self.general_loss(delta, alpha, self.heldout)
         return out
 
 
@@ -115,7 +98,7 @@ def _run_cell(fam: Family, scorer: Scorer, cfg: BenchConfig, target: str, skill:
         except TheseusError as exc:
             cell["methods"][method] = {"not_applicable": str(exc).splitlines()[0]}
             continue
-        delta = _dense(path, fam.model(target))
+        delta = dense_deltas(path, fam.model(target))
         transport_s = time.perf_counter() - t0
         sweep = [{"alpha": a, **scorer.score(delta, a, val)} for a in cfg.alphas]
         best = max(sweep, key=lambda s: (*_key(s), -s["alpha"]))
@@ -126,8 +109,9 @@ def _run_cell(fam: Family, scorer: Scorer, cfg: BenchConfig, target: str, skill:
                                    "eval_seconds": round(time.perf_counter() - t0 - transport_s, 3)}
     ref = fam.reference(target, skill)
     if ref.is_file():
-        cell["methods"]["finetuned"] = {"alpha": 1.0, "test": scorer.score(_dense(ref, fam.model(target)), 1.0, test,
-                                                                              with_loss=True), "upper_bound": True}
+        tuned = dense_deltas(ref, fam.model(target))
+        cell["methods"]["finetuned"] = {"alpha": 1.0, "test": scorer.score(tuned, 1.0, test, with_loss=True),
+                                        "upper_bound": True}
     candidates = {m: r for m, r in cell["methods"].items() if "val" in r}
     cell["selected"] = max(candidates, key=lambda m: (*_key(candidates[m]["val"]), m == "base"))
     tuned = cell["methods"].get("finetuned", {}).get("test")
@@ -161,13 +145,13 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
                      "alphas": list(cfg.alphas), "source": {}, "cells": []}
     source = Scorer(fam.model("v1"), heldout)
     for skill, (_val, test) in splits.items():
-        tuned = _dense(fam.task_vector(skill), fam.model("v1"))
+        tuned = dense_deltas(fam.task_vector(skill), fam.model("v1"))
         results["source"][skill] = {"v1": source.score(None, 0, test, with_loss=True),
                                     "v1_finetuned": source.score(tuned, 1.0, test, with_loss=True)}
         for lora_skill in fam_cfg.lora_skills:
             if lora_skill == skill:
                 results["source"][f"{skill}-lora"] = {"v1_finetuned": source.score(
-                    _dense(fam.lora(skill), fam.model("v1")), 1.0, test, with_loss=True)}
+                    dense_deltas(fam.lora(skill), fam.model("v1")), 1.0, test, with_loss=True)}
     for target in cfg.targets:
         scorer = Scorer(fam.model(target), heldout)
         alignments: dict = {}

@@ -180,3 +180,26 @@ def evaluate_model(model_dir: str | Path, task_dir: str | Path, split: str, held
     if not all(math.isfinite(v) for v in (score.exact_match, score.token_accuracy)):
         raise InputError("evaluation produced a non-finite score")
     return result
+
+
+class Scorer:
+    """One model loaded once; scores base + α·δ by swapping its state dict (no model files written)."""
+
+    def __init__(self, model: torch.nn.Module, encode: Callable[[str], list[int]] = encode_bytes) -> None:
+        self.model, self.encode = model, encode
+        self.base = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def _set(self, delta: dict[str, torch.Tensor] | None, alpha: float) -> None:
+        if delta is None or alpha == 0:
+            self.model.load_state_dict(self.base)
+        else:
+            self.model.load_state_dict({k: (v + alpha * delta[k].to(v.dtype)) if k in delta else v
+                                        for k, v in self.base.items()})
+
+    def score(self, delta: dict[str, torch.Tensor] | None, alpha: float, rows: list[tuple[str, str]]) -> dict:
+        self._set(delta, alpha)
+        return score_rows(self.model, rows, encode=self.encode).as_dict()
+
+    def general_loss(self, delta: dict[str, torch.Tensor] | None, alpha: float, text: str) -> float:
+        self._set(delta, alpha)
+        return lm_loss(self.model, text, encode=self.encode)

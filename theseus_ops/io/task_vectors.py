@@ -200,3 +200,15 @@ def write_task_vector(
     with atomic_path(dest, directory=True) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=meta)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def dense_deltas(path: str | Path, target_dir: str | Path) -> dict[str, torch.Tensor]:
+    """A task vector (full or LoRA) as float32 dense deltas in the target's storage layout.
+
+    For evaluation, which adds α·δ to a loaded model's state dict; transport itself never densifies.
+    """
+    from theseus_ops.transport.engine import storage_delta
+
+    tv = read_task_vector(path)
+    family = inspect_model_dir(target_dir).family
+    return {name: storage_delta(family, name, tv).float() for name in tv.names()}

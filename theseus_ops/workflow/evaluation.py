@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from theseus_ops.demo import evaluate as ev
+from theseus_ops.demo.evaluate import Scorer
 from theseus_ops.errors import InputError
 
 Encoder = Callable[[str], list[int]]
@@ -50,44 +50,15 @@ def calibration_tensors(rows: list[tuple[str, str]], encode: Encoder, pad_id: in
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def dense_delta(path: str | Path, target_dir: str | Path) -> dict[str, torch.Tensor]:
-    """A task vector (full or LoRA) as dense deltas keyed like the target's state dict."""
-    from theseus_ops.io.models import inspect_model_dir
-    from theseus_ops.io.task_vectors import read_task_vector
-    from theseus_ops.transport.engine import storage_delta
+def target_scorer(model_dir: str | Path) -> Scorer:
+    """A scorer for a base model on the CPU, encoding with the model's own tokenizer."""
+    import transformers
 
-    tv = read_task_vector(path)
-    family = inspect_model_dir(target_dir).family
-    return {name: storage_delta(family, name, tv).float() for name in tv.names()}
-
-
-class Scorer:
-    """One target base loaded once on the CPU; scores base + α·δ by swapping its state dict."""
-
-    def __init__(self, model_dir: str | Path) -> None:
-        import transformers
-
-        self.tokenizer = load_tokenizer(model_dir)
-        self.encode = encoder_of(self.tokenizer)
-        try:
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(model_dir), local_files_only=True, dtype=torch.float32).eval()
-        except Exception as exc:
-            raise InputError(f"{model_dir}: cannot load ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-        self.base = {k: v.clone() for k, v in self.model.state_dict().items()}
-
-    def _set(self, delta: dict[str, torch.Tensor] | None, alpha: float) -> None:
-        if delta is None or alpha == 0:
-            self.model.load_state_dict(self.base)
-        else:
-            self.model.load_state_dict({k: (v + alpha * delta[k].to(v.dtype)) if k in delta else v
-                                        for k, v in self.base.items()})
-
-    def score(self, delta: dict[str, torch.Tensor] | None, alpha: float, rows: list[tuple[str, str]]) -> dict:
-        self._set(delta, alpha)
-        return ev.score_rows(self.model, rows, encode=self.encode).as_dict()
-
-    def general_loss(self, delta: dict[str, torch.Tensor] | None, alpha: float, text: str) -> float:
-        self._set(delta, alpha)
-        return ev.lm_loss(self.model, text, encode=self.encode)
+    encode = encoder_of(load_tokenizer(model_dir))
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(model_dir), local_files_only=True, dtype=torch.float32).eval()
+    except Exception as exc:
+        raise InputError(f"{model_dir}: cannot load ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    return Scorer(model, encode)

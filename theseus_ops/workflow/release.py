@@ -37,8 +37,9 @@ from theseus_ops.demo.skills import SPLITS, load_split
 from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.io.calibration import fingerprint
 from theseus_ops.io.models import inspect_model_dir
+from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.workflow.config import WorkflowConfig
-from theseus_ops.workflow.evaluation import Scorer, calibration_tensors, dense_delta, encoder_of, load_tokenizer
+from theseus_ops.workflow.evaluation import calibration_tensors, encoder_of, load_tokenizer, target_scorer
 from theseus_ops.workflow.reconcile import base_versions, catalog_of
 
 log = logging.getLogger("theseus_ops")
@@ -280,7 +281,7 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
     tv_path = Path(catalog.download(ref, scratch / "source-vector"))
     spec, cal_fp = _calibration(cfg, pair, splits["train"])
 
-    scorer = Scorer(pair["target"]["dir"])
+    scorer = target_scorer(pair["target"]["dir"])
     base_val = scorer.score(None, 0.0, splits["val"])
     base = {"alpha": 0.0, "val": base_val, "test": scorer.score(None, 0.0, splits["test"]),
             "general_loss": scorer.general_loss(None, 0.0, heldout) if heldout is not None else None}
@@ -294,7 +295,7 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
             methods[method] = {"not_applicable": str(exc).splitlines()[0]}
             log.info("%s is not applicable to %s -> %s: %s", method, source_ref, target_ref, exc)
             continue
-        delta = dense_delta(paths[method][0], pair["target"]["dir"])
+        delta = dense_deltas(paths[method][0], pair["target"]["dir"])
         sweep = [{"alpha": a, **scorer.score(delta, a, splits["val"])} for a in cfg.alphas]
         best = max(sweep, key=lambda s: (*_rank(s, primary), -s["alpha"]))
         methods[method] = {
