@@ -41,18 +41,24 @@ FAST = RetryPolicy(attempts=2, base_delay=0.05)
 METHODS = ("pad", "theseus", "theseus-data-free", "naive", "gradfix")  # the defaults
 
 
+
+def _process_all(cfg, pair) -> list[dict]:
+    """Every vector of the pair, one failure recorded without stopping the others (as the DAG's mapped tasks)."""
+    outcomes = []
+    for ref in list_task_vectors(cfg, pair):
+        try:
+            outcomes.append(process_task_vector(cfg, pair, ref))
+        except InputError as exc:
+            outcomes.append({"vector": ref, "error": str(exc)})
+    return outcomes
+
 def run_workflow(cfg: WorkflowConfig, family: str) -> dict:
     """What the DAG does: reconcile, then per pending release port every vector (errors caught per vector)."""
     landed = register_landed_releases(cfg)
     releases = []
     for release in pending_releases(cfg, family):
         pair = resolve_pair(cfg, family, release["version"])
-        outcomes = []
-        for ref in list_task_vectors(cfg, pair):
-            try:
-                outcomes.append(process_task_vector(cfg, pair, ref))
-            except InputError as exc:
-                outcomes.append({"vector": ref, "error": str(exc)})
+        outcomes = _process_all(cfg, pair)
         run_id = summarize_release(cfg, pair, outcomes)
         mark_processed(cfg, family, release["version"], run_id)
         releases.append({"release": release, "pair": pair, "outcomes": outcomes, "run_id": run_id})
@@ -99,12 +105,7 @@ def world(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     second = run_workflow(cfg, family)
     # a forced rerun of every step (what a cleared DAG run does) must not write either
     pair = resolve_pair(cfg, family, "2")
-    rerun = []
-    for ref in list_task_vectors(cfg, pair):
-        try:
-            rerun.append(process_task_vector(cfg, pair, ref))
-        except InputError as exc:
-            rerun.append({"vector": ref, "error": str(exc)})
+    rerun = _process_all(cfg, pair)
     rerun_summary = summarize_release(cfg, pair, rerun)
     second_s = time.perf_counter() - t0
     return {"cfg": cfg, "catalog": catalog, "family": family, "tasks": tasks, "first": first, "second": second,
