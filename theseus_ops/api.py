@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -354,7 +355,7 @@ def inspect_path(path: str | Path) -> dict:
     if path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         info = inspect_model_dir(path)
         return {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.family.name,
-                "layers": info.num_layers, "parameters": sum(_numel(s) for s in info.shapes.values()),
+                "layers": info.num_layers, "parameters": sum(math.prod(s) for s in info.shapes.values()),
                 "tensors": len(info.shapes), "dtypes": sorted(set(info.dtypes.values())), "sha256": info.sha256()}
     if path.is_file():
         from safetensors import safe_open
@@ -378,9 +379,3 @@ def inspect_path(path: str | Path) -> dict:
             "norms": {n: round(tv.norm(n), 6) for n in tv.names()},
             **({"rank": sorted({f.rank for f in tv.lora.values()})} if tv.kind == "lora" else {})}
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
