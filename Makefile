@@ -11,17 +11,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing resolves a newer multi-GB build.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,airflow]"
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 venv: $(STAMP)
 
 test: venv
-	$(BIN)/python -m ruff check theseus_ops tests benchmarks
+	$(BIN)/python -m ruff check theseus_ops tests benchmarks dags plugins
 	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint: venv
-	$(BIN)/python -m ruff check theseus_ops tests benchmarks
+	$(BIN)/python -m ruff check theseus_ops tests benchmarks dags plugins
 
 demo: venv
 	bash scripts/engine-demo.sh

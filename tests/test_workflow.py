@@ -25,11 +25,18 @@ from theseus_ops.workflow import (
     PROCESSED_TAG,
     SUMMARY_TAG,
     WorkflowConfig,
+    collect_outcomes,
+    families,
     list_task_vectors,
+    local_pair,
+    mark_announced,
     mark_processed,
     pending_releases,
     process_task_vector,
+    record_failure,
     register_landed_releases,
+    release_overview,
+    releases_to_announce,
     resolve_pair,
     summarize_release,
 )
@@ -44,13 +51,15 @@ METHODS = ("pad", "theseus", "theseus-data-free", "naive", "gradfix")  # the def
 
 def _process_all(cfg, pair) -> list[dict]:
     """Every vector of the pair, one failure recorded without stopping the others (as the DAG's mapped tasks)."""
+    vectors = list_task_vectors(cfg, pair)
     outcomes = []
-    for ref in list_task_vectors(cfg, pair):
+    for ref in vectors:
         try:
             outcomes.append(process_task_vector(cfg, pair, ref))
         except InputError as exc:
-            outcomes.append({"vector": ref, "error": str(exc)})
-    return outcomes
+            record_failure(cfg, pair, ref, exc)
+    return collect_outcomes(cfg, pair, vectors, outcomes)
+
 
 def run_workflow(cfg: WorkflowConfig, family: str) -> dict:
     """What the DAG does: reconcile, then per pending release port every vector (errors caught per vector)."""
@@ -110,7 +119,7 @@ def world(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     second_s = time.perf_counter() - t0
     return {"cfg": cfg, "catalog": catalog, "family": family, "tasks": tasks, "first": first, "second": second,
             "before": before, "after": all_versions(catalog), "rerun": rerun, "rerun_summary": rerun_summary,
-            "seconds": (first_s, second_s), "landing": landing}
+            "seconds": (first_s, second_s), "landing": landing, "fam": fam, "zone": zone}
 
 
 def _by_vector(outcomes: list[dict]) -> dict[str, dict]:
@@ -191,6 +200,41 @@ def test_summary_artifacts(world):
     for ref in world["tasks"].values():
         assert ref in md
     assert "## Failed task vectors" in md and "| pad val/test (α) |" in md
+    artifacts = {a.path for a in catalog.client.list_artifacts(run_id)}
+    assert {"summary.md", "summary.json", "alpha-sweeps.png"} <= artifacts
+
+
+def test_release_overview_lists_the_processed_release(world):
+    family = world["family"]
+    overview = release_overview(world["cfg"], family)
+    assert [(r["version"], r["status"]) for r in overview] == [("2", "processed"), ("1", "first")]
+    head, rows, failed = overview[0]["table"]
+    assert head[0] == "vector" and {r[0] for r in rows} == {world["tasks"]["upper"], world["tasks"]["lookup"]}
+    assert [v for v, _ in failed] == [world["tasks"]["broken"]] and "does not exist" in failed[0][1]
+
+
+def test_announce_once_then_again_when_stale(world):
+    cfg, fam = world["cfg"], world["fam"]
+    family = f"micro-{uuid.uuid4().hex[:6]}"
+    for release in ("v1", "v2-wide-shuffled"):
+        land_release(fam.model(release), family, release, world["zone"])
+    register_landed_releases(cfg)
+    assert family in families(cfg)
+    due = [r for r in releases_to_announce(cfg, 3600, now=1000.0) if r["family"] == family]
+    assert due == [{"family": family, "version": "2", "release": "v2-wide-shuffled", "supersedes": "1"}]
+    mark_announced(cfg, family, "2", now=1000.0)
+    assert not [r for r in releases_to_announce(cfg, 3600, now=1010.0) if r["family"] == family]
+    assert [r["version"] for r in releases_to_announce(cfg, 3600, now=4601.0) if r["family"] == family] == ["2"]
+    assert world["family"] not in {r["family"] for r in releases_to_announce(cfg, 0)}  # processed: never again
+
+
+def test_local_pair_fetches_bases_missing_on_this_worker(world):
+    pair = world["first"]["releases"][0]["pair"]
+    elsewhere = {**pair, "source": {**pair["source"], "dir": "/nonexistent/source"}}
+    local = local_pair(world["cfg"], elsewhere)
+    assert Path(local["source"]["dir"], "config.json").is_file()
+    assert local["source"]["sha256"] == pair["source"]["sha256"]
+    assert local_pair(world["cfg"], pair) is pair
 
 
 def test_config_validation(tmp_path, monkeypatch):

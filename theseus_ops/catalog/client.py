@@ -95,7 +95,8 @@ class Catalog:
             exp = self.call("get experiment", self.client.get_experiment_by_name, name)
             if exp is None:
                 try:
-                    self._experiment_id = self.call("create experiment", self.client.create_experiment, name)
+                    self._experiment_id = self.call("create experiment", self.client.create_experiment, name,
+                                                    artifact_location=self.config.artifact_location)
                 except Exception as exc:  # created concurrently by someone else
                     if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                         raise

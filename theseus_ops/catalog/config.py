@@ -17,16 +17,20 @@ class CatalogConfig:
     ``tracking_uri`` None means MLflow's own resolution (``MLFLOW_TRACKING_URI``, else its default).
     ``registry_uri`` None means the tracking URI. ``experiment`` holds the runs whose artifacts
     back the registered versions. ``http_timeout`` sets MLflow's per-request timeout (seconds).
+    ``artifact_location`` is where that experiment's artifacts go when theseus-ops creates it (only
+    needed with a database tracking URI such as ``sqlite:///…``; a server has its own artifact root).
 
     Env defaults (:meth:`from_env`): ``THESEUS_MLFLOW_TRACKING_URI`` (else ``MLFLOW_TRACKING_URI``),
     ``THESEUS_MLFLOW_REGISTRY_URI`` (else ``MLFLOW_REGISTRY_URI``), ``THESEUS_MLFLOW_EXPERIMENT``
-    (default ``theseus-ops``), ``THESEUS_RETRY_ATTEMPTS`` and ``THESEUS_RETRY_BASE_DELAY``.
+    (default ``theseus-ops``), ``THESEUS_MLFLOW_ARTIFACT_LOCATION``, ``THESEUS_RETRY_ATTEMPTS`` and
+    ``THESEUS_RETRY_BASE_DELAY``.
     """
 
     tracking_uri: str | None = None
     registry_uri: str | None = None
     experiment: str = "theseus-ops"
     http_timeout: float = 30.0
+    artifact_location: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -42,6 +46,7 @@ class CatalogConfig:
             "tracking_uri": env("THESEUS_MLFLOW_TRACKING_URI") or env("MLFLOW_TRACKING_URI"),
             "registry_uri": env("THESEUS_MLFLOW_REGISTRY_URI") or env("MLFLOW_REGISTRY_URI"),
             "experiment": env("THESEUS_MLFLOW_EXPERIMENT", "theseus-ops"),
+            "artifact_location": env("THESEUS_MLFLOW_ARTIFACT_LOCATION") or None,
             "retry": RetryPolicy.from_env(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

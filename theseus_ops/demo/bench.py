@@ -20,8 +20,9 @@ import torch
 from theseus_ops.demo import evaluate as ev
 from theseus_ops.demo.family import TARGETS, Family, build_family, ensure_references, family_config
 from theseus_ops.demo.skills import load_split
-from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.errors import TheseusError
 from theseus_ops.io.task_vectors import dense_deltas
+from theseus_ops.plots import SweepPanel, sweep_figure
 
 log = logging.getLogger("theseus_ops")
 METHODS = ("pad", "naive", "theseus", "theseus-data-free", "gradfix")
@@ -233,35 +234,14 @@ def markdown_table(results: dict) -> str:
 
 def plot_sweeps(results: dict, out: Path) -> list[str]:
     """One PNG per target: val exact match against α, one panel per task, one line per method."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise InputError("plots need matplotlib (pip install matplotlib), or run without plots") from exc
     written = []
     targets = sorted({c["target"] for c in results["cells"]}, key=[c["target"] for c in results["cells"]].index)
     for target in targets:
-        cells = [c for c in results["cells"] if c["target"] == target]
-        fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.0), sharey=True, squeeze=False)
-        for ax, cell in zip(axes[0], cells):
-            for method, r in cell["methods"].items():
-                if r.get("sweep"):
-                    ax.plot([s["alpha"] for s in r["sweep"]], [100 * s["exact_match"] for s in r["sweep"]],
-                            marker="o", ms=3, label=method)
+        panels = []
+        for cell in (c for c in results["cells"] if c["target"] == target):
             ft = cell["methods"].get("finetuned")
-            if ft:
-                ax.axhline(100 * ft["test"]["exact_match"], color="k", ls="--", lw=0.8, label="fine-tuned (test)")
-            ax.set_title(cell["task"], fontsize=9)
-            ax.set_xlabel("α")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("val exact match %")
-        axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{target}: α sweeps on val", fontsize=10)
-        fig.tight_layout()
-        path = out / f"sweep-{target}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+            panels.append(SweepPanel(cell["task"], {m: r.get("sweep") for m, r in cell["methods"].items()},
+                                     ("fine-tuned (test)", ft["test"]["exact_match"]) if ft else None))
+        path = sweep_figure(panels, f"{target}: α sweeps on val", "exact_match", out / f"sweep-{target}.png")
         written.append(str(path))
     return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 
 from theseus_ops.catalog import ROLE_BASE, Catalog, register_landed_release
 from theseus_ops.catalog.client import check_model_name
@@ -19,6 +20,7 @@ from theseus_ops.workflow.config import WorkflowConfig
 
 log = logging.getLogger("theseus_ops")
 PROCESSED_TAG = "theseus.processed_run"
+ANNOUNCED_TAG = "theseus.announced_at"
 
 
 def catalog_of(cfg: WorkflowConfig) -> Catalog:
@@ -60,6 +62,58 @@ def pending_releases(cfg: WorkflowConfig, family: str) -> list[dict]:
         pending.append({"family": family, "version": str(current.version),
                         "release": current.tags.get("theseus.release"), "supersedes": str(previous.version)})
     return pending
+
+
+def families(cfg: WorkflowConfig) -> list[str]:
+    """Every registered model that holds at least one base release (the families the watcher follows)."""
+    return sorted({v.name for v in catalog_of(cfg).search_versions(tags={ROLE: ROLE_BASE})})
+
+
+def releases_to_announce(cfg: WorkflowConfig, reannounce_after_s: float = 3600.0,
+                         now: float | None = None) -> list[dict]:
+    """Pending releases of every family that were never announced, or announced long enough ago.
+
+    A release is announced once; if it is still not processed ``reannounce_after_s`` later (its
+    transport run died, or was never started) it is announced again, so a lost trigger heals itself.
+    """
+    if reannounce_after_s < 0:
+        raise InputError(f"the re-announce interval must be >= 0 seconds, got {reannounce_after_s}")
+    now = time.time() if now is None else now
+    catalog = catalog_of(cfg)
+    due = []
+    for family in families(cfg):
+        for release in pending_releases(cfg, family):
+            mv = catalog.get_version(VersionRef(family, release["version"]), "base release")
+            announced = (mv.tags or {}).get(ANNOUNCED_TAG)
+            try:
+                stale = announced is None or now - float(announced) >= reannounce_after_s
+            except ValueError:
+                stale = True  # a hand-edited tag: announce again rather than never
+            if stale:
+                due.append(release)
+    return due
+
+
+def release_of_version(cfg: WorkflowConfig, family: str, version: str) -> dict | None:
+    """The pending release a just-created model version starts, or None when it starts none.
+
+    What the registry webhook announces: a version is a release when it is a base version with an
+    earlier base (something to port from) and is not processed yet. Anything else (a task vector,
+    a transported model, the first base, an unknown name) is None, not an error.
+    """
+    try:
+        name = check_model_name(family)
+    except InputError:
+        return None
+    return next((r for r in pending_releases(cfg, name) if r["version"] == str(version)), None)
+
+
+def mark_announced(cfg: WorkflowConfig, family: str, version: str, now: float | None = None) -> None:
+    """Record when the release's event went out (see :func:`releases_to_announce`)."""
+    catalog = catalog_of(cfg)
+    stamp = f"{time.time() if now is None else now:.3f}"
+    catalog.call("set tag", catalog.client.set_model_version_tag, check_model_name(family), str(version),
+                 ANNOUNCED_TAG, stamp)
 
 
 def mark_processed(cfg: WorkflowConfig, family: str, version: str, summary_run_id: str) -> dict:

@@ -41,11 +41,11 @@ from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.evaluation import calibration_tensors, encoder_of, load_tokenizer, target_scorer
 from theseus_ops.workflow.reconcile import base_versions, catalog_of
+from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
 log = logging.getLogger("theseus_ops")
 WORKFLOW_FORMAT = "theseus-workflow/1"
 OUTCOME_KEY_TAG = "theseus.outcome_key"
-SUMMARY_TAG = "theseus.release_summary"
 OUTCOME_FILE = "outcome.json"
 ALIGNED = ("theseus", "theseus-data-free")
 METRICS = {"exact_match": "exact_match", "accuracy": "exact_match", "token_accuracy": "token_accuracy"}
@@ -76,33 +76,6 @@ def dataset_dir(uri: str) -> Path:
 
 def _sha(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _find_finished_run(catalog: Catalog, tag: str, value: str):
-    runs = catalog.call("search runs", catalog.client.search_runs, [catalog.experiment_id()],
-                        filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
-                        max_results=1, order_by=["attributes.start_time ASC"])
-    return runs[0] if runs else None
-
-
-def _log_run(catalog: Catalog, name: str, tags: dict[str, str], texts: dict[str, str],
-             metrics: dict[str, float] | None = None) -> str:
-    """A run holding ``texts`` as artifacts; FINISHED only after everything is logged (else FAILED)."""
-    run = catalog.call("create run", catalog.client.create_run, catalog.experiment_id(), run_name=name, tags=tags)
-    run_id = run.info.run_id
-    try:
-        for file, text in texts.items():
-            catalog.call(f"log of {file}", catalog.client.log_text, run_id, text, file)
-        for key, value in (metrics or {}).items():
-            catalog.call("log metric", catalog.client.log_metric, run_id, key, float(value))
-        catalog.call("finish run", catalog.client.set_terminated, run_id, "FINISHED")
-    except BaseException:
-        try:
-            catalog.client.set_terminated(run_id, "FAILED")
-        except Exception:
-            log.warning("could not mark run %s as failed", run_id)
-        raise
-    return run_id
 
 
 # -- resolve_pair ----------------------------------------------------------------------------------
@@ -147,6 +120,22 @@ def resolve_pair(cfg: WorkflowConfig, family: str, target_version: str, source_v
         raise InputError(f"source and target are the same base version {family}/{target_version}")
     return {"family": family, "source": _local_base(catalog, cfg, versions[source_version]),
             "target": _local_base(catalog, cfg, versions[target_version])}
+
+
+def local_pair(cfg: WorkflowConfig, pair: dict) -> dict:
+    """``pair`` if both base directories exist on this machine, else the same pair resolved here.
+
+    ``resolve_pair`` may run on another worker than the step using its result (Celery queues); the
+    pair names versions and hashes, so any worker can fetch the identical bases again.
+    """
+    source, target = _refs(pair)
+    if all(Path(pair[side].get("dir", "")).joinpath("config.json").is_file() for side in ("source", "target")):
+        return pair
+    local = resolve_pair(cfg, pair["family"], target.version, source.version)
+    for side in ("source", "target"):
+        if local[side]["sha256"] != pair[side]["sha256"]:
+            raise InputError(f"{pair['family']}/{local[side]['version']} changed since the pair was resolved")
+    return local
 
 
 def _refs(pair: dict) -> tuple[VersionRef, VersionRef]:
@@ -233,13 +222,11 @@ def _rank(score: dict, primary: str) -> tuple[float, float]:
 
 
 def _recorded_outcome(catalog: Catalog, key: str) -> dict | None:
-    run = _find_finished_run(catalog, OUTCOME_KEY_TAG, key)
+    run = find_finished_run(catalog, OUTCOME_KEY_TAG, key)
     if run is None:
         return None
     with tempfile.TemporaryDirectory(prefix="theseus-outcome-") as tmp:
-        path = catalog.call("download of the outcome", catalog.client.download_artifacts, run.info.run_id,
-                            OUTCOME_FILE, tmp)
-        outcome = json.loads(Path(path).read_text())
+        outcome = json.loads(read_text_artifact(catalog, run.info.run_id, OUTCOME_FILE, Path(tmp)))
     return {**outcome, "reused": True, "outcome_run": run.info.run_id}
 
 
@@ -252,6 +239,7 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
     started = time.perf_counter()
     source_ref, target_ref = _refs(pair)
     ref = parse_ref(tv_ref)
+    pair = local_pair(cfg, pair)
     catalog = catalog_of(cfg)
     tags = get_task_vector(catalog, ref)
     if tags.base != source_ref:
@@ -341,70 +329,10 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
         "registered": registered, "outcome_key": key, "reused": False,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    run_id = _log_run(catalog, f"outcome-{ref.name}-{ref.version}-to-{target_ref.name}-{target_ref.version}",
+    run_id = log_run(catalog, f"outcome-{ref.name}-{ref.version}-to-{target_ref.name}-{target_ref.version}",
                       {OUTCOME_KEY_TAG: key, "theseus.source_vector": str(ref), "theseus.target_base": str(target_ref),
                        "theseus.selected": selected},
                       {OUTCOME_FILE: json.dumps(outcome, indent=2)},
                       {"selected_test": outcome["selected_test"], "base_test": outcome["base_test"]})
     shutil.rmtree(scratch, ignore_errors=True)
     return {**outcome, "outcome_run": run_id}
-
-
-# -- summarize_release -----------------------------------------------------------------------------
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def markdown_table(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str:
-    """Per-task table: base and each method as val/test at its α, the selection and what it registered."""
-    source, target = _refs(pair)
-    head = ["vector", "task", "metric", "base val/test", *[f"{m} val/test (α)" for m in cfg.methods],
-            "selected", "test (selected)", "Δ general loss", "registered model", "gate"]
-    lines = [f"# {target.name} release {pair['target'].get('release')} ({target}) from {source}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    failed = []
-    for o in outcomes:
-        if "error" in o or "methods" not in o:
-            failed.append(o)
-            continue
-        m = o["metric"]
-        tie = "token_accuracy" if m == "exact_match" else "exact_match"  # the tie-breaker, shown on val
-        cells = [o["vector"], o["task"], m,
-                 f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])} (val {tie} {_fmt(o['base']['val'][tie])})"]
-        for method in cfg.methods:
-            r = o["methods"].get(method, {})
-            if "val" in r:
-                cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} (α {r['alpha']:g}; val {tie} "
-                             f"{_fmt(r['val'][tie])})")
-            else:
-                cells.append("n/a")
-        reg = o["registered"]
-        cells += [o["selected"], _fmt(o["selected_test"]), _fmt(o["general_loss_change"]), reg["model"] or "–",
-                  (reg["gate"] or "–").replace("|", "/")]
-        lines.append("| " + " | ".join(cells) + " |")
-    if failed:
-        lines += ["", "## Failed task vectors", ""]
-        lines += [f"- {o.get('vector', '?')}: {str(o.get('error', 'no outcome')).splitlines()[0]}" for o in failed]
-    return "\n".join(lines) + "\n"
-
-
-def summarize_release(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str:
-    """One MLflow run per release with the per-task table (Markdown and JSON); returns its run id.
-
-    Idempotent: a finished run tagged ``theseus.release_summary=<family>/<version>`` is returned as is.
-    Failed vectors are outcomes with an ``error`` (what the DAG records for a failed mapped task).
-    """
-    source, target = _refs(pair)
-    catalog = catalog_of(cfg)
-    value = f"{target.name}/{target.version}"
-    existing = _find_finished_run(catalog, SUMMARY_TAG, value)
-    if existing is not None:
-        return existing.info.run_id
-    ok = [o for o in outcomes if "error" not in o and "methods" in o]
-    payload = {"family": target.name, "source_base": str(source), "target_base": str(target),
-               "release": pair["target"].get("release"), "outcomes": outcomes}
-    return _log_run(catalog, f"release-{target.name}-{target.version}",
-                    {SUMMARY_TAG: value, "theseus.source_base": str(source), "theseus.target_base": str(target)},
-                    {"summary.md": markdown_table(cfg, pair, outcomes), "summary.json": json.dumps(payload, indent=2)},
-                    {"vectors_ok": len(ok), "vectors_failed": len(outcomes) - len(ok),
-                     "models_candidate": sum(bool(o["registered"]["candidate"]) for o in ok)})

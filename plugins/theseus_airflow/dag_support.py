@@ -1,0 +1,88 @@
+"""What both theseus-ops DAGs share: the release Asset, the settings, and the error policy.
+
+Imported by the DAG files from the plugins folder, which Airflow puts on ``sys.path`` in every
+process (DAG processor, workers, api-server). No math lives here: every step calls
+``theseus_ops.workflow``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException
+
+from theseus_ops.catalog import GateConfig
+from theseus_ops.errors import TheseusError
+from theseus_ops.workflow import WorkflowConfig
+
+log = logging.getLogger("theseus_ops")
+
+# One Asset for every family: an event's extra names the family, the new version and the one it supersedes.
+RELEASE_ASSET = Asset(name="theseus_base_release", uri="theseus://base-releases", group="theseus")
+GPU_POOL = os.environ.get("THESEUS_GPU_POOL", "gpu")
+GPU_QUEUE = os.environ.get("THESEUS_GPU_QUEUE", "gpu")
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {os.environ.get(name)!r}") from exc
+
+
+# Transient failures (MLflow, S3, a lost worker) are retried with exponential backoff; input errors
+# are not retried at all (see ``step_errors``).
+DEFAULT_ARGS = {
+    "owner": "theseus-ops",
+    "retries": _int_env("THESEUS_TASK_RETRIES", 3),
+    "retry_delay": timedelta(seconds=_int_env("THESEUS_RETRY_DELAY_SECONDS", 30)),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def workflow_config(params: dict | None = None) -> WorkflowConfig:
+    """The deployment's settings (environment) with a run's Params on top; an invalid mix fails the task."""
+    params = params or {}
+    overrides: dict = {}
+    if params.get("methods"):
+        overrides["methods"] = tuple(params["methods"])
+    if params.get("alphas"):
+        overrides["alphas"] = tuple(params["alphas"])
+    gate = params.get("gate") or {}
+    if gate:
+        base = GateConfig.from_env()
+        overrides["gate"] = GateConfig(
+            margin=float(gate.get("margin", base.margin)),
+            max_general_loss_increase=float(gate.get("max_general_loss_increase", base.max_general_loss_increase)),
+            move_champion=bool(gate.get("move_champion", base.move_champion)),
+            higher_is_better=base.higher_is_better,
+        )
+    with step_errors():
+        return WorkflowConfig.from_env(**overrides)
+
+
+@contextmanager
+def step_errors() -> Iterator[None]:
+    """Around one workflow step: input errors fail the task for good, anything else may be retried.
+
+    A ``TheseusError`` (bad input, a missing dataset, an unmappable model) would fail the same way on
+    every retry, so it becomes ``AirflowFailException`` with the one-line message; other exceptions
+    (network, registry, storage) propagate and Airflow retries them with backoff.
+    """
+    try:
+        yield
+    except TheseusError as exc:
+        raise airflow_error(exc) from exc
+
+
+def airflow_error(exc: BaseException) -> BaseException:
+    """What to raise for ``exc``: AirflowFailException (no retries) for input errors, else ``exc`` itself."""
+    if isinstance(exc, TheseusError):
+        return AirflowFailException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return exc

@@ -1,0 +1,82 @@
+"""Seed a workflow demo: land v1, catalog its task vectors, land the next release.
+
+What ``make demo`` does before the watcher runs, and what the workflow tests do on the micro
+family. Every step is idempotent (landing and registration are keyed by content), so a second
+call changes nothing. Task directories are copied next to the state, with the family's held-out
+text, and cataloged as ``file://`` datasets.
+
+    python -m theseus_ops.demo.seed --scale tiny --family theseus-tiny --target v2-wide-shuffled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from theseus_ops.catalog import Catalog, register_task_vector
+from theseus_ops.demo.family import RELEASES, TARGETS, build_family, family_config
+from theseus_ops.errors import InputError
+from theseus_ops.storage import land_release, open_zone
+from theseus_ops.workflow import WorkflowConfig, register_landed_releases
+from theseus_ops.workflow.reconcile import base_versions
+
+
+def _dataset_dir(family, skill: str, root: Path) -> Path:
+    """A stable copy of the task's splits plus held-out text (what the task vector's catalog entry points at)."""
+    dest = root / skill
+    if not (dest / "heldout.txt").is_file():
+        tmp = root / f".{skill}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(family.task(skill), tmp)
+        shutil.copy(family.heldout, tmp / "heldout.txt")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return dest
+
+
+def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, families_root: Path,
+              datasets_root: Path, skills: list[str] | None = None, progress=print) -> dict:
+    """Land ``v1``, register it and its task vectors, then land ``target`` (left for the watcher)."""
+    if target not in TARGETS:
+        raise InputError(f"unknown demo target release {target!r}; choose from {', '.join(TARGETS)}")
+    family = build_family(family_config(scale), families_root, progress=progress)
+    zone = open_zone(cfg.storage)
+    catalog = Catalog(cfg.catalog)
+    source = RELEASES[0]
+    land_release(family.model(source), family_name, source, zone)
+    register_landed_releases(cfg)
+    [v1] = [v for v in base_versions(catalog, family_name) if v.tags.get("theseus.release") == source]
+    vectors = {}
+    for skill in skills or list(family.config.skills):
+        data = _dataset_dir(family, skill, datasets_root)
+        reg = register_task_vector(catalog, f"{family_name}-{skill}", family.task_vector(skill), task=skill,
+                                   base_model=family_name, base_version=str(v1.version),
+                                   dataset=data.resolve().as_uri(), metric="exact_match")
+        vectors[skill] = str(reg.ref)
+    land_release(family.model(target), family_name, target, zone)
+    progress(f"seeded {family_name}: {source} = version {v1.version} with {len(vectors)} task vectors; "
+             f"{target} landed for the watcher")
+    return {"family": family_name, "source_version": str(v1.version), "vectors": vectors, "landed": target}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m theseus_ops.demo.seed", description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="tiny", choices=["micro", "tiny", "small"])
+    parser.add_argument("--family", default="theseus-tiny", help="registered model name of the family")
+    parser.add_argument("--target", default="v2-wide-shuffled", help="the release landed for the watcher")
+    parser.add_argument("--families-root", default=".theseus/families")
+    parser.add_argument("--datasets-root", default=".theseus/datasets")
+    args = parser.parse_args(argv)
+    try:
+        out = seed_demo(WorkflowConfig.from_env(), args.scale, args.family, args.target, Path(args.families_root),
+                        Path(args.datasets_root))
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
