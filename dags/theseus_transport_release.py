@@ -40,7 +40,7 @@ from theseus_ops.workflow import (
     resolve_pair,
     summarize_release,
 )
-from theseus_ops.workflow.summary import is_failure, mlflow_ui_links, ui_url_of
+from theseus_ops.workflow.summary import is_failure
 
 log = logging.getLogger("theseus_ops")
 VERSION = {"type": ["null", "string"], "pattern": "^[0-9]+$"}
@@ -129,7 +129,7 @@ def theseus_transport_release():
         log.info("%d task vector(s) to port across %d release(s)", len(jobs), len(pairs))
         return jobs
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ vector_label }}")
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ vector_label }}", multiple_outputs=False)
     def port(job: dict, *, params=None) -> dict:
         """Align (or reuse), transport with every method, α search on val, select on val, register."""
         get_current_context()["vector_label"] = job["label"]
@@ -142,8 +142,7 @@ def theseus_transport_release():
             except Exception:
                 log.warning("could not record the failure of %s", job["vector"], exc_info=True)
             raise airflow_error(exc) from exc
-        ui = ui_url_of(cfg, os.environ.get("THESEUS_MLFLOW_UI_URL"))
-        return {**outcome, "links": mlflow_ui_links(cfg, outcome, ui)}
+        return outcome
 
     @task(trigger_rule="all_done")
     def summarize(pairs: list[dict], jobs: list[dict], outcomes, *, params=None) -> list[dict]:

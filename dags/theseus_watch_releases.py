@@ -44,7 +44,7 @@ def theseus_watch_releases():
         with step_errors():
             return releases_to_announce(workflow_config(), REANNOUNCE_S)
 
-    @task(outlets=[RELEASE_ASSET], map_index_template="{{ release_label }}")
+    @task(outlets=[RELEASE_ASSET], map_index_template="{{ release_label }}", multiple_outputs=False)
     def announce(release: dict, *, outlet_events=None) -> dict:
         """One Asset event per release; the transport DAG is scheduled on it."""
         get_current_context()["release_label"] = f"{release['family']}/{release['version']}"

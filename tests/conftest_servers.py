@@ -79,10 +79,11 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers: mlflow's job runner and its huey consumers
 
 
-def start(cmd: list[str], health: str, log: Path, timeout: float = 120) -> subprocess.Popen:
+def start(cmd: list[str], health: str, log: Path, timeout: float = 120,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
     fh = open(log, "wb")  # noqa: SIM115 - kept open for the server's lifetime
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     try:
         wait_http(health, proc, timeout, log)
     except BaseException:
@@ -105,7 +106,9 @@ def _mlflow(tmp: Path, backend_uri: str, backend: str) -> tuple[subprocess.Popen
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri,
            "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = start(cmd, f"http://127.0.0.1:{port}/health", tmp / "server.log", timeout=180)
+    # webhooks to plain-http local receivers (the Airflow plugin in the workflow tests)
+    webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
+    proc = start(cmd, f"http://127.0.0.1:{port}/health", tmp / "server.log", timeout=180, env=webhooks)
     return proc, MlflowServer(f"http://127.0.0.1:{port}", backend, artifacts)
 
 

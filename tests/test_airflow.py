@@ -1,0 +1,374 @@
+"""The Airflow 3 workflow for real: DAG parsing, full DAG runs, rerun, partial failure, webhook, links, UI.
+
+Everything Airflow runs in subprocesses with their own ``AIRFLOW_HOME`` (a fresh SQLite metadata
+database), against a real ``mlflow server`` (registry of record) and a moto S3 server (landing
+zone). DAG runs go through ``dag.test()`` (``plugins/theseus_airflow/runner.py``): every task is
+executed by Airflow's task runner with templating, mapping, trigger rules, XCom and Asset events.
+The webhook, link and UI checks talk to a running ``airflow api-server`` with the plugin loaded;
+the UI check drives Debian's headless chromium and skips where it is not installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest_servers import (  # noqa: F401
+    BIN,
+    free_port,
+    mlflow_sqlite,
+    moto_endpoint,
+    new_bucket,
+    start,
+    stop,
+)
+from theseus_ops.catalog import Catalog, CatalogConfig, VersionRef, register_task_vector
+from theseus_ops.demo import family as demo_family
+from theseus_ops.retry import RetryPolicy
+from theseus_ops.storage import StorageConfig, land_release, open_zone
+from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_releases
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "plugins" / "theseus_airflow" / "runner.py"
+SECRET = "webhook-test-secret"
+PASSWORD = "theseus-test-password"
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_dag(env: dict[str, str], dag_id: str, conf: dict | None = None, returns: str = "") -> dict:
+    """One ``dag.test()`` run in a subprocess; its report (state, task instances, chosen return values)."""
+    proc = run([sys.executable, str(RUNNER), dag_id, "--json", "--conf", json.dumps(conf or {}),
+                "--returns", returns], env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"runner printed no report (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(lines[-1])
+    assert proc.returncode == (0 if report["state"] == "success" else 1)
+    return report
+
+
+def tis(report: dict, task_id: str) -> list[dict]:
+    return [t for t in report["tasks"] if t["task_id"] == task_id]
+
+
+def versions(catalog: Catalog) -> list[tuple[str, str]]:
+    return sorted((v.name, str(v.version)) for v in catalog.search_versions())
+
+
+def asset_events(home: Path) -> list[dict]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute("select id, extra, source_dag_id from asset_event order by id").fetchall()
+    return [{"id": i, "extra": json.loads(extra or "{}"), "source_dag_id": dag} for i, extra, dag in rows]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, mlflow_sqlite, moto_endpoint):  # noqa: F811
+    """Seed v1 and its vectors, land v2, then: watcher, transport, identical rerun, filtered run, watcher again."""
+    tmp = tmp_path_factory.mktemp("airflow")
+    family = f"af-{uuid.uuid4().hex[:6]}"
+    bucket = new_bucket(moto_endpoint)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "THESEUS_MLFLOW_TRACKING_URI": mlflow_sqlite.url, "THESEUS_MLFLOW_EXPERIMENT": f"af-{family}",
+        "THESEUS_LANDING_URL": f"s3://{bucket}/landing", "THESEUS_S3_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "THESEUS_WORK_DIR": str(tmp / "work"), "THESEUS_ALPHAS": "0,3",
+        "THESEUS_GATE_MAX_GENERAL_LOSS_INCREASE": "100", "THESEUS_RETRY_DELAY_SECONDS": "1",
+        "THESEUS_RETRY_ATTEMPTS": "2", "THESEUS_RETRY_BASE_DELAY": "0.05",
+        "THESEUS_WEBHOOK_SECRET": SECRET, "PYTHONPATH": str(ROOT),
+    }
+    migrate = run([str(BIN / "airflow"), "db", "migrate"], env)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    fam = demo_family.build_family(demo_family.family_config("micro"), tmp / "families", progress=lambda _m: None)
+    seed = run([sys.executable, "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", family,
+                "--families-root", str(tmp / "families"), "--datasets-root", str(tmp / "datasets")], env)
+    assert seed.returncode == 0, seed.stderr[-3000:]
+    seeded = json.loads(seed.stdout.strip().splitlines()[-1])
+    cfg = WorkflowConfig(catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"af-{family}",
+                                               retry=RetryPolicy(attempts=2, base_delay=0.05)),
+                         storage=StorageConfig(url=f"s3://{bucket}/landing", endpoint_url=moto_endpoint))
+    catalog = Catalog(cfg.catalog)
+    broken = register_task_vector(catalog, f"{family}-broken", fam.task_vector("lookup"), task="broken",
+                                  base_model=family, base_version=seeded["source_version"],
+                                  dataset=(tmp / "missing").as_uri(), metric="exact_match")
+    out = {"tmp": tmp, "env": env, "family": family, "fam": fam, "cfg": cfg, "catalog": catalog,
+           "vectors": seeded["vectors"], "broken": str(broken.ref), "home": tmp / "airflow"}
+    out["watch"] = run_dag(env, "theseus_watch_releases")
+    out["events_after_watch"] = asset_events(out["home"])
+    out["transport"] = run_dag(env, "theseus_transport_release", returns="summarize")
+    out["versions_after_first"] = versions(catalog)
+    out["rerun"] = run_dag(env, "theseus_transport_release", {"family": family, "target_version": "2"},
+                           returns="summarize,port")
+    out["versions_after_rerun"] = versions(catalog)
+    out["filtered"] = run_dag(env, "theseus_transport_release",
+                              {"family": family, "target_version": "2", "tasks": ["upper", "lookup"],
+                               "gate": {"margin": 0.0}}, returns="summarize")
+    out["watch_again"] = run_dag(env, "theseus_watch_releases")
+    return out
+
+
+def test_dags_parse_without_errors(stack):
+    probe = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1], known_pools={"default_pool", "gpu"})
+t = bag.dags["theseus_transport_release"]
+port = t.get_task("port")
+print(json.dumps({"errors": bag.import_errors, "warnings": [str(w) for w in bag.dag_warnings],
+                  "dags": sorted(bag.dag_ids), "pool": port.pool, "queue": port.queue,
+                  "template": port.map_index_template, "summary_rule": t.get_task("summarize").trigger_rule.value,
+                  "params": sorted(t.params.keys()),
+                  "schedule": str(bag.dags["theseus_watch_releases"].schedule)}))
+"""
+    proc = run([sys.executable, "-c", probe, str(ROOT / "dags")], stack["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["errors"] == {} and info["warnings"] == []
+    assert info["dags"] == ["theseus_transport_release", "theseus_watch_releases"]
+    assert (info["pool"], info["queue"], info["template"]) == ("gpu", "gpu", "{{ vector_label }}")
+    assert info["summary_rule"] == "all_done" and info["schedule"] == "*/5 * * * *"
+    assert info["params"] == sorted(["family", "target_version", "source_version", "tasks", "methods", "alphas",
+                                     "gate"])
+
+
+def test_watcher_registers_and_announces_the_release(stack):
+    watch, family = stack["watch"], stack["family"]
+    assert watch["state"] == "success"
+    [announce] = tis(watch, "announce")
+    assert announce["label"] == f"{family}/2" and announce["state"] == "success"
+    [event] = [e for e in stack["events_after_watch"] if e["extra"].get("family") == family]
+    assert event["extra"] == {"family": family, "version": "2", "supersedes": "1", "release": "v2-wide-shuffled"}
+    assert event["source_dag_id"] == "theseus_watch_releases"
+
+
+def test_one_failing_vector_does_not_stop_the_others(stack):
+    report, family = stack["transport"], stack["family"]
+    ports = {t["label"]: t for t in tis(report, "port")}
+    good = {f"{stack['vectors'][s]} -> {family}/2" for s in ("upper", "lookup")}
+    bad = f"{stack['broken']} -> {family}/2"
+    assert set(ports) == good | {bad}
+    assert all(ports[label]["state"] == "success" for label in good)
+    assert ports[bad]["state"] == "failed" and ports[bad]["try_number"] == 1  # an input error: never retried
+    assert all(t["pool"] == "gpu" and t["queue"] == "gpu" for t in ports.values())
+    assert [t["state"] for t in tis(report, "summarize")] == ["success"]
+    assert [t["state"] for t in tis(report, "check")] == ["failed"] and report["state"] == "failed"
+    [summary] = report["returns"]["summarize"]
+    assert summary["vectors"] == 3 and [f["vector"] for f in summary["failed"]] == [stack["broken"]]
+    assert "does not exist" in summary["failed"][0]["error"]
+
+
+def test_release_is_registered_summarised_and_marked(stack):
+    catalog, family = stack["catalog"], stack["family"]
+    [summary] = stack["transport"]["returns"]["summarize"]
+    base2 = catalog.get_version(VersionRef(family, "2"))
+    # the newest summary marks the release: the filtered manual run's, which replaced the first one
+    assert base2.tags[PROCESSED_TAG] == stack["filtered"]["returns"]["summarize"][0]["summary_run"]
+    artifacts = {a.path for a in catalog.client.list_artifacts(summary["summary_run"])}
+    assert {"summary.md", "summary.json", "alpha-sweeps.png"} <= artifacts
+    serving = [name for name, _v in stack["versions_after_first"] if name.endswith("-serving")]
+    assert serving, "the micro family registers at least one transported model (see test_workflow)"
+    for model in summary["candidates"]:
+        assert catalog.get_alias(model.rsplit("/", 1)[0], "candidate").version == model.rsplit("/", 1)[1]
+
+
+def test_rerun_of_the_same_release_changes_nothing(stack):
+    rerun = stack["rerun"]
+    assert stack["versions_after_rerun"] == stack["versions_after_first"]
+    outcomes = [o for o in rerun["returns"]["port"] if o]
+    assert len(outcomes) == 2 and all(o["reused"] for o in outcomes)
+    assert rerun["returns"]["summarize"][0]["summary_run"] == stack["transport"]["returns"]["summarize"][0][
+        "summary_run"]
+    # the watcher sees the processed release and announces nothing
+    assert [t["state"] for t in tis(stack["watch_again"], "announce")] == ["skipped"]
+    assert stack["watch_again"]["state"] == "success"
+
+
+def test_filtered_manual_run_with_params_succeeds(stack):
+    filtered = stack["filtered"]
+    assert filtered["state"] == "success", filtered["tasks"]
+    assert len(tis(filtered, "port")) == 2
+    [summary] = filtered["returns"]["summarize"]
+    assert summary["failed"] == [] and summary["vectors"] == 2
+    assert versions(stack["catalog"]) == stack["versions_after_first"]
+
+
+def test_invalid_params_fail_the_run_in_the_first_task(stack):
+    bad = run_dag(stack["env"], "theseus_transport_release", {"family": stack["family"], "source_version": "1"})
+    assert bad["state"] == "failed"
+    assert [t["state"] for t in tis(bad, "releases")] == ["failed"]
+    proc = run([sys.executable, str(RUNNER), "theseus_transport_release", "--conf",
+                json.dumps({"methods": ["warp-drive"]})], stack["env"])
+    assert proc.returncode != 0 and "warp-drive" in (proc.stdout + proc.stderr)
+
+
+# -- the api-server with the plugin ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def api_server(stack):
+    port = free_port()
+    home = stack["home"]
+    (home / "passwords.json").write_text(json.dumps({"admin": PASSWORD}))
+    env = {**stack["env"], "AIRFLOW__API__WORKERS": "1", "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS":
+           "admin:admin", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+           "THESEUS_MLFLOW_UI_URL": "http://mlflow.example:5000"}
+    proc = start([str(BIN / "airflow"), "api-server", "--port", str(port), "--host", "127.0.0.1"],
+                 f"http://127.0.0.1:{port}/api/v2/monitor/health", stack["tmp"] / "api-server.log", timeout=180,
+                 env=env)
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def token(base: str) -> str:
+    status, body = http("POST", f"{base}/auth/token", json.dumps({"username": "admin", "password": PASSWORD}).encode(),
+                        {"Content-Type": "application/json"})
+    assert status == 201, body
+    return json.loads(body)["access_token"]
+
+
+def signed(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    delivery, stamp = str(uuid.uuid4()), str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    return {"Content-Type": "application/json", "X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": stamp,
+            "X-MLflow-Signature": "v1," + base64.b64encode(digest).decode()}
+
+
+def test_releases_view_needs_login_and_lists_the_summary(stack, api_server):
+    assert http("GET", f"{api_server}/theseus/")[0] == 401
+    status, page = http("GET", f"{api_server}/theseus/", headers={"Authorization": f"Bearer {token(api_server)}"})
+    assert status == 200
+    assert f"{stack['family']} version 2 (v2-wide-shuffled)" in page and "processed" in page
+    assert stack["vectors"]["upper"] in page and stack["vectors"]["lookup"] in page
+    assert stack["broken"] not in page  # the newest summary (the filtered run's) has only the filtered vectors
+
+
+def test_port_tasks_link_to_their_mlflow_run_and_model(stack, api_server):
+    run_id = stack["transport"]["run_id"]
+    outcomes = {o["vector"]: o for o in stack["rerun"]["returns"]["port"] if o}
+    auth = {"Authorization": f"Bearer {token(api_server)}"}
+    for t in tis(stack["transport"], "port"):
+        status, body = http("GET", f"{api_server}/api/v2/dags/theseus_transport_release/dagRuns/"
+                                   f"{urllib.parse.quote(run_id)}/taskInstances/port/links?map_index={t['map_index']}",
+                            headers=auth)
+        assert status == 200, body
+        links = json.loads(body)["extra_links"]
+        vector = t["label"].split(" -> ")[0]
+        if vector == stack["broken"]:
+            assert links == {"MLflow run": None, "Model version": None}
+            continue
+        outcome = outcomes[vector]
+        assert links["MLflow run"].startswith("http://mlflow.example:5000/#/experiments/")
+        assert links["MLflow run"].endswith(f"/runs/{outcome['outcome_run']}")
+        model = outcome["registered"]["model"]
+        assert links["Model version"] == (None if model is None else
+                                          "http://mlflow.example:5000/#/models/{}/versions/{}".format(
+                                              *model.rsplit("/", 1)))
+
+
+def test_webhook_rejects_bad_signatures(api_server):
+    url = f"{api_server}/theseus/webhooks/mlflow"
+    body = json.dumps({"entity": "model_version", "action": "created", "data": {"name": "x", "version": "1"}}).encode()
+    assert http("POST", url, body, {"Content-Type": "application/json"})[0] == 401  # unsigned
+    assert http("POST", url, body, signed(body, secret="wrong"))[0] == 401
+    assert http("POST", url, body, signed(body, timestamp=int(time.time()) - 3600))[0] == 401  # replayed
+    assert http("POST", url, body + b" ", signed(body))[0] == 401  # body changed after signing
+    status, answer = http("POST", url, body, signed(body))
+    assert status == 200 and "not a pending base release" in answer
+
+
+def test_mlflow_webhook_announces_a_new_release(stack, api_server):
+    """MLflow itself calls the plugin when a base version is created; the plugin emits the Asset event."""
+    catalog, family, cfg = stack["catalog"], stack["family"], stack["cfg"]
+    hook = catalog.client.create_webhook(name=f"theseus-{family}", url=f"{api_server}/theseus/webhooks/mlflow",
+                                         events=["model_version.created"], secret=SECRET)
+    try:
+        land_release(stack["fam"].model("v2-wide"), family, "v2-wide", open_zone(cfg.storage))
+        assert [r["version"] for r in register_landed_releases(cfg)] == ["3"]
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            mine = [e for e in asset_events(stack["home"])
+                    if e["extra"].get("family") == family and e["extra"].get("via") == "webhook"]
+            if mine:
+                break
+            time.sleep(1)
+        assert mine, "MLflow's model_version.created webhook produced no Asset event"
+        assert mine[0]["extra"]["version"] == "3" and mine[0]["extra"]["supersedes"] == "2"
+        assert "theseus.announced_at" in catalog.get_version(VersionRef(family, "3")).tags
+    finally:
+        catalog.client.delete_webhook(hook.webhook_id)
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return None
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromedriver, and selenium")
+def test_ui_view_in_headless_chromium(stack, api_server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = _chromium()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        wait = WebDriverWait(drv, 60)
+        drv.get(f"{api_server}/")
+        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+        drv.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(PASSWORD)
+        drv.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
+        drv.get(f"{api_server}/plugin/theseus-releases")
+        frame = wait.until(ec.presence_of_element_located((By.TAG_NAME, "iframe")))
+        drv.switch_to.frame(frame)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.summary")))
+        heading = drv.find_element(By.TAG_NAME, "h1").text
+        cells = [td.text for td in drv.find_elements(By.CSS_SELECTOR, "table.summary td")]
+        shot = tmp_path / "theseus-releases.png"
+        drv.switch_to.default_content()
+        drv.save_screenshot(str(shot))
+    finally:
+        drv.quit()
+    assert "base releases and transport summaries" in heading
+    assert stack["vectors"]["upper"] in cells and stack["vectors"]["lookup"] in cells
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
