@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo engine-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: venv
 	$(BIN)/python -m ruff check theseus_ops tests benchmarks dags plugins
 
 demo: venv
+	bash scripts/demo.sh
+
+engine-demo: venv
 	bash scripts/engine-demo.sh
 
 clean:

@@ -107,7 +107,8 @@ def _mlflow(tmp: Path, backend_uri: str, backend: str) -> tuple[subprocess.Popen
            "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     # webhooks to plain-http local receivers (the Airflow plugin in the workflow tests)
-    webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
+    webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                "MLFLOW_WEBHOOK_CACHE_TTL": "1"}  # see a webhook created by a test at once
     proc = start(cmd, f"http://127.0.0.1:{port}/health", tmp / "server.log", timeout=180, env=webhooks)
     return proc, MlflowServer(f"http://127.0.0.1:{port}", backend, artifacts)
 

@@ -6,6 +6,7 @@ call changes nothing. Task directories are copied next to the state, with the fa
 text, and cataloged as ``file://`` datasets.
 
     python -m theseus_ops.demo.seed --scale tiny --family theseus-tiny --target v2-wide-shuffled
+    python -m theseus_ops.demo.seed --report --family theseus-tiny   # after the DAGs ran
 """
 
 from __future__ import annotations
@@ -61,6 +62,31 @@ def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, fa
     return {"family": family_name, "source_version": str(v1.version), "vectors": vectors, "landed": target}
 
 
+def report(cfg: WorkflowConfig, family_name: str) -> str:
+    """The newest processed release of the family: its summary table and what consumers can load."""
+    from theseus_ops.workflow.summary import markdown_table, read_summary, release_overview
+
+    done = [r for r in release_overview(cfg, family_name) if r["status"] == "processed"]
+    if not done:
+        raise InputError(f"{family_name} has no processed release yet: run the watcher and the transport DAG")
+    latest = done[0]
+    summary = read_summary(cfg, latest["summary_run"])
+    pair = {"family": family_name, "source": {"version": latest["supersedes"]},
+            "target": {"version": latest["version"], "release": latest["release"]}}
+    table = markdown_table(WorkflowConfig(catalog=cfg.catalog, methods=tuple(summary["methods"])), pair,
+                           summary["outcomes"])
+    lines = [table, "Transported models registered (load by alias):"]
+    models = [o["registered"] for o in summary["outcomes"] if "error" not in o and o["registered"]["model"]]
+    for reg in models:
+        name = reg["model"].rsplit("/", 1)[0]
+        lines.append(f"  models:/{name}@candidate   (version {reg['model']})" if reg["candidate"]
+                     else f"  {reg['model']}: no alias, the gate {reg['gate']}")
+    if not models:
+        lines.append("  none: the untouched target base was best on val for every task")
+    lines.append(f"Summary run: {latest['summary_run']} (summary.md, summary.json, alpha-sweeps.png)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m theseus_ops.demo.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="tiny", choices=["micro", "tiny", "small"])
@@ -68,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="v2-wide-shuffled", help="the release landed for the watcher")
     parser.add_argument("--families-root", default=".theseus/families")
     parser.add_argument("--datasets-root", default=".theseus/datasets")
+    parser.add_argument("--report", action="store_true", help="print the newest release summary instead of seeding")
     args = parser.parse_args(argv)
     try:
+        if args.report:
+            print(report(WorkflowConfig.from_env(), args.family))
+            return 0
         out = seed_demo(WorkflowConfig.from_env(), args.scale, args.family, args.target, Path(args.families_root),
                         Path(args.datasets_root))
     except InputError as exc:
