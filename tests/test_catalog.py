@@ -120,6 +120,23 @@ def test_registration_is_idempotent(catalog, models):
     assert count(catalog, s["family"]) == 2 and count(catalog, s["vectors"]) == 1
 
 
+def test_concurrent_registrations_converge_on_one_version(catalog, models):
+    """Two processes that both passed the "already registered?" check: the lowest version survives."""
+    s = seed(catalog, models)
+    first = catalog.get_version(s["b1"])
+    unique = {"theseus.role": "base", "theseus.release": "r1"}
+    # the second writer, as if it had checked before the first one's version existed
+    second = catalog.upload_and_register(s["family"], models["v1"], dict(first.tags), "model", unique=unique)
+    assert str(second.version) == s["b1"].version
+    assert [str(v.version) for v in catalog.search_versions(s["family"], unique)] == [s["b1"].version]
+    # and racing for real, from two threads, each entry ends up registered once
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        refs = list(pool.map(lambda _i: register_base(catalog, s["family"], "r3", models["v2"]).ref, range(2)))
+    assert refs[0] == refs[1] and len(catalog.search_versions(s["family"], {"theseus.release": "r3"})) == 1
+
+
 def test_transported_vector_lineage_and_idempotency(catalog, models):
     s = seed(catalog, models)
     kwargs = {"method": "naive", "alpha": 1.0, "alignment": "s3://align/r1-r2.alignment", "options": {"center": False}}

@@ -192,11 +192,14 @@ class Catalog:
     def upload_and_register(self, name: str, local: str | Path, tags: dict[str, str], artifact_path: str = "artifact",
                             description: str | None = None, metrics: dict[str, float] | None = None,
                             progress: Callable[[str], None] | None = None,
-                            files: Iterable[tuple[str, Path]] | None = None):
+                            files: Iterable[tuple[str, Path]] | None = None,
+                            unique: dict[str, str] | None = None):
         """Upload ``local`` (a file or directory) to a new run, the manifest last, then create the version.
 
         Returns the new ModelVersion. If anything fails (or the process is interrupted) before the
-        version is created, the run is marked FAILED and no version exists.
+        version is created, the run is marked FAILED and no version exists. ``unique`` names the
+        tags that identify the entry: when another process registered the same entry concurrently,
+        the lowest version wins and this one is deleted (see :meth:`_first_writer_wins`).
         """
         check_model_name(name)
         local = Path(local)
@@ -240,6 +243,8 @@ class Catalog:
                                                         description=description)
 
             version = self.call("create model version", create)
+            if unique:
+                version = self._first_writer_wins(name, unique, version)
         except BaseException:
             try:
                 self.client.set_terminated(run_id, "FAILED")
@@ -249,6 +254,23 @@ class Catalog:
         log.info("registered %s version %s (%d files, %d bytes)", name, version.version, len(manifest.files),
                  manifest.total_bytes)
         return version
+
+    def _first_writer_wins(self, name: str, unique: dict[str, str], mine):
+        """Converge concurrent registrations of one entry on its lowest version.
+
+        The registry has no unique constraint on tags, so two processes (a watcher and a seeding
+        script, two retried workers) can both pass the "already registered?" check and both create
+        a version. Each then looks again: whoever finds a lower version of the same entry deletes
+        its own, so exactly one survives and both callers return it.
+        """
+        same = self.search_versions(name, unique)
+        first = min(same, key=lambda v: int(v.version), default=mine)
+        if int(first.version) < int(mine.version):
+            log.warning("%s version %s duplicates version %s (registered concurrently); deleting it", name,
+                        mine.version, first.version)
+            self.call("delete of a duplicate version", self.client.delete_model_version, name, str(mine.version))
+            return first
+        return mine
 
     def download(self, ref: VersionRef, dest: str | Path) -> Path:
         """Download a version's artifact into ``dest`` and verify it; returns the file or directory to use."""

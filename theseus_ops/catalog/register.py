@@ -85,9 +85,12 @@ def get_task_vector(catalog: Catalog, ref: VersionRef) -> TaskVectorTags:
 
 
 def find_base_release(catalog: Catalog, family: str, release: str):
-    """The version registering ``release`` of ``family``, or None."""
+    """The version registering ``release`` of ``family``, or None.
+
+    The lowest one: it is the one that survives when two processes registered the release at once.
+    """
     found = catalog.search_versions(family, {ROLE: ROLE_BASE, "theseus.release": release})
-    return found[-1] if found else None
+    return found[0] if found else None
 
 
 def find_task_vectors(catalog: Catalog, task: str, base: VersionRef | None = None) -> list:
@@ -156,7 +159,7 @@ def register_base(catalog: Catalog, family: str, release: str, model_dir: str | 
                                f"{existing.version} with other weights")
         return Registration(existing, False)
     mv = catalog.upload_and_register(family, model_dir, tags, "model", description or f"{family} release {release}",
-                                     progress=progress)
+                                     progress=progress, unique={ROLE: ROLE_BASE, "theseus.release": release})
     return Registration(mv, True)
 
 
@@ -185,11 +188,12 @@ def register_task_vector(catalog: Catalog, name: str, path: str | Path, *, task:
     tags = TaskVectorTags(task=task, base_model=base_ref.name, base_version=base_ref.version, format=detected,
                           dataset=dataset, metric=metric).to_tags()
     content = build_manifest(path).digest()
-    existing = _existing(catalog, name, {ROLE: ROLE_TASK_VECTOR, "theseus.base_version": base_ref.version,
-                                         "theseus.base_model": base_ref.name, CONTENT_SHA256: content})
+    identity = {ROLE: ROLE_TASK_VECTOR, "theseus.base_version": base_ref.version, "theseus.base_model": base_ref.name,
+                CONTENT_SHA256: content}
+    existing = _existing(catalog, name, identity)
     if existing is not None:
         return Registration(existing, False)
-    mv = catalog.upload_and_register(name, path, tags, "task_vector", description, progress=progress)
+    mv = catalog.upload_and_register(name, path, tags, "task_vector", description, progress=progress, unique=identity)
     return Registration(mv, True)
 
 
@@ -232,7 +236,7 @@ def register_transported_vector(catalog: Catalog, source_vector: VersionRef, tar
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
     mv = catalog.upload_and_register(name, path, tags, "task_vector",
                                      f"{source.task} task vector ported from {source_vector} by {method}",
-                                     progress=progress)
+                                     progress=progress, unique={ROLE: ROLE_TASK_VECTOR, IDEMPOTENCY_KEY: key})
     return Registration(mv, True)
 
 
@@ -294,7 +298,7 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
         mv = catalog.upload_and_register(
             name, saved, tags, "model",
             f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",
-            metrics=metrics, progress=progress)
+            metrics=metrics, progress=progress, unique={ROLE: TransportedModelTags.ROLE_VALUE, IDEMPOTENCY_KEY: key})
     if decision.candidate:
         catalog.set_alias(name, ALIAS_CANDIDATE, mv.version)
         log.info("%s/%s is now %s (%s)", name, mv.version, ALIAS_CANDIDATE, decision.reason)

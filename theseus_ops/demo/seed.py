@@ -16,12 +16,11 @@ import json
 import shutil
 from pathlib import Path
 
-from theseus_ops.catalog import Catalog, register_task_vector
+from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
 from theseus_ops.demo.family import RELEASES, TARGETS, build_family, family_config
 from theseus_ops.errors import InputError
 from theseus_ops.storage import land_release, open_zone
 from theseus_ops.workflow import WorkflowConfig, register_landed_releases
-from theseus_ops.workflow.reconcile import base_versions
 
 
 def _dataset_dir(family, skill: str, root: Path) -> Path:
@@ -48,7 +47,7 @@ def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, fa
     source = RELEASES[0]
     land_release(family.model(source), family_name, source, zone)
     register_landed_releases(cfg)
-    [v1] = [v for v in base_versions(catalog, family_name) if v.tags.get("theseus.release") == source]
+    v1 = find_base_release(catalog, family_name, source)
     vectors = {}
     for skill in skills or list(family.config.skills):
         data = _dataset_dir(family, skill, datasets_root)

@@ -28,8 +28,20 @@ def catalog_of(cfg: WorkflowConfig) -> Catalog:
 
 
 def base_versions(catalog: Catalog, family: str) -> list:
-    """The family's base-release versions, ordered by registry version number (release order)."""
-    return sorted(catalog.search_versions(check_model_name(family), {ROLE: ROLE_BASE}), key=lambda v: int(v.version))
+    """The family's base-release versions, ordered by registry version number (release order).
+
+    One per release: a duplicate left for a moment by a concurrent registration (which deletes
+    itself, see ``Catalog._first_writer_wins``) is skipped in favour of the lowest version.
+    """
+    found = sorted(catalog.search_versions(check_model_name(family), {ROLE: ROLE_BASE}), key=lambda v: int(v.version))
+    seen: set[str | None] = set()
+    unique = []
+    for v in found:
+        release = (v.tags or {}).get("theseus.release")
+        if release not in seen:
+            seen.add(release)
+            unique.append(v)
+    return unique
 
 
 def register_landed_releases(cfg: WorkflowConfig) -> list[dict]:
