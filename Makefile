@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing resolves a newer multi-GB build.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev,airflow]"
+	$(BIN)/python -m pip install -q -e ".[dev,airflow,k8s]"
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 venv: $(STAMP)

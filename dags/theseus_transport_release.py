@@ -25,6 +25,7 @@ from theseus_airflow.dag_support import (
     step_errors,
     workflow_config,
 )
+from theseus_airflow.kubernetes import gpu_executor_config
 
 from theseus_ops.transport.methods import method_names
 from theseus_ops.workflow import (
@@ -129,7 +130,8 @@ def theseus_transport_release():
         log.info("%d task vector(s) to port across %d release(s)", len(jobs), len(pairs))
         return jobs
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ vector_label }}", multiple_outputs=False)
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ vector_label }}", multiple_outputs=False,
+          executor_config=gpu_executor_config())
     def port(job: dict, *, params=None) -> dict:
         """Align (or reuse), transport with every method, α search on val, select on val, register."""
         get_current_context()["vector_label"] = job["label"]
