@@ -130,10 +130,19 @@ def stack(tmp_path_factory):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         yield Stack(directory, {**env, **source_env(directory / "env.sh")}, port)
     finally:
+        groups = [int(p.read_text()) for p in directory.glob("*.pid") if p.read_text().strip().isdigit()]
         down = subprocess.run(["bash", str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=300)
         assert down.returncode == 0, down.stderr[-2000:]
-        left = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True).stdout.split()
-        assert not left, f"processes left running: {left}"
+        left = [g for g in groups if _group_alive(g)]
+        assert not left, f"process groups left running after down: {left}"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 @pytest.fixture(scope="module")
