@@ -218,6 +218,12 @@ def test_invalid_params_fail_the_run_in_the_first_task(stack):
     proc = run([sys.executable, str(RUNNER), "theseus_transport_release", "--conf",
                 json.dumps({"methods": ["warp-drive"]})], stack["env"])
     assert proc.returncode != 0 and "warp-drive" in (proc.stdout + proc.stderr)
+    unknown = run([sys.executable, str(RUNNER), "theseus_nope"], stack["env"])
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1].startswith("error: no DAG 'theseus_nope'")
+    report = run([sys.executable, "-m", "theseus_ops.demo.seed", "--report", "--family", "never-seeded"], stack["env"])
+    assert report.returncode == 2 and report.stderr.strip().splitlines()[-1] == (
+        "theseus-ops: error: never-seeded has no processed release yet: run the watcher and the transport DAG")
 
 
 # -- the api-server with the plugin ---------------------------------------------------------------

@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         print(f"error: --conf is not JSON ({exc})", file=sys.stderr)
         return 2
-    report = run_dag(args.dag_id, conf, tuple(t for t in args.returns.split(",") if t))
+    try:
+        report = run_dag(args.dag_id, conf, tuple(t for t in args.returns.split(",") if t))
+    except (KeyError, RuntimeError) as exc:  # unknown DAG, import error: one line, not a traceback
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report.__dict__, default=str))
     else:

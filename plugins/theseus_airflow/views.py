@@ -18,6 +18,7 @@ import logging
 import os
 import time
 
+from airflow.api_fastapi.core_api.security import GetUserDep  # logged-in user (JWT or UI cookie), else 401
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
@@ -32,16 +33,6 @@ MAX_CLOCK_SKEW_S = 300
 RELEASE_ASSET_NAME = "theseus_base_release"
 
 app = FastAPI(title="theseus-ops", description="Releases, transport summaries and the MLflow webhook")
-
-
-def _user_dependency():
-    """Airflow's logged-in-user dependency (JWT header or the UI's cookie); 401 without one."""
-    from airflow.api_fastapi.core_api.security import GetUserDep
-
-    return GetUserDep
-
-
-GetUserDep = _user_dependency()
 
 
 # -- the releases view ----------------------------------------------------------------------------

@@ -14,13 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
+from theseus_ops.cli import EXIT_INPUT
 from theseus_ops.demo.family import RELEASES, TARGETS, build_family, family_config
-from theseus_ops.errors import InputError
+from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.storage import land_release, open_zone
-from theseus_ops.workflow import WorkflowConfig, register_landed_releases
+from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_releases
+from theseus_ops.workflow.reconcile import base_versions
+from theseus_ops.workflow.runs import read_text_artifact
+from theseus_ops.workflow.summary import is_failure, read_summary
 
 
 def _dataset_dir(family, skill: str, root: Path) -> Path:
@@ -63,26 +69,23 @@ def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, fa
 
 def report(cfg: WorkflowConfig, family_name: str) -> str:
     """The newest processed release of the family: its summary table and what consumers can load."""
-    from theseus_ops.workflow.summary import markdown_table, read_summary, release_overview
-
-    done = [r for r in release_overview(cfg, family_name) if r["status"] == "processed"]
-    if not done:
+    catalog = Catalog(cfg.catalog)
+    runs = [v.tags[PROCESSED_TAG] for v in base_versions(catalog, family_name) if (v.tags or {}).get(PROCESSED_TAG)]
+    if not runs:
         raise InputError(f"{family_name} has no processed release yet: run the watcher and the transport DAG")
-    latest = done[0]
-    summary = read_summary(cfg, latest["summary_run"])
-    pair = {"family": family_name, "source": {"version": latest["supersedes"]},
-            "target": {"version": latest["version"], "release": latest["release"]}}
-    table = markdown_table(WorkflowConfig(catalog=cfg.catalog, methods=tuple(summary["methods"])), pair,
-                           summary["outcomes"])
+    run_id = runs[-1]
+    with tempfile.TemporaryDirectory(prefix="theseus-report-") as tmp:
+        table = read_text_artifact(catalog, run_id, "summary.md", Path(tmp))
     lines = [table, "Transported models registered (load by alias):"]
-    models = [o["registered"] for o in summary["outcomes"] if "error" not in o and o["registered"]["model"]]
+    models = [o["registered"] for o in read_summary(cfg, run_id)["outcomes"]
+              if not is_failure(o) and o["registered"]["model"]]
     for reg in models:
         name = reg["model"].rsplit("/", 1)[0]
         lines.append(f"  models:/{name}@candidate   (version {reg['model']})" if reg["candidate"]
                      else f"  {reg['model']}: no alias, the gate {reg['gate']}")
     if not models:
         lines.append("  none: the untouched target base was best on val for every task")
-    lines.append(f"Summary run: {latest['summary_run']} (summary.md, summary.json, alpha-sweeps.png)")
+    lines.append(f"Summary run: {run_id} (summary.md, summary.json, alpha-sweeps.png)")
     return "\n".join(lines)
 
 
@@ -101,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         out = seed_demo(WorkflowConfig.from_env(), args.scale, args.family, args.target, Path(args.families_root),
                         Path(args.datasets_root))
-    except InputError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    except TheseusError as exc:
+        print(f"theseus-ops: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_INPUT
     print(json.dumps(out))
     return 0
 

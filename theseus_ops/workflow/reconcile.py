@@ -65,20 +65,27 @@ def pending_releases(cfg: WorkflowConfig, family: str) -> list[dict]:
 
     ``supersedes`` is the highest base version below it (the source its task vectors come from).
     """
-    catalog = catalog_of(cfg)
-    versions = base_versions(catalog, family)
+    return [release for release, _mv in _pending(catalog_of(cfg), family)]
+
+
+def _pending(catalog: Catalog, family: str) -> list[tuple[dict, object]]:
+    """(release dict, its ModelVersion) for each pending base version of ``family``."""
     pending = []
-    for previous, current in itertools.pairwise(versions):
+    for previous, current in itertools.pairwise(base_versions(catalog, family)):
         if (current.tags or {}).get(PROCESSED_TAG):
             continue
-        pending.append({"family": family, "version": str(current.version),
-                        "release": current.tags.get("theseus.release"), "supersedes": str(previous.version)})
+        pending.append(({"family": family, "version": str(current.version),
+                         "release": current.tags.get("theseus.release"), "supersedes": str(previous.version)}, current))
     return pending
 
 
 def families(cfg: WorkflowConfig) -> list[str]:
     """Every registered model that holds at least one base release (the families the watcher follows)."""
-    return sorted({v.name for v in catalog_of(cfg).search_versions(tags={ROLE: ROLE_BASE})})
+    return _families(catalog_of(cfg))
+
+
+def _families(catalog: Catalog) -> list[str]:
+    return sorted({v.name for v in catalog.search_versions(tags={ROLE: ROLE_BASE})})
 
 
 def releases_to_announce(cfg: WorkflowConfig, reannounce_after_s: float = 3600.0,
@@ -93,9 +100,8 @@ def releases_to_announce(cfg: WorkflowConfig, reannounce_after_s: float = 3600.0
     now = time.time() if now is None else now
     catalog = catalog_of(cfg)
     due = []
-    for family in families(cfg):
-        for release in pending_releases(cfg, family):
-            mv = catalog.get_version(VersionRef(family, release["version"]), "base release")
+    for family in _families(catalog):
+        for release, mv in _pending(catalog, family):
             announced = (mv.tags or {}).get(ANNOUNCED_TAG)
             try:
                 stale = announced is None or now - float(announced) >= reannounce_after_s

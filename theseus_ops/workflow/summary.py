@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog.client import check_model_name
-from theseus_ops.catalog.schema import ROLE, ROLE_BASE
 from theseus_ops.errors import TheseusError
 from theseus_ops.plots import SweepPanel, sweep_figure
 from theseus_ops.workflow.config import WorkflowConfig
@@ -81,10 +80,13 @@ def table(methods: list[str], outcomes: list[dict]) -> tuple[list[str], list[lis
             failed.append((o.get("vector", "?"), str(o.get("error", NO_OUTCOME)).splitlines()[0]))
             continue
         m = o["metric"]
-        cells = [o["vector"], o["task"], m, f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])}"]
+        tie = "token_accuracy" if m == "exact_match" else "exact_match"  # the tie-breaker, shown on val
+        cells = [o["vector"], o["task"], m,
+                 f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])} (val {tie} {_fmt(o['base']['val'][tie])})"]
         for method in methods:
             r = o["methods"].get(method, {})
-            cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} (α {r['alpha']:g})" if "val" in r else "n/a")
+            cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} (α {r['alpha']:g}; val {tie} {_fmt(r['val'][tie])})"
+                         if "val" in r else "n/a")
         reg = o["registered"]
         cells += [o["selected"], _fmt(o["selected_test"]), _fmt(o["general_loss_change"]), reg["model"] or "–",
                   (reg["gate"] or "–").replace("|", "/")]
@@ -165,8 +167,6 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
         versions = base_versions(catalog, name)
         for index, mv in enumerate(versions):
             tags = mv.tags or {}
-            if tags.get(ROLE) != ROLE_BASE:
-                continue
             run_id = tags.get(PROCESSED_TAG)
             status = "processed" if run_id else ("first" if index == 0 else "pending")
             releases.append({"family": name, "version": str(mv.version), "release": tags.get("theseus.release"),
