@@ -54,26 +54,55 @@ def test_polar_factor_recovers_rotation_and_is_semi_orthogonal():
 def test_undetermined_directions_are_filled_by_the_pad_prior_and_reported():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(6, 10, generator=gen, dtype=torch.float64)  # 6 rows span only 6 of 10 directions
-    result = polar_factor(x.T @ x)
+    result = polar_factor(x.T @ x, fill="pad")
     assert result.data_rank == 6 and result.prior_filled == 4 and result.seeded_filled == 0
     # identity data gives the identity map even where the data says nothing
     assert torch.allclose(result.map, torch.eye(10, dtype=torch.float64), atol=1e-8)
 
 
 def test_zero_statistics_fall_back_to_pad_map():
-    result = polar_factor(torch.zeros(4, 7, dtype=torch.float64))
+    result = polar_factor(torch.zeros(4, 7, dtype=torch.float64), fill="pad")
     assert result.data_rank == 0
     assert torch.allclose(result.map, pad_map(4, 7), atol=1e-12)
 
 
+def test_projected_map_drops_undetermined_directions_and_reports_them():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 10, generator=gen, dtype=torch.float64)  # 6 rows span only 6 of 10 directions
+    result = polar_factor(x.T @ x, fill="project")
+    assert result.data_rank == 6 and result.prior_filled == 0 and result.seeded_filled == 0
+    # the identity on the rows' span, nothing elsewhere: the projector onto what the data saw
+    q, _ = torch.linalg.qr(x.T)
+    assert torch.allclose(result.map, q @ q.T, atol=1e-8)
+    zero = torch.zeros(4, 7, dtype=torch.float64)
+    assert torch.equal(polar_factor(zero, fill="project").map, zero)
+
+
+@pytest.mark.parametrize("shape", [(9, 13), (13, 9)])
+def test_projected_map_is_equivariant_under_orthogonal_transforms(shape):
+    """Rank-deficient cross moments: T(Qᵀ C R) = Qᵀ T(C) R for orthogonal Q, R; the pad fill is not."""
+    gen = torch.Generator().manual_seed(11)
+    a, b = shape
+    cross = torch.randn(a, 4, generator=gen, dtype=torch.float64) @ torch.randn(4, b, generator=gen,
+                                                                                 dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(a, a, generator=gen, dtype=torch.float64))
+    r, _ = torch.linalg.qr(torch.randn(b, b, generator=gen, dtype=torch.float64))
+    moved = polar_factor(q.T @ cross @ r, fill="project").map
+    assert torch.allclose(moved, q.T @ polar_factor(cross, fill="project").map @ r, atol=1e-9)
+    padded = polar_factor(q.T @ cross @ r, fill="pad").map
+    assert not torch.allclose(padded, q.T @ polar_factor(cross, fill="pad").map @ r, atol=1e-3)
+
+
+@pytest.mark.parametrize("fill", ["project", "pad"])
 @pytest.mark.parametrize("rows", [200, 5])
-def test_polar_factor_invariant_to_decomposition_choices(monkeypatch, rows):
+def test_polar_factor_invariant_to_decomposition_choices(monkeypatch, rows, fill):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(rows, 9, generator=gen, dtype=torch.float64)
     cross = x.T @ (x @ torch.randn(9, 13, generator=gen, dtype=torch.float64))
-    reference = polar_factor(cross).map
+    reference = polar_factor(cross, fill=fill).map
     monkeypatch.setattr(maps_module, "_svd", _flipping_svd(torch.Generator().manual_seed(3)))
-    assert torch.allclose(polar_factor(cross).map, reference, atol=1e-9)
+    monkeypatch.setattr(maps_module, "_eigh", _flipping_eigh(torch.Generator().manual_seed(4)))
+    assert torch.allclose(polar_factor(cross, fill=fill).map, reference, atol=1e-9)
 
 
 def test_whitened_and_centered_maps_still_recover_a_permutation():
@@ -119,9 +148,10 @@ def test_rank_tolerance_is_an_option_and_is_reported(tmp_path):
     case = tiny.Case(tmp_path, "llama", "identity")
     calibration = CalibrationSpec(str(case.calibration))
     strict = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration), tmp_path / "a.align")
-    loose = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration, rank_tol=0.5),
+    loose = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration, rank_tol=0.5, fill="pad"),
                         tmp_path / "b.align")
-    assert loose.provenance["options"]["rank_tol"] == 0.5
+    assert loose.provenance["options"]["rank_tol"] == 0.5 and loose.provenance["options"]["fill"] == "pad"
+    assert strict.provenance["options"]["fill"] == "pad"
     hidden_strict, hidden_loose = strict.quality["layers.0.mlp_hidden"], loose.quality["layers.0.mlp_hidden"]
     assert hidden_strict["data_rank"] == 64 and hidden_loose["data_rank"] < 64
     assert hidden_loose["data_rank"] + hidden_loose["prior_filled"] + hidden_loose["seeded_filled"] == 64

@@ -1,4 +1,4 @@
-"""The METHOD.md oracles, judged on full-model logits: identity, consistent permutation of
+"""The oracles of docs/method.md, judged on full-model logits: identity, consistent permutation of
 residual channels, heads and MLP units, and silent MLP widening, on GPT-2 and Llama."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_pad_fails_permutation_oracle(tmp_path):
 
 
 def test_pad_passes_widening_oracle(tmp_path):
-    """Zero-padding is exact where the growth preserved coordinates (METHOD.md trial)."""
+    """Zero-padding is exact where the growth preserved coordinates (the tiny-family trials in BENCHMARKS.md)."""
     case = tiny.Case(tmp_path, "gpt2", "widening")
     delta_b, _ = run(case, "pad")
     assert case.error(delta_b) < 1e-5

@@ -145,17 +145,23 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     if skipped and keys is not None:
         raise InputError(f"space(s) {', '.join(skipped)} are needed but a model lacks their module")
     requests = [r for r in requests if r.key not in skipped]
-    if source_data is None:
+    def probes(min_examples: int = 8) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         # The widest space is the widest trailing dimension of any weight (e.g. an MLP's hidden width).
         max_width = max(int(s[-1]) for info in (pair.source, pair.target) for s in info.shapes.values())
-        source_data, target_data = probe_inputs(pair.source.config, pair.target.config, pair.family.input_kind,
-                                                 max_width, ProbeConfig(seed=cfg.probe_seed))
+        return probe_inputs(pair.source.config, pair.target.config, pair.family.input_kind,
+                            max_width, ProbeConfig(seed=cfg.probe_seed, min_examples=max(8, min_examples)))
+
+    if source_data is None:
+        source_data, target_data = probes()
         calibration_info["rows"] = next(iter(source_data.values())).shape[0]
     maps, quality = estimate_maps(
         source_model, target_model, requests, source_data, target_data,
         layout=pair.family.token_layout, options=cfg.map_options, batch_size=cfg.batch_size, device=device,
-        progress=_progress,
+        progress=_progress, probes=probes if cfg.method == "theseus" else None,
     )
+    if cfg.method == "theseus" and cfg.fill == "project":
+        calibration_info["completion"] = {"probe_seed": cfg.probe_seed,
+                                          "spaces": sorted(k for k, q in quality.items() if q.probe_filled)}
     del source_model, target_model
     provenance = {
         "theseus_ops_version": __version__,
@@ -220,7 +226,8 @@ def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVe
         "layer_map": pair.layer_map.describe(),
         "options": {"center": cfg.center, "whiten_power": cfg.whiten_power, "max_rows": cfg.max_rows,
                     "allow_partial": cfg.allow_partial, "gradfix_mode": cfg.gradfix_mode,
-                    "gradfix_signs": cfg.gradfix_signs, "alignment": cfg.alignment},
+                    "gradfix_signs": cfg.gradfix_signs, "alignment": cfg.alignment, "rank_tol": cfg.rank_tol,
+                    "fill": cfg.fill},
         "parameters": _space_quality_lines(records, quality),
         "spaces": quality,
         **extra,
@@ -230,8 +237,26 @@ def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVe
             "left_out": len(left),
             "target_layers_without_source": pair.layer_map.unmapped_targets,
             "underdetermined_spaces": sorted(k for k, q in quality.items() if q.get("underdetermined")),
+            **lost_share_summary(records),
         },
     }
+
+
+# A parameter that loses more than this share of its update's norm is named in the summary and the log.
+LOST_SHARE_WARNING = 0.1
+
+
+def lost_share_summary(records: list[ParamRecord]) -> dict:
+    """The largest share of an update the maps dropped, and every parameter above the warning level."""
+    shares = {r.name: r.norm_lost_share for r in records if r.norm_lost_share is not None}
+    worst = max(shares.values(), default=0.0)
+    above = sorted((n for n, v in shares.items() if v > LOST_SHARE_WARNING), key=lambda n: -shares[n])
+    if above:
+        log.warning("%d of %d parameters lost more than %.0f%% of their update's norm in transport (worst %s: "
+                    "%.0f%%), mostly to directions the calibration data left undetermined; see the report's "
+                    "norm_lost_share, or calibrate on more varied inputs", len(above), len(shares),
+                    100 * LOST_SHARE_WARNING, above[0], 100 * worst)
+    return {"max_norm_lost_share": worst, "parameters_losing_over_10pct": above}
 
 
 def _gradfix(cfg: TransportConfig, pair: ModelPair, tv: TaskVector, plans: list[ParamPlan]):

@@ -14,6 +14,7 @@ import warnings
 
 from theseus_ops import __version__
 from theseus_ops.errors import TheseusError
+from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, FILLS
 
 EXIT_INPUT = 2
 
@@ -34,8 +35,13 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
                    help="which source layer feeds each target layer (default: identity, equal depth)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=8, help="calibration examples per forward pass")
-    p.add_argument("--rank-tol", type=float, default=1e-6, metavar="TOL",
-                   help="singular values under TOL x the largest count as undetermined by the data (reported)")
+    p.add_argument("--rank-tol", type=float, default=DEFAULT_RANK_TOL, metavar="TOL",
+                   help="singular values under TOL x the largest count as undetermined by the data (reported; "
+                   "default %(default).2g)")
+    p.add_argument("--fill", default=DEFAULT_FILL, choices=FILLS,
+                   help="what a map does on directions the data leaves undetermined: pad fills them with the zero-pad "
+                   "prior (default; depends on coordinate order), project drops them or completes them from "
+                   "probe inputs (equivariant)")
     p.add_argument("--probe-seed", type=int, default=0, help="seed of theseus-data-free's probe inputs")
 
 
@@ -111,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             source_base=args.source_base, target_base=args.target_base, calibration=_calibration(args),
             method=args.method, center=args.center, whiten_power=args.whiten_power, max_rows=args.max_rows,
             layer_map=args.layer_map, device=args.device, batch_size=args.batch_size, rank_tol=args.rank_tol,
-            probe_seed=args.probe_seed,
+            probe_seed=args.probe_seed, fill=args.fill,
         )
         alignment = api.prepare(cfg, args.out)
         worst = max((q["residual"] for q in alignment.quality.values()), default=float("nan"))
@@ -123,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             alignment=args.alignment, layer_map=args.layer_map, allow_partial=args.allow_partial,
             center=args.center, whiten_power=args.whiten_power, max_rows=args.max_rows, device=args.device,
             batch_size=args.batch_size, gradfix_mode=args.gradfix_mode, gradfix_signs=args.gradfix_signs,
-            rank_tol=args.rank_tol, probe_seed=args.probe_seed,
+            rank_tol=args.rank_tol, probe_seed=args.probe_seed, fill=args.fill,
         )
         report = api.transport(cfg, args.out, args.report)
         s = report["summary"]

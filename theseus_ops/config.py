@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from theseus_ops.errors import InputError
 from theseus_ops.transport.maps import MapOptions
 from theseus_ops.transport.methods import get_method
+from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class PrepareConfig:
     device: str = "auto"
     batch_size: int = 8
     probe_seed: int = 0
-    rank_tol: float = 1e-6
+    rank_tol: float = DEFAULT_RANK_TOL
+    fill: str = DEFAULT_FILL
 
     def __post_init__(self) -> None:
         info = get_method(self.method)
@@ -65,11 +67,12 @@ class PrepareConfig:
 
     @property
     def map_options(self) -> MapOptions:
-        return MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol)
+        return MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill)
 
     def provenance_options(self) -> dict:
         return {"method": self.method, "center": self.center, "whiten_power": self.whiten_power,
-                "max_rows": self.max_rows, "probe_seed": self.probe_seed, "rank_tol": self.rank_tol}
+                "max_rows": self.max_rows, "probe_seed": self.probe_seed, "rank_tol": self.rank_tol,
+                "fill": self.fill}
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ class TransportConfig:
     device: str = "auto"
     batch_size: int = 8
     probe_seed: int = 0
-    rank_tol: float = 1e-6
+    rank_tol: float = DEFAULT_RANK_TOL
+    fill: str = DEFAULT_FILL
     gradfix_mode: str = "normal"
     gradfix_signs: str = "mean"
 
@@ -108,7 +112,7 @@ class TransportConfig:
         if info.needs_labels and not self.calibration.given:
             raise InputError(f"method {self.method} needs labeled examples: --calibration FILE with 'labels'")
         try:
-            MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol)
+            MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
 
@@ -117,7 +121,7 @@ class TransportConfig:
             source_base=self.source_base, target_base=self.target_base, calibration=self.calibration,
             method=self.method, center=self.center, whiten_power=self.whiten_power, max_rows=self.max_rows,
             layer_map=self.layer_map, device=self.device, batch_size=self.batch_size, probe_seed=self.probe_seed,
-            rank_tol=self.rank_tol,
+            rank_tol=self.rank_tol, fill=self.fill,
         )
 
 

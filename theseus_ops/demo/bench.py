@@ -1,6 +1,6 @@
 """``bench quality``: every transport method on every skill and target release, honestly.
 
-Protocol (METHOD.md): calibrate on train; choose α per method on val over a grid; report test at
+Protocol (docs/method.md): calibrate on train; choose α per method on val over a grid; report test at
 that α, beside the general capability (held-out LM loss) so forgetting shows next to the gain.
 The target fine-tuned directly is the upper bound; each method's share of its gain is
 (transported − base) / (fine-tuned − base). The method best on val is reported as selected.

@@ -59,8 +59,23 @@ class ParamRecord:
     spaces: list[str]
     reason: str | None = None
 
+    @property
+    def norm_lost_share(self) -> float | None:
+        """Share of the update's squared norm the maps did not carry: 1 − (‖τ_B‖/‖τ_A‖)².
+
+        With the ``project`` fill and spaces that do not narrow, this is exactly the share of the update
+        that lies in directions the calibration data left undetermined; where a space narrows, it also
+        counts what falls outside the target. A large share means the transported vector is missing much
+        of the task, however small the spaces' residuals are.
+        """
+        if self.norm_after is None:
+            return None
+        if self.norm_before <= 0:
+            return 0.0
+        return min(1.0, max(0.0, 1.0 - (self.norm_after / self.norm_before) ** 2))
+
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "norm_lost_share": self.norm_lost_share}
 
 
 def storage_delta(family: FamilySpec, name: str, tv: TaskVector) -> torch.Tensor:

@@ -1,19 +1,32 @@
-"""Orthogonal maps between coordinate spaces (METHOD.md step 4).
+"""Orthogonal maps between coordinate spaces (docs/method.md, the maps).
 
-The polar factor of the cross moment is unique only on directions the data determines. Directions
-with singular values under ``rank_tol``·s_max are *not* left to numerical noise: they are filled
-deterministically with the zero-pad prior restricted to the undetermined complements, then (if
-still short) with a seeded Gaussian, so the map stays semi-orthogonal, is reproducible, and does
-not depend on any sign or ordering choice of the decomposition. The count is reported.
+The polar factor of the cross moment is unique only on the directions the data determines. What a
+map does on the others is the *fill*, and it must not depend on either model's coordinate order, or
+a permuted target (which computes the same function) would receive a different task vector:
+
+- ``project``: the map is the polar factor restricted to the determined directions,
+  ``T = C·(CᵀC)^(-1/2)`` on singular values above ``rank_tol``·s_max, with a smooth cut-off below
+  it. It is a matrix function of C, so it is equivariant under permutations and orthogonal
+  transforms of either space, and it needs one symmetric eigendecomposition of the smaller Gram
+  (d×d, d = min(d_A, d_B)), never an SVD. The part of an update that falls in undetermined
+  directions is dropped (or, for ``theseus``, completed from seeded probe inputs that neither model's
+  coordinates affect, see ``estimate_space_map``), and the report measures the dropped share per
+  parameter.
+- ``pad`` (the default for now): undetermined directions are filled with the zero-pad prior restricted
+  to the complements, then a seeded Gaussian, so the map stays semi-orthogonal. It keeps the identity
+  oracle exact on spaces that are rank-deficient by construction (grouped-query attention outputs at
+  init, pooled heads), but it depends on the target's coordinate order, so it is *not* equivariant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from theseus_ops.errors import InputError
+from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, FILLS
 
 # The decompositions, as module attributes so a test can swap in one with other sign/order choices.
 _svd = torch.linalg.svd
@@ -21,7 +34,6 @@ _eigh = torch.linalg.eigh
 
 # Singular values of the prior's restriction below this are treated as undetermined by the prior too.
 _PRIOR_TOL = 1e-3
-
 
 @dataclass(frozen=True)
 class MapOptions:
@@ -32,12 +44,15 @@ class MapOptions:
         whiten_power: p in [0, 0.5]; polar factor of (G_A+εI)^-p C (G_B+εI)^-p. 0 is plain Procrustes.
         whiten_eps: ε, relative to the mean diagonal of each Gram matrix.
         rank_tol: singular values under rank_tol·s_max count as undetermined by the data.
+        fill: what the map does on undetermined directions: ``pad`` (the zero-pad prior; the default,
+            not equivariant) or ``project`` (drop them, or complete them from probe inputs; equivariant).
     """
 
     center: bool = False
     whiten_power: float = 0.0
     whiten_eps: float = 1e-4
-    rank_tol: float = 1e-6
+    rank_tol: float = DEFAULT_RANK_TOL
+    fill: str = DEFAULT_FILL
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.whiten_power <= 0.5:
@@ -46,6 +61,8 @@ class MapOptions:
             raise ValueError(f"rank_tol must be in (0, 1), got {self.rank_tol}")
         if self.whiten_eps <= 0:
             raise ValueError(f"whiten_eps must be positive, got {self.whiten_eps}")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
 
     @property
     def needs_gram(self) -> bool:
@@ -60,6 +77,7 @@ class PolarResult:
     data_rank: int
     prior_filled: int
     seeded_filled: int
+    weak: int = 0
 
 
 def pad_map(width_a: int, width_b: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -73,17 +91,78 @@ def _complement(basis: torch.Tensor, dim: int) -> torch.Tensor:
     return eye - basis @ basis.T
 
 
-def polar_factor(cross: torch.Tensor, rank_tol: float = 1e-6, seed: int = 0) -> PolarResult:
-    """Semi-orthogonal T (d_A × d_B) maximising tr(Tᵀ C), completed deterministically.
+def polar_factor(cross: torch.Tensor, rank_tol: float = DEFAULT_RANK_TOL, seed: int = 0,
+                 fill: str = DEFAULT_FILL) -> PolarResult:
+    """T (d_A × d_B) maximising tr(Tᵀ C) on the directions the data determines.
 
     Args:
         cross: the (possibly centered or whitened) cross moment, float64 preferred.
         rank_tol: relative singular-value threshold separating determined from undetermined directions.
-        seed: seed of the last-resort Gaussian completion.
+        seed: seed of the last-resort Gaussian completion (``pad`` fill only).
+        fill: ``project`` (equivariant; T is a partial isometry on the determined directions) or
+            ``pad`` (semi-orthogonal, completed by the zero-pad prior).
 
     Returns:
-        PolarResult with T of full rank min(d_A, d_B).
+        PolarResult; with ``pad`` T has full rank min(d_A, d_B), with ``project`` its rank is the data rank.
     """
+    if fill == "project":
+        return _projected_polar(cross, rank_tol)
+    if fill != "pad":
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    return _pad_filled_polar(cross, rank_tol, seed)
+
+
+# The smooth cut-off's steepness: weight (s/λ)^4 / (1 + (s/λ)^4) on singular value s. A direction a
+# decade above λ keeps 1 - 1e-4 of its weight, a float32-noise direction two decades below gets 1e-8.
+_CUTOFF_POWER = 2
+# Directions within this factor above the cut-off are only partly kept by it: "weakly determined".
+_WEAK_FACTOR = 100.0
+# The probe prior's weight against the data, each scaled to unit Frobenius norm: the data decides every
+# direction it determines to better than this share of its largest one.
+PROBE_PRIOR_WEIGHT = 1e-3
+# The probe prior is estimated fully whitened, so weakly excited directions are determined too.
+PROBE_WHITEN_POWER = 0.5
+# Whitening divides by the ridge, PROBE_RIDGE of each Gram's trace, which lifts float32 rounding (about
+# 1e-7 of the largest moment) in a direction no input excites to at most 1e-3 canonical correlation; the
+# prior keeps only correlations a decade above that, so it never invents a direction or a sign.
+PROBE_RIDGE = 1e-4
+PROBE_PRIOR_RANK_TOL = 1e-2
+
+
+def _projected_polar(cross: torch.Tensor, rank_tol: float, scale: float | None = None) -> PolarResult:
+    """T = C·h(CᵀC) (or h(CCᵀ)·C when d_A < d_B), h(w) = w^(-1/2)·φ(w/λ²), φ(x) = x²/(1 + x²).
+
+    On singular values well above λ = rank_tol·s_max this is the polar factor U Vᵀ; well below, the
+    direction is dropped. The cut-off is smooth, so float rounding in C (which differs between a model
+    and its permuted copy) moves T continuously instead of flipping a direction in or out. Only the
+    eigenvalues of the smaller Gram are decomposed, and T, a function of that Gram, does not depend on
+    the decomposition's sign or order choices. ``scale`` (s_max of a larger matrix this one was cut
+    from) sets λ instead of this matrix's own largest singular value, so rounding noise left in a
+    restricted matrix is never promoted to signal.
+    """
+    a, b = cross.shape
+    wide = a <= b
+    gram = cross @ cross.T if wide else cross.T @ cross
+    vals, vecs = _eigh(gram)
+    vals = vals.clamp_min(0.0)
+    top = float(vals.max()) if vals.numel() else 0.0
+    if scale is not None:
+        top = max(top, scale**2)
+    if top <= 0.0:
+        return PolarResult(torch.zeros_like(cross), 0, 0, 0, min(a, b))
+    lam2 = (rank_tol**2) * top
+    rank = int((vals > lam2).sum())
+    weak = int((vals <= (_WEAK_FACTOR**2) * lam2).sum())
+    x = vals / lam2
+    weight = x.pow(_CUTOFF_POWER) / (1.0 + x.pow(_CUTOFF_POWER))
+    h = torch.where(vals > 0, weight / vals.clamp_min(torch.finfo(vals.dtype).tiny).sqrt(), torch.zeros_like(vals))
+    middle = (vecs * h) @ vecs.T
+    t = middle @ cross if wide else cross @ middle
+    return PolarResult(t, rank, 0, 0, weak)
+
+
+def _pad_filled_polar(cross: torch.Tensor, rank_tol: float, seed: int) -> PolarResult:
+    """The ``pad`` fill: Procrustes on determined directions, then the zero-pad prior, then a seeded Gaussian."""
     a, b = cross.shape
     k = min(a, b)
     u, s, vh = _svd(cross, full_matrices=False)
@@ -142,9 +221,21 @@ class SpaceQuality:
     seeded_filled: int
     residual: float
     underdetermined: bool
+    probe_filled: int = 0
+    weakly_determined: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @property
+    def undetermined(self) -> int:
+        """Directions of the map's full rank min(d_A, d_B) that the calibration data did not determine."""
+        return max(0, min(self.width_a, self.width_b) - self.data_rank)
+
+    @property
+    def needs_completion(self) -> bool:
+        """Some direction is undetermined, or so weakly determined that the cut-off shrinks it."""
+        return self.weakly_determined > 0 and self.probe_filled == 0
 
 
 def _statistics_terms(stats, options: MapOptions) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
@@ -160,24 +251,59 @@ def _statistics_terms(stats, options: MapOptions) -> tuple[torch.Tensor, float, 
     return cross, sq_a, sq_b, gram_a
 
 
-def estimate_space_map(stats, source_key: str, options: MapOptions) -> tuple[torch.Tensor, SpaceQuality]:
-    """The map T (float32, d_A × d_B) of one space, and its quality report."""
+def _polar_target(stats, options: MapOptions) -> torch.Tensor:
+    """The matrix whose polar factor is the map: the (centered) cross moment, whitened if asked."""
+    cross = _statistics_terms(stats, options)[0]
+    if not options.needs_gram:
+        return cross
+    gram_a, gram_b = stats.gram_a, stats.gram_b
+    if options.center:
+        gram_a = gram_a - torch.outer(stats.sum_a, stats.sum_a) / stats.rows
+        gram_b = gram_b - torch.outer(stats.sum_b, stats.sum_b) / stats.rows
+    return (_inverse_power(gram_a, options.whiten_power, options.whiten_eps) @ cross
+            @ _inverse_power(gram_b, options.whiten_power, options.whiten_eps))
+
+
+def _unit(m: torch.Tensor) -> torch.Tensor:
+    norm = float(torch.linalg.matrix_norm(m))
+    return m / norm if norm > 0 else m
+
+
+def estimate_space_map(stats, source_key: str, options: MapOptions,
+                       probe_stats=None) -> tuple[torch.Tensor, SpaceQuality]:
+    """The map T (float32, d_A × d_B) of one space, and its quality report.
+
+    ``probe_stats`` (``project`` fill only): the same space's statistics on seeded probe inputs, which
+    both models see alike and which depend on neither model's coordinates (with Gram matrices). Their
+    fully whitened cross moment G_A^(-1/2) C G_B^(-1/2), whose singular values are canonical
+    correlations (all 1 on an identity or permuted target) rather than squared activation scales, has
+    a projected polar factor T_probe determined on every direction the probes reach; it enters as a
+    weak prior, C_data/‖C_data‖ + w·T_probe/‖T_probe‖ with
+    w = ``PROBE_PRIOR_WEIGHT``: T_probe's singular values are all 1, so every direction the probes
+    determine stands well above the cut-off, and the data still decides every direction it determines
+    beyond w. Both terms are equivariant, and on an identity or permuted target each is that
+    permutation times a positive matrix, so the completed map is exact there.
+
+    What neither determines stays dropped: directions the architecture never excites, in data or
+    probes alike, such as a LayerNorm output's null direction (γ⁻¹, the mean direction at init).
+    """
     if stats.rows < 2:
         raise InputError(f"space {source_key}: only {stats.rows} activation row(s); at least 2 are needed")
     cross, sq_a, sq_b, gram_a = _statistics_terms(stats, options)
-    target = cross
-    if options.needs_gram:
-        gram_b = stats.gram_b
-        if options.center:
-            gram_b = gram_b - torch.outer(stats.sum_b, stats.sum_b) / stats.rows
-        target = (
-            _inverse_power(gram_a, options.whiten_power, options.whiten_eps)
-            @ cross
-            @ _inverse_power(gram_b, options.whiten_power, options.whiten_eps)
-        )
-    polar = polar_factor(target, options.rank_tol)
+    target = _polar_target(stats, options)
+    data_only = polar_factor(target, options.rank_tol, fill=options.fill)
+    polar, probe_filled = data_only, 0
+    if probe_stats is not None and options.fill == "project":
+        # A ridge of 1e-4 of each Gram's trace (≥ 1e-4 of its top eigenvalue) bounds the noise below.
+        whitened = dataclasses.replace(options, whiten_power=PROBE_WHITEN_POWER,
+                                       whiten_eps=PROBE_RIDGE * max(target.shape))
+        prior = polar_factor(_polar_target(probe_stats, whitened), PROBE_PRIOR_RANK_TOL, fill="project").map
+        mixed = _unit(target) + PROBE_PRIOR_WEIGHT * _unit(prior)
+        polar = polar_factor(mixed, options.rank_tol, fill="project")
+        probe_filled = max(0, polar.data_rank - data_only.data_rank)
     t = polar.map
-    # Without Gram statistics, tr(Tᵀ G_A T) = ‖X_A‖² is exact when T Tᵀ = I (d_A ≤ d_B), an upper bound otherwise.
+    # Without Gram statistics, tr(Tᵀ G_A T) = ‖X_A‖² is exact when T Tᵀ = I (d_A ≤ d_B), an upper bound otherwise
+    # (a projected map only drops directions the data barely reaches, so the bound stays tight).
     quad = float((t.T @ gram_a @ t).trace()) if gram_a is not None else sq_a
     err2 = max(quad - 2.0 * float((t * cross).sum()) + sq_b, 0.0)
     residual = (err2 / sq_b) ** 0.5 if sq_b > 0 else float("nan")
@@ -187,10 +313,13 @@ def estimate_space_map(stats, source_key: str, options: MapOptions) -> tuple[tor
         rows=stats.rows,
         width_a=width_a,
         width_b=width_b,
-        data_rank=polar.data_rank,
+        data_rank=data_only.data_rank,
         prior_filled=polar.prior_filled,
         seeded_filled=polar.seeded_filled,
         residual=residual,
         underdetermined=stats.rows < max(width_a, width_b),
+        probe_filled=probe_filled,
+        weakly_determined=data_only.weak,
     )
     return t.float(), quality
+

@@ -1,4 +1,4 @@
-"""Transport rules per parameter kind (METHOD.md step 5).
+"""Transport rules per parameter kind (docs/method.md, transport rules).
 
 Every function takes the source tensor (or LoRA factors), the maps of the spaces it reads and
 writes (``None`` for a shared space, whose map is the identity), and the target's shape. A case

@@ -1,4 +1,4 @@
-"""Streaming activation statistics for pairs of sites (METHOD.md step 3).
+"""Streaming activation statistics for pairs of sites (docs/method.md, statistics).
 
 Both base models see the same calibration examples batch by batch. Only the modules that some
 requested space needs are hooked, and a module hooked by several spaces is captured once. The
