@@ -217,6 +217,10 @@ class S3LandingZone:
             except Exception as exc:
                 if _error_code(exc) in ("PreconditionFailed", "412"):
                     return False
+                if _error_code(exc) in ("NotImplemented", "501"):
+                    raise InputError(f"the S3 server at {self.config.endpoint_url or 'AWS'} does not support "
+                                     f"conditional writes (If-None-Match), which single-writer releases "
+                                     f"need") from exc
                 raise
             return True
 
