@@ -323,6 +323,30 @@ def test_cli(mlflow_server, models, tmp_path, capsys):  # noqa: F811
     assert cli("inspect") is None  # not a catalog command
 
 
+def test_reading_commands_create_no_store(models, tmp_path):
+    """``list --landed``, ``list`` and ``show`` with no tracking URI: one line, exit 2, and no ./mlflow.db."""
+    landing = tmp_path / "landing"
+    land_release(models["v1"], "llama", "r1", LocalLandingZone(landing))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "MLFLOW_TRACKING_URI", "THESEUS_MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "THESEUS_MLFLOW_REGISTRY_URI")}
+    exe = os.path.join(os.path.dirname(sys.executable), "theseus-ops")
+    for argv, words in (
+        (["catalog", "list", "--landed", "--landing-url", str(landing)], "MLflow's default store"),
+        (["catalog", "list"], "MLflow's default store"),
+        (["catalog", "show", "llama", "1"], "MLflow's default store"),
+        (["catalog", "--tracking-uri", "sqlite:///other.db", "list", "--landed", "--landing-url", str(landing)],
+         "sqlite:///other.db does not exist"),
+    ):
+        proc = subprocess.run([exe, *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert lines[-1].startswith("theseus-ops: error: no MLflow registry") and words in lines[-1], lines
+        assert "--tracking-uri" in lines[-1]
+        assert sorted(os.listdir(cwd)) == [], argv  # nothing created just to list
+
+
 def test_mlflow_down_gives_a_clear_error(models):
     url = f"http://127.0.0.1:{closed_port()}"
     catalog = Catalog(CatalogConfig(tracking_uri=url, retry=RetryPolicy(attempts=3, base_delay=0.05)))

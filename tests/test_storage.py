@@ -12,7 +12,7 @@ import pytest
 from tests.conftest_servers import closed_port, free_port, moto_endpoint, new_bucket, start, stop  # noqa: F401
 from theseus_ops.errors import InputError
 from theseus_ops.retry import RetryPolicy, call_with_retry, is_transient
-from theseus_ops.service_errors import CatalogError, IntegrityError, ServiceUnavailableError
+from theseus_ops.service_errors import CatalogError, ConflictError, IntegrityError, ServiceUnavailableError
 from theseus_ops.storage import (
     MANIFEST_NAME,
     LocalLandingZone,
@@ -75,8 +75,11 @@ def test_relanding_is_idempotent_and_releases_are_immutable(zone, tmp_path):
     first = land_release(release_dir(tmp_path / "a"), "fam", "r1", zone)
     again = land_release(release_dir(tmp_path / "b"), "fam", "r1", zone)  # same bytes, other directory
     assert again.manifest.digest() == first.manifest.digest()
+    assert (first.created, again.created) == (True, False)
     with pytest.raises(CatalogError, match="already landed with other content"):
         land_release(release_dir(tmp_path / "c", seed=3), "fam", "r1", zone)
+    with pytest.raises(ConflictError, match=f"content sha256 {first.manifest.digest()}"):
+        land_release(release_dir(tmp_path / "d", seed=4), "fam", "r1", zone)
 
 
 def test_missing_manifest_is_ignored_by_the_scan(zone, tmp_path):
@@ -109,13 +112,44 @@ def test_interrupted_upload_is_invisible(zone, tmp_path):
 
 
 def test_checksum_mismatch_on_download(zone, tmp_path):
-    land_release(release_dir(tmp_path / "src"), "fam", "r1", zone)
+    landed = land_release(release_dir(tmp_path / "src"), "fam", "r1", zone)
     tampered = tmp_path / "tampered.bin"
     tampered.write_bytes(b"\x00" * (256 * 4))  # same size, other bytes
-    zone.put_file(tampered, "fam/r1/sub/weights.bin")
+    zone.put_file(tampered, landed.file_key("sub/weights.bin"))
     with pytest.raises(IntegrityError, match=r"checksum mismatch for sub/weights\.bin"):
         download_release(zone, "fam", "r1", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-downloaded is left behind
+
+
+def test_release_written_by_another_tool_has_its_files_beside_the_manifest(zone, tmp_path):
+    """A manifest without ``content_root`` (an upload by hand, or by an older theseus-ops) still reads."""
+    from theseus_ops.storage import build_manifest
+
+    src = release_dir(tmp_path / "src")
+    for rel in ("config.json", "sub/weights.bin"):
+        zone.put_file(src / rel, f"fam/byhand/{rel}")
+    zone.put_bytes(f"fam/byhand/{MANIFEST_NAME}", build_manifest(src).to_json().encode())
+    out = download_release(zone, "fam", "byhand", tmp_path / "out")
+    assert file_sha256(out / "sub" / "weights.bin") == file_sha256(src / "sub" / "weights.bin")
+    assert land_release(src, "fam", "byhand", zone).created is False  # same content: a no-op
+    tampered = tmp_path / "tampered.bin"
+    tampered.write_bytes(b"\x00" * (256 * 4))
+    zone.put_file(tampered, "fam/byhand/sub/weights.bin")
+    with pytest.raises(IntegrityError, match=r"checksum mismatch for sub/weights\.bin"):
+        download_release(zone, "fam", "byhand", tmp_path / "out2")
+
+
+def test_a_manifest_whose_content_root_does_not_match_is_refused(zone, tmp_path):
+    import json
+
+    landed = land_release(release_dir(tmp_path / "src"), "fam", "r1", zone)
+    assert landed.created is True
+    body = json.loads(zone.get_bytes(f"fam/r1/{MANIFEST_NAME}"))
+    body["content_root"] = "sha256-" + "0" * 64
+    zone.put_bytes(f"fam/r1/{MANIFEST_NAME}", json.dumps(body).encode())
+    with pytest.raises(InputError, match=r"content_root .* does not match the files it lists"):
+        download_release(zone, "fam", "r1", tmp_path / "out")
+    assert list_landed_releases(zone) == []  # skipped by the scan, like any invalid manifest
 
 
 def test_bad_names_are_refused(zone, tmp_path):
@@ -133,11 +167,11 @@ def test_large_files_use_multipart_transfers(moto_endpoint, tmp_path):  # noqa: 
     zone = open_zone(cfg)
     assert isinstance(zone, S3LandingZone)
     src = release_dir(tmp_path / "src", big=11 * mib)
-    land_release(src, "fam", "big", zone)
+    landed = land_release(src, "fam", "big", zone)
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    etag = s3.head_object(Bucket=bucket, Key="lz/fam/big/big.bin")["ETag"].strip('"')
+    etag = s3.head_object(Bucket=bucket, Key=f"lz/{landed.file_key('big.bin')}")["ETag"].strip('"')
     assert etag.endswith("-3")  # 11 MiB in 5 MiB parts: a three-part multipart upload
-    assert "-" not in s3.head_object(Bucket=bucket, Key="lz/fam/big/config.json")["ETag"]
+    assert "-" not in s3.head_object(Bucket=bucket, Key=f"lz/{landed.file_key('config.json')}")["ETag"]
     out = download_release(zone, "fam", "big", tmp_path / "out")
     assert file_sha256(out / "big.bin") == file_sha256(src / "big.bin")
 

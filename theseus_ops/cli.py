@@ -1,6 +1,7 @@
 """The ``theseus-ops`` command line: prepare, transport, apply, inspect.
 
-Every :class:`~theseus_ops.errors.TheseusError` becomes one line on stderr and exit code 2.
+Every :class:`~theseus_ops.errors.TheseusError` becomes one line on stderr and its ``exit_code``:
+2 for an input error, 3 for a service (MLflow, S3) that stayed unreachable (see ``errors``).
 Progress goes to stderr; machine-readable results (``inspect``) go to stdout as JSON.
 """
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except TheseusError as exc:
         print(f"theseus-ops: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return exc.exit_code
     except KeyboardInterrupt:
         print("theseus-ops: interrupted; nothing was written", file=sys.stderr)
         return 130

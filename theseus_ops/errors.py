@@ -1,7 +1,14 @@
-"""One error hierarchy for the whole library.
+"""One error hierarchy for the whole library, in two branches that say what to do about an error.
 
-The CLI turns any :class:`TheseusError` into a single line on stderr and exit code 2, so every
-message here must name the problem and, where there is one, the fix.
+* :class:`InputError`: the input (files, options, the model pair, the catalog's content) cannot
+  be used as given. It fails the same way on every retry, so it fails at once: the CLI prints one
+  line and exits with code 2; an Airflow step fails for good (``AirflowFailException``).
+* :class:`ServiceError`: a remote service (MLflow, S3) failed in a way that a later attempt may
+  cure, after theseus-ops's own bounded retries were spent. The CLI prints one line and exits
+  with code 3; an Airflow step lets it propagate, so Airflow retries the task with backoff.
+
+Every message must name the problem and, where there is one, the fix. ``exit_code`` is the CLI's
+exit status for the class.
 """
 
 from __future__ import annotations
@@ -10,14 +17,24 @@ from __future__ import annotations
 class TheseusError(Exception):
     """Base class of every error theseus-ops raises on purpose."""
 
+    exit_code = 2
+
 
 class InputError(TheseusError):
-    """The user's input (files, options, model pair) cannot be used as given."""
+    """The user's input (files, options, model pair) cannot be used as given: exit 2, never retried."""
+
+    exit_code = 2
+
+
+class ServiceError(TheseusError):
+    """A remote service failed after every bounded retry; a later attempt may succeed: exit 3, retried."""
+
+    exit_code = 3
 
 
 class UnsupportedArchitectureError(InputError):
     """The model's architecture has no family description."""
 
 
-class PartialTransportError(TheseusError):
+class PartialTransportError(InputError):
     """Some task-vector parameters could not be transported and --allow-partial was not given."""

@@ -3,7 +3,9 @@
 A transient error is one a retry can plausibly cure: a refused or reset connection, a timeout,
 HTTP 408/429/5xx, or S3 throttling. Everything else (a missing object, a bad request, an auth
 failure) is raised at once. When every attempt fails, :class:`ServiceUnavailableError` says
-which service was unreachable, how often it was tried, and the last error.
+which service was unreachable, how often it was tried, and the last error. It is a
+:class:`~theseus_ops.errors.ServiceError`, not an input error: the CLI exits with code 3, and an
+Airflow step lets it propagate so that Airflow retries the task later, with its own backoff.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _TRANSIENT_CODES = {
     # S3 / botocore error codes
     "RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "ThrottlingException",
     "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
+    "ConditionalRequestConflict",  # S3: a concurrent conditional write to the key is in flight (409)
     # MLflow REST error codes (INTERNAL_ERROR only when the server sent it: see is_transient)
     "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
 }

@@ -17,7 +17,7 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
 from theseus_ops.catalog import GateConfig
-from theseus_ops.errors import TheseusError
+from theseus_ops.errors import ServiceError, TheseusError
 from theseus_ops.workflow import WorkflowConfig
 
 log = logging.getLogger("theseus_ops")
@@ -69,20 +69,25 @@ def workflow_config(params: dict | None = None) -> WorkflowConfig:
 
 @contextmanager
 def step_errors() -> Iterator[None]:
-    """Around one workflow step: input errors fail the task for good, anything else may be retried.
+    """Around one workflow step: input errors fail the task for good, service errors are retried.
 
-    A ``TheseusError`` (bad input, a missing dataset, an unmappable model) would fail the same way on
-    every retry, so it becomes ``AirflowFailException`` with the one-line message; other exceptions
-    (network, registry, storage) propagate and Airflow retries them with backoff.
+    An input error (bad input, a missing dataset, an unmappable model, a conflicting release) would
+    fail the same way on every retry, so it becomes ``AirflowFailException`` with the one-line
+    message. A :class:`~theseus_ops.errors.ServiceError` (MLflow or S3 still unreachable after the
+    bounded in-process retries) and any other exception propagate unchanged, so Airflow retries
+    the task with backoff (``DEFAULT_ARGS``).
     """
     try:
         yield
     except TheseusError as exc:
-        raise airflow_error(exc) from exc
+        error = airflow_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def airflow_error(exc: BaseException) -> BaseException:
     """What to raise for ``exc``: AirflowFailException (no retries) for input errors, else ``exc`` itself."""
-    if isinstance(exc, TheseusError):
+    if isinstance(exc, TheseusError) and not isinstance(exc, ServiceError):
         return AirflowFailException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return exc

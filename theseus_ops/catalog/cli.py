@@ -82,11 +82,13 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     return c
 
 
-def _catalog(args):
+def _catalog(args, read_only: bool = False):
+    """The configured catalog; a read-only command refuses to create a local store (see ``Catalog``)."""
     from theseus_ops.catalog.client import Catalog
     from theseus_ops.catalog.config import CatalogConfig
 
-    return Catalog(CatalogConfig.from_env(tracking_uri=args.tracking_uri, registry_uri=args.registry_uri))
+    return Catalog(CatalogConfig.from_env(tracking_uri=args.tracking_uri, registry_uri=args.registry_uri),
+                   read_only=read_only)
 
 
 def _zone(args):
@@ -123,7 +125,7 @@ def _execute(args: argparse.Namespace):
         landed = land_release(args.model_dir, args.family, args.release, _zone(args),
                               progress=lambda rel: log.info("uploaded %s", rel))
         return landed.as_dict()
-    catalog = _catalog(args)
+    catalog = _catalog(args, read_only=cmd in ("list", "show"))
     if cmd == "list":
         if args.landed:
             from theseus_ops.storage.releases import scan_landed_releases

@@ -14,6 +14,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlparse
 
 from theseus_ops.catalog.config import CatalogConfig
 from theseus_ops.catalog.schema import (
@@ -59,10 +60,29 @@ def _error_code(exc: BaseException) -> str | None:
     return getattr(exc, "error_code", None)
 
 
+def missing_local_store(uri: str) -> str | None:
+    """The path of the local store (SQLite file, ``mlruns`` folder) that ``uri`` names, if it does not exist."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri.split("://", 1)[1].split("?", 1)[0]
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
+        if path in ("", ":memory:"):
+            return None
+    elif parsed.scheme == "file":
+        path = parsed.path
+    elif not parsed.scheme or len(parsed.scheme) == 1:  # a plain path (or a drive letter)
+        path = uri
+    else:
+        return None
+    return None if Path(path).exists() else path
+
+
 class Catalog:
     """The task-vector catalog and model registry of record, on an MLflow server (or store URI)."""
 
-    def __init__(self, config: CatalogConfig | None = None) -> None:
+    def __init__(self, config: CatalogConfig | None = None, *, read_only: bool = False) -> None:
+        """``read_only``: refuse a local store that does not exist yet, instead of letting MLflow create
+        one (MLflow's default is ``./mlflow.db``): listing creates no state."""
         import mlflow
         from mlflow import MlflowClient
 
@@ -73,6 +93,12 @@ class Catalog:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.config.http_timeout)))
         self.tracking_uri = self.config.tracking_uri or mlflow.get_tracking_uri()
         self.registry_uri = self.config.registry_uri or self.tracking_uri
+        if read_only:
+            for uri in dict.fromkeys((self.tracking_uri, self.registry_uri)):
+                if (missing := missing_local_store(uri)) is not None:
+                    where = "MLflow's default store" if self.config.tracking_uri is None else "the store"
+                    raise CatalogError(f"no MLflow registry: {where} {uri} does not exist ({missing}); pass "
+                                       f"--tracking-uri or set THESEUS_MLFLOW_TRACKING_URI (reading creates none)")
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         self._experiment_id: str | None = None
 
@@ -194,12 +220,21 @@ class Catalog:
                             progress: Callable[[str], None] | None = None,
                             files: Iterable[tuple[str, Path]] | None = None,
                             unique: dict[str, str] | None = None):
+        """:meth:`register_entry`, returning only the version (the new one, or the concurrent winner)."""
+        return self.register_entry(name, local, tags, artifact_path, description, metrics, progress, files, unique)[0]
+
+    def register_entry(self, name: str, local: str | Path, tags: dict[str, str], artifact_path: str = "artifact",
+                       description: str | None = None, metrics: dict[str, float] | None = None,
+                       progress: Callable[[str], None] | None = None,
+                       files: Iterable[tuple[str, Path]] | None = None,
+                       unique: dict[str, str] | None = None) -> tuple[object, bool]:
         """Upload ``local`` (a file or directory) to a new run, the manifest last, then create the version.
 
-        Returns the new ModelVersion. If anything fails (or the process is interrupted) before the
+        Returns ``(version, created)``. If anything fails (or the process is interrupted) before the
         version is created, the run is marked FAILED and no version exists. ``unique`` names the
         tags that identify the entry: when another process registered the same entry concurrently,
-        the lowest version wins and this one is deleted (see :meth:`_first_writer_wins`).
+        the lowest version wins, this one is deleted, and the winner is returned with ``created``
+        False (see :meth:`_first_writer_wins`); the caller compares its content with the winner's.
         """
         check_model_name(name)
         local = Path(local)
@@ -243,25 +278,29 @@ class Catalog:
                                                         description=description)
 
             version = self.call("create model version", create)
+            created = True
             if unique:
-                version = self._first_writer_wins(name, unique, version)
+                version, created = self._first_writer_wins(name, unique, version)
         except BaseException:
             try:
                 self.client.set_terminated(run_id, "FAILED")
             except Exception:  # best effort: the server may be the thing that failed
                 log.warning("could not mark run %s as failed", run_id)
             raise
-        log.info("registered %s version %s (%d files, %d bytes)", name, version.version, len(manifest.files),
-                 manifest.total_bytes)
-        return version
+        if created:
+            log.info("registered %s version %s (%d files, %d bytes)", name, version.version, len(manifest.files),
+                     manifest.total_bytes)
+        return version, created
 
-    def _first_writer_wins(self, name: str, unique: dict[str, str], mine):
+    def _first_writer_wins(self, name: str, unique: dict[str, str], mine) -> tuple[object, bool]:
         """Converge concurrent registrations of one entry on its lowest version.
 
         The registry has no unique constraint on tags, so two processes (a watcher and a seeding
         script, two retried workers) can both pass the "already registered?" check and both create
         a version. Each then looks again: whoever finds a lower version of the same entry deletes
-        its own, so exactly one survives and both callers return it.
+        its own, so exactly one survives and every caller returns it; only its writer gets
+        ``created`` True. Version numbers grow with creation, so every loser sees the winner, and the
+        lowest version is never deleted.
         """
         same = self.search_versions(name, unique)
         first = min(same, key=lambda v: int(v.version), default=mine)
@@ -269,8 +308,8 @@ class Catalog:
             log.warning("%s version %s duplicates version %s (registered concurrently); deleting it", name,
                         mine.version, first.version)
             self.call("delete of a duplicate version", self.client.delete_model_version, name, str(mine.version))
-            return first
-        return mine
+            return first, False
+        return mine, True
 
     def download(self, ref: VersionRef, dest: str | Path) -> Path:
         """Download a version's artifact into ``dest`` and verify it; returns the file or directory to use."""

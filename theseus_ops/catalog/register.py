@@ -4,6 +4,12 @@ Every function validates against the registry before uploading anything: the bas
 names must be a registered base release whose weights hash matches the vector's, and a
 transported entry must name a registered source vector and target base. Registration is
 idempotent: a re-run returns the version it created the first time.
+
+Concurrent registrations of one entry have one winner (``Catalog.register_entry``): the others
+get the winner's version with ``created=False`` when their content is the winner's, and a base
+release registered at once with other weights gets :class:`ConflictError` naming the weights'
+hash that is registered. Task vectors are keyed by their content, transported entries by their
+idempotency key, so for them a concurrent duplicate is always ``created=False``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from theseus_ops.catalog.schema import (
     check_uri,
 )
 from theseus_ops.errors import InputError
-from theseus_ops.service_errors import CatalogError
+from theseus_ops.service_errors import CatalogError, ConflictError
 from theseus_ops.storage.manifest import build_manifest
 from theseus_ops.storage.releases import LandedRelease, check_name, download_release
 from theseus_ops.storage.zones import LandingZone
@@ -154,13 +160,23 @@ def register_base(catalog: Catalog, family: str, release: str, model_dir: str | 
         tags["theseus.source_uri"] = source_uri
     existing = find_base_release(catalog, family, release)
     if existing is not None:
-        if existing.tags.get("theseus.sha256") != tags["theseus.sha256"]:
-            raise CatalogError(f"release {release} of {family} is already registered as version "
-                               f"{existing.version} with other weights")
+        _check_same_weights(existing, family, release, tags["theseus.sha256"])
         return Registration(existing, False)
-    mv = catalog.upload_and_register(family, model_dir, tags, "model", description or f"{family} release {release}",
-                                     progress=progress, unique={ROLE: ROLE_BASE, "theseus.release": release})
-    return Registration(mv, True)
+    mv, created = catalog.register_entry(family, model_dir, tags, "model",
+                                         description or f"{family} release {release}", progress=progress,
+                                         unique={ROLE: ROLE_BASE, "theseus.release": release})
+    if not created:  # another writer registered the release at the same moment
+        _check_same_weights(mv, family, release, tags["theseus.sha256"])
+    return Registration(mv, created)
+
+
+def _check_same_weights(existing, family: str, release: str, sha256: str) -> None:
+    """ConflictError unless the registered version of the release holds these weights (releases are immutable)."""
+    registered = (existing.tags or {}).get("theseus.sha256")
+    if registered != sha256:
+        raise ConflictError(f"release {release} of {family} is already registered as version {existing.version} "
+                            f"with other weights (sha256 {registered}, these are {sha256}); releases are immutable, "
+                            f"register them under a new release name")
 
 
 def register_landed_release(catalog: Catalog, zone: LandingZone, landed: LandedRelease,
@@ -193,8 +209,9 @@ def register_task_vector(catalog: Catalog, name: str, path: str | Path, *, task:
     existing = _existing(catalog, name, identity)
     if existing is not None:
         return Registration(existing, False)
-    mv = catalog.upload_and_register(name, path, tags, "task_vector", description, progress=progress, unique=identity)
-    return Registration(mv, True)
+    mv, created = catalog.register_entry(name, path, tags, "task_vector", description, progress=progress,
+                                         unique=identity)
+    return Registration(mv, created)
 
 
 def _transport_context(catalog: Catalog, source_vector: VersionRef, target_base: VersionRef
@@ -234,10 +251,10 @@ def register_transported_vector(catalog: Catalog, source_vector: VersionRef, tar
                           transported_from=str(source_vector), method=method, alpha=repr(float(alpha)),
                           alignment=alignment).to_tags()
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
-    mv = catalog.upload_and_register(name, path, tags, "task_vector",
-                                     f"{source.task} task vector ported from {source_vector} by {method}",
-                                     progress=progress, unique={ROLE: ROLE_TASK_VECTOR, IDEMPOTENCY_KEY: key})
-    return Registration(mv, True)
+    mv, created = catalog.register_entry(name, path, tags, "task_vector",
+                                         f"{source.task} task vector ported from {source_vector} by {method}",
+                                         progress=progress, unique={ROLE: ROLE_TASK_VECTOR, IDEMPOTENCY_KEY: key})
+    return Registration(mv, created)
 
 
 # -- transported models --------------------------------------------------------------------------
@@ -295,10 +312,12 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
         saved = Path(tmp) / "model"
         _save_transformers_model(Path(model_dir), saved)
-        mv = catalog.upload_and_register(
+        mv, created = catalog.register_entry(
             name, saved, tags, "model",
             f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",
             metrics=metrics, progress=progress, unique={ROLE: TransportedModelTags.ROLE_VALUE, IDEMPOTENCY_KEY: key})
+    if not created:  # registered at the same moment by another writer, which moves the aliases
+        return Registration(mv, False)
     if decision.candidate:
         catalog.set_alias(name, ALIAS_CANDIDATE, mv.version)
         log.info("%s/%s is now %s (%s)", name, mv.version, ALIAS_CANDIDATE, decision.reason)

@@ -2,12 +2,22 @@
 
 A release counts as landed once ``<family>/<release>/theseus-manifest.json`` exists; files
 without a manifest are an upload in progress (or an interrupted one) and are ignored.
+
+Releases are immutable and have a single writer. ``land_release`` uploads the files under a
+folder named by their content hash, ``<family>/<release>/sha256-<digest>/``, and then commits
+the release by creating its manifest with one conditional write (``put_bytes_if_absent``). Of
+concurrent writers exactly one creates the manifest; the others find it there: with the same
+content they report ``created=False``, with other content they get :class:`ConflictError`
+naming the content hash that is there. Writers of different content never write the same key,
+so a committed release cannot be corrupted by a concurrent one. The manifest records the folder
+(``content_root``); a manifest without one (written by another tool) has the files beside it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +25,7 @@ from typing import Protocol
 
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import promote, staging_directory
-from theseus_ops.service_errors import CatalogError
+from theseus_ops.service_errors import CatalogError, ConflictError
 from theseus_ops.storage.manifest import MANIFEST_NAME, Manifest, build_manifest, local_files, verify_local
 from theseus_ops.storage.zones import LandingZone, open_zone
 
@@ -32,14 +42,33 @@ def check_name(value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class LandedRelease:
+    """A committed release; ``created`` is set by :func:`land_release` only (True for the one writer that won)."""
+
     family: str
     release: str
     manifest: Manifest
     url: str
+    created: bool | None = None
+
+    def file_key(self, path: str) -> str:
+        """The zone key of one of the release's files."""
+        root = self.manifest.meta.get(CONTENT_ROOT)
+        return f"{self.family}/{self.release}/{root}/{path}" if root else f"{self.family}/{self.release}/{path}"
 
     def as_dict(self) -> dict:
-        return {"family": self.family, "release": self.release, "url": self.url, "files": len(self.manifest.files),
-                "bytes": self.manifest.total_bytes, "content_sha256": self.manifest.digest()}
+        out = {"family": self.family, "release": self.release, "url": self.url, "files": len(self.manifest.files),
+               "bytes": self.manifest.total_bytes, "content_sha256": self.manifest.digest()}
+        if self.created is not None:
+            out["created"] = self.created
+        return out
+
+
+CONTENT_ROOT = "content_root"  # manifest field: the folder, below the release, that holds its files
+LANDING_ID = "landing_id"  # manifest field: unique per land_release call, to recognise one's own commit
+
+
+def content_root(manifest: Manifest) -> str:
+    return f"sha256-{manifest.digest()}"
 
 
 class BaseRegistry(Protocol):
@@ -57,16 +86,21 @@ def read_landed(zone: LandingZone, family: str, release: str) -> LandedRelease |
     raw = zone.get_bytes(_manifest_key(family, release))
     if raw is None:
         return None
-    manifest = Manifest.from_json(raw, f"{zone.url}/{_manifest_key(family, release)}")
+    where = f"{zone.url}/{_manifest_key(family, release)}"
+    manifest = Manifest.from_json(raw, where)
+    root = manifest.meta.get(CONTENT_ROOT)
+    if root is not None and root != content_root(manifest):
+        raise InputError(f"{where}: {CONTENT_ROOT} {root!r} does not match the files it lists")
     return LandedRelease(family, release, manifest, f"{zone.url}/{family}/{release}")
 
 
 def land_release(local_dir: str | Path, family: str, release: str, zone: LandingZone | None = None,
                  progress: Callable[[str], None] | None = None) -> LandedRelease:
-    """Upload a model directory as ``<family>/<release>/``, the manifest last.
+    """Upload a model directory as ``<family>/<release>/``, the manifest last, as its single writer.
 
-    Idempotent: landing the same content again is a no-op; different content under a landed
-    release is refused (releases are immutable).
+    Idempotent: landing the same content again is a no-op (``created=False``); other content
+    under a landed release is refused with :class:`ConflictError` (releases are immutable), also
+    when the other writer is running at the same moment (see the module docstring).
     """
     check_name(family, "family")
     check_name(release, "release")
@@ -74,21 +108,49 @@ def land_release(local_dir: str | Path, family: str, release: str, zone: Landing
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise InputError(f"{local_dir} is not a directory")
-    manifest = build_manifest(local_dir, family=family, release=release)
+    built = build_manifest(local_dir, family=family, release=release)
+    root = content_root(built)
+    manifest = Manifest(built.files, {**built.meta, CONTENT_ROOT: root, LANDING_ID: uuid.uuid4().hex})
     existing = read_landed(zone, family, release)
     if existing is not None:
-        if existing.manifest.digest() == manifest.digest():
-            log.info("%s/%s is already landed with the same content", family, release)
-            return existing
-        raise CatalogError(f"{existing.url} is already landed with other content; releases are immutable, "
-                           f"land it under a new release name")
+        return _landed_already(existing, manifest)
+    staged = []
     for rel, path in local_files(local_dir):
-        zone.put_file(path, f"{family}/{release}/{rel}")
+        staged.append(f"{family}/{release}/{root}/{rel}")
+        zone.put_file(path, staged[-1])
         if progress:
             progress(rel)
-    zone.put_bytes(_manifest_key(family, release), manifest.to_json().encode())
-    log.info("landed %s/%s: %d files, %d bytes", family, release, len(manifest.files), manifest.total_bytes)
-    return LandedRelease(family, release, manifest, f"{zone.url}/{family}/{release}")
+    if zone.put_bytes_if_absent(_manifest_key(family, release), manifest.to_json().encode()):
+        log.info("landed %s/%s: %d files, %d bytes", family, release, len(manifest.files), manifest.total_bytes)
+        return LandedRelease(family, release, manifest, f"{zone.url}/{family}/{release}", created=True)
+    existing = read_landed(zone, family, release)
+    if existing is None:  # pragma: no cover - a committed manifest is never removed by theseus-ops
+        raise CatalogError(f"{zone.url}/{family}/{release}: the manifest disappeared while landing")
+    if existing.manifest.meta.get(LANDING_ID) == manifest.meta[LANDING_ID]:
+        return LandedRelease(family, release, existing.manifest, existing.url, created=True)  # a retried commit
+    try:
+        return _landed_already(existing, manifest)
+    except ConflictError:
+        _discard(zone, staged)  # nothing refers to our folder: the release holds other content
+        raise
+
+
+def _landed_already(existing: LandedRelease, manifest: Manifest) -> LandedRelease:
+    """The landed release if it holds ``manifest``'s content (``created=False``), else ConflictError."""
+    if existing.manifest.digest() == manifest.digest():
+        log.info("%s/%s is already landed with the same content", existing.family, existing.release)
+        return LandedRelease(existing.family, existing.release, existing.manifest, existing.url, created=False)
+    raise ConflictError(f"{existing.url} is already landed with other content (content sha256 "
+                        f"{existing.manifest.digest()}, this directory has {manifest.digest()}); releases are "
+                        f"immutable, land it under a new release name")
+
+
+def _discard(zone: LandingZone, keys: list[str]) -> None:
+    try:
+        for key in keys:
+            zone.delete(key)
+    except Exception as exc:  # best effort: the conflict is what the caller must hear about
+        log.warning("could not remove the staged files of a refused landing (%s)", exc)
 
 
 def list_landed_releases(zone: LandingZone) -> list[LandedRelease]:
@@ -131,7 +193,7 @@ def download_release(zone: LandingZone, family: str, release: str, dest: str | P
     dest = Path(dest)
     with staging_directory(dest) as tmp:
         for f in landed.manifest.files:
-            zone.get_file(f"{family}/{release}/{f.path}", tmp / f.path)
+            zone.get_file(landed.file_key(f.path), tmp / f.path)
         verify_local(tmp, landed.manifest, landed.url)
         promote(tmp, dest)
     return dest

@@ -2,6 +2,10 @@
 
 Keys are POSIX paths relative to the zone's root (``s3://bucket/prefix`` or a directory), laid out
 as ``<family>/<release>/<file>``. Every call goes through the bounded retry policy.
+
+``put_bytes_if_absent`` is the one primitive that lets concurrent writers agree on a winner: it
+creates the key only if nothing is there, atomically (S3 ``PutObject`` with ``If-None-Match: *``;
+a hard link for a directory), and says whether this call created it.
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ class LandingZone(Protocol):
 
     def put_file(self, local: Path, key: str) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` unless it exists, atomically; True when this call created it."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if it exists."""
+
     def get_file(self, key: str, local: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when it does not exist."""
@@ -115,6 +125,28 @@ class LocalLandingZone:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._atomic(self._path(key), lambda tmp: tmp.write_bytes(data))
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Write a temporary file, then hard-link it to ``key``: ``link`` never replaces an existing
+        file, so of concurrent writers exactly one succeeds, and the file appears complete."""
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(name, dest)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def get_file(self, key: str, local: Path) -> None:
         src = self._path(key)
@@ -176,6 +208,28 @@ class S3LandingZone:
         self._retry(f"write of s3://{self.bucket}/{self._key(key)}",
                     lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """``PutObject`` with ``If-None-Match: *``: S3 (and moto, MinIO) refuse it with 412 when the key
+        exists. A concurrent conditional write in flight (409) is transient and retried."""
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            except Exception as exc:
+                if _error_code(exc) in ("PreconditionFailed", "412"):
+                    return False
+                if _error_code(exc) in ("NotImplemented", "501"):
+                    raise InputError(f"the S3 server at {self.config.endpoint_url or 'AWS'} does not support "
+                                     f"conditional writes (If-None-Match), which single-writer releases "
+                                     f"need") from exc
+                raise
+            return True
+
+        return self._retry(f"conditional write of s3://{self.bucket}/{self._key(key)}", put)
+
+    def delete(self, key: str) -> None:
+        self._retry(f"delete of s3://{self.bucket}/{self._key(key)}",
+                    lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+
     def get_file(self, key: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -217,12 +271,13 @@ class S3LandingZone:
             raise
 
 
-def _is_missing(exc: BaseException) -> bool:
+def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return False
-    code = str(response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def _is_missing(exc: BaseException) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 
 
 def open_zone(config: StorageConfig | None = None) -> LandingZone:
