@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
-from theseus_ops.cli import EXIT_INPUT
 from theseus_ops.demo.family import RELEASES, TARGETS, build_family, family_config
 from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.storage import land_release, open_zone
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         Path(args.datasets_root))
     except TheseusError as exc:
         print(f"theseus-ops: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_INPUT
+        return exc.exit_code
     print(json.dumps(out))
     return 0
 
