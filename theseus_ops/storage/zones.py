@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import temp_file
 from theseus_ops.retry import RetryPolicy, call_with_retry
 
 Progress = Callable[[str], None]
@@ -101,13 +101,12 @@ class LocalLandingZone:
 
     def _atomic(self, dest: Path, write: Callable[[Path], None]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
+        tmp = temp_file(dest, ".part")  # the umask's mode, as open gives, not mkstemp's 0600
         try:
-            write(Path(name))
-            os.replace(name, dest)
+            write(tmp)
+            os.replace(tmp, dest)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def put_file(self, local: Path, key: str) -> None:
