@@ -28,7 +28,7 @@ from theseus_ops.errors import InputError, PartialTransportError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.atomic import atomic_outputs, atomic_path, check_output, overwriting
 from theseus_ops.io.calibration import Calibration, check_paired, load_calibration
-from theseus_ops.io.finite import require_finite, require_finite_number
+from theseus_ops.io.finite import require_finite, require_finite_number, task_vector_tensors
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_model, resolve_device
 from theseus_ops.io.task_vectors import (
     ADAPTER_CONFIG,
@@ -298,13 +298,9 @@ def _check_transport_outputs(cfg: TransportConfig, out: str | Path, report_path:
 
 
 def _require_finite_result(result: TaskVector, out: str | Path) -> None:
-    for name in result.names():
-        if result.kind == "full":
-            require_finite({name: result.deltas[name]}, f"transport to {out}")
-        else:
-            f = result.lora[name]
-            require_finite({f"{name} (lora_A)": f.a, f"{name} (lora_B)": f.b}, f"transport to {out}")
-            require_finite_number(f.scaling, f"transport to {out}: the LoRA scaling of {name}")
+    require_finite(task_vector_tensors(result), f"transport to {out}")
+    for name, factors in result.lora.items():
+        require_finite_number(factors.scaling, f"transport to {out}: the LoRA scaling of {name}")
 
 
 def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | None = None,

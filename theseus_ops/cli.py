@@ -206,12 +206,20 @@ def _edge_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# the inputs at the edges: named in a last-resort error line, since the library's message may not
+_EDGE_INPUTS = ("tracking_uri", "registry_uri", "landing_url", "endpoint_url")
+
+
 def _edge_message(args: argparse.Namespace, exc: BaseException) -> str:
     """One line: the command, the input it was working on (where the error names it), the type."""
     text = " ".join(str(exc).split()) or repr(exc)
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
     command = " ".join(c for c in (getattr(args, "command", None), getattr(args, "catalog_command", None)) if c)
+    given = [f"--{name.replace('_', '-')} {value}" for name in _EDGE_INPUTS
+             if isinstance(value := getattr(args, name, None), str) and value]
+    if given:
+        command += f" ({', '.join(given)})"
     if len(text) > 400:
         text = text[:400] + "..."
     return f"{PREFIX} {command}: {type(exc).__name__}: {text}"

@@ -8,7 +8,7 @@ about to write, before anything is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -36,3 +36,13 @@ def require_finite_number(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InputError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def task_vector_tensors(tv) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor a task vector would write, named: deltas, or each LoRA factor of each weight."""
+    if tv.kind == "full":
+        yield from tv.deltas.items()
+        return
+    for name, factors in tv.lora.items():
+        yield f"{name} (lora_A)", factors.a
+        yield f"{name} (lora_B)", factors.b
