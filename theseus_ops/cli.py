@@ -195,6 +195,7 @@ def _edge_errors() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [OSError, ValueError, EOFError]
     names = {"mlflow.exceptions": ("MlflowException",),
              "botocore.exceptions": ("BotoCoreError", "ClientError"),
+             "boto3.exceptions": ("Boto3Error",),
              "safetensors": ("SafetensorError",),
              "requests.exceptions": ("RequestException",),
              "urllib3.exceptions": ("HTTPError",),
@@ -238,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quiet:
         _quiet_libraries()
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="theseus-ops: %(message)s")
+    # progress is theseus-ops' own (INFO); libraries speak only when something is wrong (WARNING)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="theseus-ops: %(message)s")
+    logging.getLogger("theseus_ops").setLevel(logging.WARNING if args.quiet else logging.INFO)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="transformers")
     previous = None
