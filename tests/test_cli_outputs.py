@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests import tiny
-from tests.conftest_servers import moto_endpoint  # noqa: F401 - fixture
+from tests.conftest_servers import mlflow_sqlite, moto_endpoint  # noqa: F401 - fixtures
 from tests.test_bad_input import PREFIX, assert_clean_error, leftovers, run
 from theseus_ops.errors import InputError
 
@@ -414,3 +414,19 @@ def test_quiet_prints_nothing_on_success(w, tmp_path):
     assert done.stderr == ""
     done = cli("-q", "apply", "--base", w.tgt, "--task-vector", w.tv, "--out", tmp_path / "merged")
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_quiet_catalog_commands_print_nothing_on_success(mlflow_sqlite, tmp_path):  # noqa: F811
+    """MLflow's run links, upload progress bars and logs go away with -q; the JSON result stays on stdout."""
+    from tests.catalog_support import make_base
+
+    base = make_base(tmp_path / "base")
+    family = f"quiet-{os.getpid()}"
+    landing = ["--landing-url", str(tmp_path / "landing")]
+    done = cli("-q", "catalog", "land", "--family", family, "--release", "r1", "--model-dir", base, *landing)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = cli("-q", "catalog", "--tracking-uri", mlflow_sqlite.url, "register-base", "--family", family,
+               "--release", "r1", "--from-landing", *landing)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout)["created"] is True

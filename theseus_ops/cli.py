@@ -177,6 +177,7 @@ def _quiet_libraries() -> None:
     os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its run links
     warnings.simplefilter("ignore")
     for name in ("transformers", "mlflow", "huggingface_hub", "alembic", "urllib3", "botocore"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -253,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PREFIX} {exc}", file=sys.stderr)
         return EXIT_INPUT
     except _Terminated:
-        print("theseus-ops: terminated (SIGTERM); nothing partial was left behind", file=sys.stderr)
+        print("theseus-ops: terminated (SIGTERM); outputs are published whole or not at all, none was left "
+              "half-written", file=sys.stderr)
         return EXIT_SIGTERM
     except KeyboardInterrupt:
-        print("theseus-ops: interrupted; nothing partial was left behind", file=sys.stderr)
+        print("theseus-ops: interrupted; outputs are published whole or not at all, none was left half-written",
+              file=sys.stderr)
         return EXIT_SIGINT
     except Exception as exc:
         if not isinstance(exc, _edge_errors()):

@@ -151,6 +151,8 @@ def check_output(dest: str | Path, directory: bool = False, overwrite: bool = Fa
         raise InputError(f"{what} {dest}: cannot write in {existing} ({exc.strerror or exc})") from exc
     if not os.path.lexists(absolute):
         return dest
+    if absolute.is_symlink() and not (overwrite or _key(absolute) in _allowed.get()):
+        raise InputError(f"{what} {dest} is a symbolic link; theseus-ops replaces no link unless --overwrite is given")
     if directory and (absolute.is_symlink() or not absolute.is_dir()):
         raise InputError(f"{what} {dest} is a file; give a directory path")
     if not directory and absolute.is_dir():
