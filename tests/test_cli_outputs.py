@@ -124,7 +124,7 @@ def test_non_finite_result_is_an_input_error_and_nothing_is_written(w, tmp_path,
     out = tmp_path / "outdir" / "result"
     rc, err = run(capsys, NON_FINITE[case](w, out))
     line = assert_clean_error(rc, err, (), out)
-    assert "inf" in line.lower() or "nan" in line.lower(), line  # names the non-finite value
+    assert any(word in line.lower() for word in ("inf", "nan", "finite")), line  # names the non-finite value
     if case.startswith("huge"):
         assert "model." in line and "NaN or Inf" in line, line  # names the parameter
 
@@ -194,6 +194,18 @@ def test_file_outputs_never_clobber_an_unrelated_file(w, tmp_path, capsys, comma
     assert precious.read_bytes() != b"do not lose me"
 
 
+def test_a_symlinked_out_is_not_followed(w, tmp_path, capsys):
+    target = user_dir(tmp_path / "elsewhere")
+    before = user_files(target)
+    link = tmp_path / "outdir" / "merged"
+    link.parent.mkdir()
+    link.symlink_to(target, target_is_directory=True)
+    rc, err = run(capsys, apply(w, link))
+    assert_clean_error(rc, err, ("symbolic link",), None)
+    assert link.is_symlink() and user_files(target) == before
+    assert leftovers(link) == ["merged"]
+
+
 def test_transport_rerun_replaces_its_own_outputs(w, tmp_path, capsys):
     out, report = tmp_path / "tv-b.safetensors", tmp_path / "report.json"
     for _ in range(2):
@@ -217,6 +229,19 @@ def test_prepare_refuses_an_alignment_without_spaces(w, tmp_path, capsys, archit
     out = tmp_path / "outdir" / "pair.alignment"
     rc, err = run(capsys, prepare(w, out, target=target))
     assert_clean_error(rc, err, ("no space", "architectures"), out)
+
+
+def test_prepare_refuses_an_alignment_with_nan_quality(w, tmp_path, capsys):
+    """A target whose weights are all zero has zero activations: residuals are 0/0, NaN."""
+    import shutil
+
+    target = Path(shutil.copytree(w.tgt, tmp_path / "target"))
+    weights = load_file(str(target / "model.safetensors"))
+    save_file({k: torch.zeros_like(v) for k, v in weights.items()}, str(target / "model.safetensors"),
+              metadata={"format": "pt"})
+    out = tmp_path / "outdir" / "pair.alignment"
+    rc, err = run(capsys, prepare(w, out, target=target))
+    assert_clean_error(rc, err, ("non-finite", "nan"), out)
 
 
 # -------------------------------------------------------- 7. bad --out paths, one line, exit 2
