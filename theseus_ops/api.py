@@ -26,8 +26,9 @@ from theseus_ops import __version__
 from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig, check_alpha
 from theseus_ops.errors import InputError, PartialTransportError
 from theseus_ops.io.alignment import Alignment
-from theseus_ops.io.atomic import atomic_path, write_text
+from theseus_ops.io.atomic import atomic_outputs, atomic_path, check_output, overwriting
 from theseus_ops.io.calibration import Calibration, check_paired, load_calibration
+from theseus_ops.io.finite import require_finite, require_finite_number, task_vector_tensors
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_model, resolve_device
 from theseus_ops.io.task_vectors import (
     ADAPTER_CONFIG,
@@ -178,11 +179,33 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     return Alignment({k: v.cpu() for k, v in maps.items()}, {k: q.as_dict() for k, q in quality.items()}, provenance)
 
 
-def prepare(cfg: PrepareConfig, out: str | Path) -> Alignment:
-    """Estimate every space's map once for a (source, target, calibration, options) and save it."""
+def check_alignment_result(alignment: Alignment, pair: ModelPair) -> None:
+    """An alignment with no spaces, or with a NaN map or quality figure, would silently port nothing."""
+    if not alignment.maps:
+        archs = pair.target.config.get("architectures")
+        raise InputError(f"no space of the {pair.family.name} family could be aligned: the loaded models lack "
+                         f"every module it maps (config.json architectures of {pair.target.path}: {archs!r}; "
+                         f"of {pair.source.path}: {pair.source.config.get('architectures')!r})")
+    require_finite(alignment.maps, "alignment")
+    for key, quality in alignment.quality.items():
+        bad = [k for k, v in quality.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise InputError(f"alignment: space {key} has a non-finite {bad[0]} ({quality[bad[0]]}); "
+                             "the models or the calibration data are degenerate; nothing was written")
+
+
+def prepare(cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> Alignment:
+    """Estimate every space's map once for a (source, target, calibration, options) and save it.
+
+    ``out`` is checked before any work; an existing file is replaced only if theseus-ops wrote it,
+    or with ``overwrite``.
+    """
+    check_output(out, overwrite=overwrite, what="--out")
     pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
     alignment = compute_alignment(cfg, pair)
-    alignment.save(out)
+    check_alignment_result(alignment, pair)
+    with overwriting([out] if overwrite else []):
+        alignment.save(out)
     _progress(f"wrote alignment with {len(alignment.maps)} spaces to {out}")
     return alignment
 
@@ -282,8 +305,38 @@ def _gradfix(cfg: TransportConfig, pair: ModelPair, tv: TaskVector, plans: list[
     return masked, records, {"gradfix": {"kept_fraction": kept, "examples": target_cal.rows}}
 
 
-def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | None = None) -> dict:
-    """Port one task vector to the target base; strict unless ``allow_partial``. Returns the report."""
+def _output_is_directory(cfg: TransportConfig) -> bool:
+    """Transport keeps the input's form: a LoRA adapter directory gives a directory, all else a file."""
+    if cfg.source_tuned or not cfg.task_vector:
+        return False
+    path = Path(cfg.task_vector)
+    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
+
+
+def _check_transport_outputs(cfg: TransportConfig, out: str | Path, report_path: str | Path | None,
+                             overwrite: bool) -> None:
+    check_output(out, directory=_output_is_directory(cfg), overwrite=overwrite, what="--out")
+    if report_path is not None:
+        if Path(report_path).absolute() == Path(out).absolute():
+            raise InputError(f"--report {report_path} is the same path as --out")
+        check_output(report_path, overwrite=overwrite, what="--report")
+
+
+def _require_finite_result(result: TaskVector, out: str | Path) -> None:
+    require_finite(task_vector_tensors(result), f"transport to {out}")
+    for name, factors in result.lora.items():
+        require_finite_number(factors.scaling, f"transport to {out}: the LoRA scaling of {name}")
+
+
+def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | None = None,
+              overwrite: bool = False) -> dict:
+    """Port one task vector to the target base; strict unless ``allow_partial``. Returns the report.
+
+    Both outputs are checked before any work. The report is written with the result, or alone when
+    the run stops on parameters it cannot transport (the error points at it); on any other failure
+    neither is written.
+    """
+    _check_transport_outputs(cfg, out, report_path, overwrite)
     method = get_method(cfg.method)
     pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
     tv, tv_path = _load_task_vector(cfg, pair)
@@ -312,47 +365,58 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
             extra["alignment_provenance"] = alignment.provenance
         result, records = execute_plan(tv, plans, maps)
     report = build_report(cfg, pair, tv_path, tv, records, quality, extra)
-    if report_path:
-        write_text(report_path, json.dumps(report, indent=2, sort_keys=False))
+    report_text = json.dumps(report, indent=2, sort_keys=False)
     left = [r for r in records if r.status == "left_out"]
-    if left and not cfg.allow_partial:
-        raise PartialTransportError(
-            f"{len(left)} of {len(records)} task-vector parameters cannot be transported "
-            f"(first: {left[0].name}: {left[0].reason}); see --report, or pass --allow-partial")
-    for name in result.names():
-        tensors = [result.deltas[name]] if result.kind == "full" else [result.lora[name].a, result.lora[name].b]
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):
-            raise InputError(f"transport produced NaN or Inf for {name}; refusing to write {out}")
-    metadata = {
-        META_BASE_SHA: pair.target.sha256(),
-        META_BASE_TYPE: pair.target.model_type,
-        "theseus.method": cfg.method,
-        "theseus.transported_from_base": pair.source.sha256(),
-        "theseus.left_out": str(len(left)),
-    }
-    write_task_vector(result, out, metadata, target_dir=str(pair.target.path))
+    with overwriting([out, report_path] if overwrite else []):
+        if left and not cfg.allow_partial:
+            if report_path:
+                with atomic_path(report_path) as tmp:
+                    tmp.write_text(report_text)
+            raise PartialTransportError(
+                f"{len(left)} of {len(records)} task-vector parameters cannot be transported "
+                f"(first: {left[0].name}: {left[0].reason}); see --report, or pass --allow-partial")
+        _require_finite_result(result, out)
+        metadata = {
+            META_BASE_SHA: pair.target.sha256(),
+            META_BASE_TYPE: pair.target.model_type,
+            "theseus.method": cfg.method,
+            "theseus.transported_from_base": pair.source.sha256(),
+            "theseus.left_out": str(len(left)),
+            "theseus.written_by": f"theseus-ops {__version__}",
+        }
+        # the result and its report are published together, or neither is
+        outputs = [(out, result.kind == "lora")] + ([(report_path, False)] if report_path else [])
+        with atomic_outputs(*outputs) as paths:
+            write_task_vector(result, paths[0], metadata, target_dir=str(pair.target.path))
+            if report_path:
+                paths[1].write_text(report_text)
     _progress(f"wrote {result.kind} task vector with {len(result.names())} tensors to {out} "
               f"({len(records) - len(left)}/{len(records)} transported)")
     return report
 
 
-def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, out: str | Path) -> Path:
+def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, out: str | Path,
+                      overwrite: bool = False) -> Path:
     """θ_B + α·τ_B as a model directory that loads with ``from_pretrained``.
 
     Works on the base's safetensors shards directly, so tensor names, dtypes and sharding stay
     exactly as the base has them; every other file (config, shard index, tokenizer, processor)
-    is copied along.
+    is copied along. ``out`` is checked first: an existing non-empty directory is replaced (whole,
+    after the new one is complete) only if theseus-ops wrote it, or with ``overwrite``. A merged
+    tensor with NaN or Inf (a huge α, a huge LoRA scaling) stops the run before anything is written.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     alpha = check_alpha(alpha)
+    out = Path(out)
+    check_output(out, directory=True, overwrite=overwrite, what="--out")
     info = inspect_model_dir(base)
     tv = read_task_vector(task_vector)
     validate_against_base(tv, info, f"task vector {task_vector}")
     pending = set(tv.names())
-    out = Path(out)
-    with atomic_path(out, directory=True) as tmp:
+    what = f"{base} + {alpha} x {task_vector}"
+    with overwriting([out] if overwrite else []), atomic_path(out, directory=True) as tmp:
         for shard in info.files:
             with safe_open(str(shard), framework="pt") as fh:
                 metadata = fh.metadata() or {}
@@ -360,7 +424,9 @@ def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, o
             for name in pending & set(tensors):
                 value = tensors[name]
                 delta = storage_delta(info.family, name, tv)
-                tensors[name] = (value.double() + alpha * delta.double()).to(value.dtype)
+                merged = (value.double() + alpha * delta.double()).to(value.dtype)
+                require_finite({name: merged}, what)
+                tensors[name] = merged
                 pending.discard(name)
             save_file(tensors, str(tmp / shard.name), metadata={**metadata, "format": metadata.get("format", "pt")})
         for item in Path(base).iterdir():

@@ -1,15 +1,24 @@
 """The ``theseus-ops`` command line: prepare, transport, apply, inspect.
 
-Every :class:`~theseus_ops.errors.TheseusError` becomes one line on stderr and its ``exit_code``:
-2 for an input error, 3 for a service (MLflow, S3) that stayed unreachable (see ``errors``).
+Exit codes: 0 success; 2 bad input, as one ``theseus-ops: error: ...`` line on stderr (every
+:class:`~theseus_ops.errors.InputError`, every argument error, and as a last resort any
+``OSError``, ``ValueError`` or library error at the edges: file system, MLflow, S3, safetensors,
+named with its type); 3 for a service (MLflow, S3) that stayed unreachable through every retry
+(:class:`~theseus_ops.errors.ServiceError`, also one line); 130 after SIGINT and 143 after SIGTERM
+(Airflow and Kubernetes stop tasks with it), with one line and nothing partial left behind.
+Programming errors (``TypeError``, ``AttributeError``, ...) still end in a traceback and exit 1,
+so they are seen and fixed.
 Progress goes to stderr; machine-readable results (``inspect``) go to stdout as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import warnings
 
@@ -18,6 +27,21 @@ from theseus_ops.errors import TheseusError
 from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, FILLS
 
 EXIT_INPUT = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+PREFIX = "theseus-ops: error:"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line and exit 2, like every other bad input (not usage + error).
+
+    ``add_subparsers`` makes every subcommand's parser of the same class, so this covers them all.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.removeprefix("theseus-ops").strip()
+        text = " ".join(message.split())
+        self.exit(EXIT_INPUT, f"{PREFIX} {where + ': ' if where else ''}{text} (see {self.prog} --help)\n")
 
 
 def _add_calibration(p: argparse.ArgumentParser) -> None:
@@ -46,10 +70,15 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-seed", type=int, default=0, help="seed of theseus-data-free's probe inputs")
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output theseus-ops did not write "
+                   "(outputs it wrote are replaced anyway; the old one goes only once the new one is complete)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from theseus_ops.transport.methods import method_names
 
-    parser = argparse.ArgumentParser(prog="theseus-ops", description="Port task vectors to a new base model release.")
+    parser = OneLineParser(prog="theseus-ops", description="Port task vectors to a new base model release.")
     parser.add_argument("--version", action="version", version=f"theseus-ops {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="theseus", choices=["theseus", "theseus-data-free"])
     _add_map_options(p)
     p.add_argument("--out", required=True, metavar="ALIGNMENT")
+    _add_overwrite(p)
 
     t = sub.add_parser("transport", help="port one task vector to the target base")
     t.add_argument("--source-base", required=True, metavar="DIR")
@@ -77,12 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-partial", action="store_true", help="write a result even if some parameters are left out")
     t.add_argument("--out", required=True, metavar="PATH")
     t.add_argument("--report", metavar="FILE.json", help="per-parameter JSON report")
+    _add_overwrite(t)
 
     a = sub.add_parser("apply", help="write base + alpha * task vector as a loadable model directory")
     a.add_argument("--base", required=True, metavar="DIR")
     a.add_argument("--task-vector", required=True, metavar="PATH")
     a.add_argument("--alpha", type=float, default=1.0)
     a.add_argument("--out", required=True, metavar="DIR")
+    _add_overwrite(a)
 
     i = sub.add_parser("inspect", help="summarise a model, task vector or alignment file as JSON")
     i.add_argument("path")
@@ -120,9 +152,10 @@ def _run(args: argparse.Namespace) -> int:
             layer_map=args.layer_map, device=args.device, batch_size=args.batch_size, rank_tol=args.rank_tol,
             probe_seed=args.probe_seed, fill=args.fill,
         )
-        alignment = api.prepare(cfg, args.out)
+        alignment = api.prepare(cfg, args.out, overwrite=args.overwrite)
         worst = max((q["residual"] for q in alignment.quality.values()), default=float("nan"))
-        print(f"{args.out}: {len(alignment.maps)} spaces, worst residual {worst:.3g}", file=sys.stderr)
+        if not args.quiet:
+            print(f"{args.out}: {len(alignment.maps)} spaces, worst residual {worst:.3g}", file=sys.stderr)
     elif args.command == "transport":
         cfg = TransportConfig(
             source_base=args.source_base, target_base=args.target_base, method=args.method,
@@ -132,32 +165,118 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, gradfix_mode=args.gradfix_mode, gradfix_signs=args.gradfix_signs,
             rank_tol=args.rank_tol, probe_seed=args.probe_seed, fill=args.fill,
         )
-        report = api.transport(cfg, args.out, args.report)
+        report = api.transport(cfg, args.out, args.report, overwrite=args.overwrite)
         s = report["summary"]
-        print(f"{args.out}: {s['transported']}/{s['total']} parameters transported with {args.method}",
-              file=sys.stderr)
+        if not args.quiet:
+            print(f"{args.out}: {s['transported']}/{s['total']} parameters transported with {args.method}",
+                  file=sys.stderr)
     elif args.command == "apply":
-        api.apply_task_vector(args.base, args.task_vector, args.alpha, args.out)
+        api.apply_task_vector(args.base, args.task_vector, args.alpha, args.out, overwrite=args.overwrite)
     elif args.command == "inspect":
         print(json.dumps(api.inspect_path(args.path), indent=2, default=str))
     return 0
 
 
+def _quiet_libraries() -> None:
+    """``-q``: no progress bars or load reports from the libraries either (set before they are imported)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its run links
+    warnings.simplefilter("ignore")
+    for name in ("transformers", "mlflow", "huggingface_hub", "alembic", "urllib3", "botocore"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # already imported: its own switches
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _edge_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the outside world (files, services, foreign file formats), not of this program.
+
+    Only libraries already imported are consulted, so the guard itself imports nothing heavy.
+    """
+    found: list[type[BaseException]] = [OSError, ValueError, EOFError]
+    names = {"mlflow.exceptions": ("MlflowException",),
+             "botocore.exceptions": ("BotoCoreError", "ClientError"),
+             "boto3.exceptions": ("Boto3Error",),
+             "safetensors": ("SafetensorError",),
+             "requests.exceptions": ("RequestException",),
+             "urllib3.exceptions": ("HTTPError",),
+             "sqlalchemy.exc": ("SQLAlchemyError",)}
+    for module, classes in names.items():
+        if module in sys.modules:
+            found += [c for c in (getattr(sys.modules[module], n, None) for n in classes)
+                      if isinstance(c, type) and issubclass(c, BaseException)]
+    return tuple(found)
+
+
+# the inputs at the edges: named in a last-resort error line, since the library's message may not
+_EDGE_INPUTS = ("tracking_uri", "registry_uri", "landing_url", "endpoint_url")
+
+
+def _edge_message(args: argparse.Namespace, exc: BaseException) -> str:
+    """One line: the command, the input it was working on (where the error names it), the type."""
+    text = " ".join(str(exc).split()) or repr(exc)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    command = " ".join(c for c in (getattr(args, "command", None), getattr(args, "catalog_command", None)) if c)
+    given = [f"--{name.replace('_', '-')} {value}" for name in _EDGE_INPUTS
+             if isinstance(value := getattr(args, name, None), str) and value]
+    if given:
+        command += f" ({', '.join(given)})"
+    if len(text) > 400:
+        text = text[:400] + "..."
+    return f"{PREFIX} {command}: {type(exc).__name__}: {text}"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so every atomic write cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="theseus-ops: %(message)s")
+    if args.quiet:
+        _quiet_libraries()
+    # progress is theseus-ops' own (INFO); libraries speak only when something is wrong (WARNING)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="theseus-ops: %(message)s")
+    logging.getLogger("theseus_ops").setLevel(logging.WARNING if args.quiet else logging.INFO)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="transformers")
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _run(args)
     except TheseusError as exc:
-        print(f"theseus-ops: error: {exc}", file=sys.stderr)
+        print(f"{PREFIX} {exc}", file=sys.stderr)
         return exc.exit_code
+    except _Terminated:
+        print("theseus-ops: terminated (SIGTERM); outputs are published whole or not at all, none was left "
+              "half-written", file=sys.stderr)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
-        print("theseus-ops: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        print("theseus-ops: interrupted; outputs are published whole or not at all, none was left half-written",
+              file=sys.stderr)
+        return EXIT_SIGINT
+    except Exception as exc:
+        if not isinstance(exc, _edge_errors()):
+            raise
+        print(_edge_message(args, exc), file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

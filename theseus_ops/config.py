@@ -126,6 +126,7 @@ class TransportConfig:
 
 
 def check_alpha(alpha: float) -> float:
-    if not math.isfinite(alpha):
+    """α scales a task vector; NaN, Inf or a non-number would only produce a broken model."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
         raise InputError(f"--alpha must be a finite number, got {alpha}")
-    return alpha
+    return float(alpha)

@@ -129,10 +129,12 @@ def _vector_format(path: Path) -> str:
 
 def _check_vector_against_base(path: Path, base: BaseReleaseTags, base_ref: VersionRef) -> str:
     """Read and validate the vector; its recorded base hash (if any) must be the base's. Returns its format."""
+    from theseus_ops.io.finite import require_finite, task_vector_tensors
     from theseus_ops.io.task_vectors import META_BASE_SHA, read_task_vector
 
     fmt = _vector_format(path)
     tv = read_task_vector(path)
+    require_finite(task_vector_tensors(tv), f"task vector {path}")
     recorded = (tv.metadata or {}).get(META_BASE_SHA)
     if recorded and recorded != base.sha256:
         raise CatalogError(f"task vector {path} was made for base weights {recorded[:12]}…, but base {base_ref} "
@@ -269,6 +271,9 @@ def _save_transformers_model(model_dir: Path, out: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{model_dir}: cannot build a text-generation pipeline (model and tokenizer are "
                          f"needed in the directory): {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    from theseus_ops.io.finite import require_finite
+
+    require_finite(pipe.model.state_dict(), f"model {model_dir}")  # never register a broken model
     from huggingface_hub import ModelCard
 
     readme = model_dir / "README.md"

@@ -1,50 +1,258 @@
-"""Atomic writes: everything is written under a temporary name in the destination's directory, then
-renamed, so an interrupted or failed run never leaves a half-written artifact behind.
+"""Atomic, exclusive writes.
+
+Everything is written under a temporary name in the destination's directory, then renamed, so an
+interrupted or failed run never leaves a half-written artifact behind. Outputs are exclusive:
+an existing destination is replaced only when theseus-ops wrote it (a directory carries a
+:data:`MARKER` listing its files; a file carries theseus-ops metadata), or when the caller
+allowed it (``--overwrite``, see :func:`overwriting`). Nothing the tool did not write is removed
+unless it was asked to replace it, and even then only after the new content is complete.
+Temporary files get the mode ``open`` would give them (0666 or 0777 less the umask), not 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from theseus_ops.errors import InputError
 
+MARKER = ".theseus-ops.json"
+WRITER = "theseus-ops"
+# safetensors metadata of theseus-ops formats (task vectors, alignments): files in them may be replaced
+_FILE_KEYS = ("theseus.written_by", "theseus.format_version", "theseus.alignment", "theseus.method")
+# JSON keys only theseus-ops writes at the top of its reports
+_JSON_KEYS = ("theseus_ops_version",)
+
+_allowed: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("theseus_overwrite", default=frozenset())
+
+
+def _key(path: str | Path) -> str:
+    return os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def overwriting(paths: Iterable[str | Path | None]) -> Iterator[None]:
+    """Within the block, the given destinations may replace what exists there (``--overwrite``)."""
+    token = _allowed.set(_allowed.get() | {_key(p) for p in paths if p is not None})
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` is racy in threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _open_mode(path: Path, directory: bool) -> None:
+    """Give a mkstemp/mkdtemp path the mode ``open``/``mkdir`` would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def normalize_modes(path: Path) -> None:
+    """Every file and folder written under ``path`` gets the umask's mode.
+
+    Writers such as safetensors' ``save_file`` create 0600 files, and ``copy2`` keeps a source's
+    mode; an output should look like any file ``open`` creates.
+    """
+    mask = current_umask()
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    os.chmod(path, 0o777 & ~mask)
+    for item in path.rglob("*"):
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def temp_file(dest: str | Path, suffix: str = ".tmp") -> Path:
+    """A new, empty temporary file beside ``dest`` with the umask's mode; the caller renames or removes it."""
+    dest = Path(dest)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    _open_mode(Path(name), directory=False)
+    return Path(name)
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
+
+
+def written_by_theseus(path: str | Path) -> bool:
+    """Whether ``path`` is an output theseus-ops wrote (so a re-run may replace it)."""
+    path = Path(path)
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        try:
+            marker = json.loads((path / MARKER).read_text())
+            listed = set(marker["files"]) | {MARKER}
+            return marker.get("written_by") == WRITER and set(_listing(path)) <= listed
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) == 8 and not head.lstrip().startswith(b"{"):
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as st:
+                    meta = st.metadata() or {}
+                return any(k in meta for k in _FILE_KEYS)
+        if path.stat().st_size > 64 << 20:
+            return False
+        data = json.loads(path.read_text())
+        return isinstance(data, dict) and any(k in data for k in _JSON_KEYS)
+    except Exception:  # anything unreadable is simply not ours
+        return False
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path):
+        path = path.parent
+    return path
+
+
+def check_output(dest: str | Path, directory: bool = False, overwrite: bool = False, what: str = "output") -> Path:
+    """Check an output path before any work: writable, not the working directory, not clobbering.
+
+    An existing destination is accepted when theseus-ops wrote it, when it is an empty directory
+    (for a directory output), or with ``overwrite``. Nothing is created here.
+    """
+    dest = Path(dest)
+    absolute = Path(os.path.abspath(dest))
+    if dest.name in ("", ".", "..") or absolute == Path(absolute.anchor):
+        raise InputError(f"{what} {dest}: name a new file or directory, not {dest}")
+    cwd = Path.cwd()
+    if absolute == cwd or absolute in cwd.parents:
+        raise InputError(f"{what} {dest} is the working directory or one above it; name a new one")
+    existing = _nearest_existing(absolute.parent)
+    if not existing.is_dir():
+        raise InputError(f"{what} {dest}: {existing} is a file, not a directory")
+    try:
+        probe = temp_file(existing / ".theseus-ops-probe")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"{what} {dest}: cannot write in {existing} ({exc.strerror or exc})") from exc
+    if not os.path.lexists(absolute):
+        return dest
+    if absolute.is_symlink() and not (overwrite or _key(absolute) in _allowed.get()):
+        raise InputError(f"{what} {dest} is a symbolic link; theseus-ops replaces no link unless --overwrite is given")
+    if directory and (absolute.is_symlink() or not absolute.is_dir()):
+        raise InputError(f"{what} {dest} is a file; give a directory path")
+    if not directory and absolute.is_dir():
+        raise InputError(f"{what} {dest} is a directory; give a file path")
+    allowed = overwrite or _key(absolute) in _allowed.get()
+    empty_dir = directory and not any(absolute.iterdir())
+    if not (allowed or empty_dir or written_by_theseus(absolute)):
+        kind = "a directory" if directory else "a file"
+        raise InputError(f"{what} {dest} exists and is {kind} theseus-ops did not write; pass --overwrite to "
+                         "replace it, or choose another path")
+    return dest
+
+
+def _mark(directory: Path) -> None:
+    files = [f for f in _listing(directory) if f != MARKER]
+    (directory / MARKER).write_text(json.dumps({"written_by": WRITER, "files": files}, indent=1) + "\n")
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Replace the directory ``dest`` by ``tmp`` with two renames; the old one is removed only afterwards."""
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    old.rmdir()  # a unique free name beside dest, never someone else's directory
+    dest.rename(old)
+    try:
+        tmp.rename(dest)
+    except BaseException:
+        old.rename(dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done: the renames that publish outputs are not cut."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):  # no POSIX signal masks here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def atomic_outputs(*outputs: tuple[str | Path, bool]) -> Iterator[list[Path]]:
+    """Write several outputs that appear together or not at all.
+
+    ``outputs`` are ``(dest, is_directory)`` pairs. Each gets a path inside a private staging
+    folder beside it (``.NAME.XXXX.tmp``): a directory that exists, or a file path to create.
+    After the block every destination is checked again (something may have appeared meanwhile)
+    and all are renamed into place with SIGINT/SIGTERM held back; on any error, or an interrupt
+    during the work, nothing is published. The staging folders are removed either way.
+    """
+    dests = [(Path(d), directory) for d, directory in outputs]
+    for dest, directory in dests:
+        check_output(dest, directory)
+    stages: list[Path] = []
+    try:
+        paths = []
+        for dest, directory in dests:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+            stages.append(stage)
+            path = stage / dest.name
+            if directory:
+                path.mkdir()
+            paths.append(path)
+        yield paths
+        for (dest, directory), path in zip(dests, paths, strict=True):
+            check_output(dest, directory)
+            if directory != path.is_dir() or not os.path.lexists(path):
+                raise InputError(f"{dest}: the writer produced no {'directory' if directory else 'file'}")
+            if directory:
+                _mark(path)
+            normalize_modes(path)
+        with _signals_held():
+            for (dest, directory), path in zip(dests, paths, strict=True):
+                if directory and dest.is_dir():
+                    _swap_in(path, dest)
+                else:
+                    os.replace(path, dest)
+    finally:
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest``; on success replace ``dest`` with it, else remove it."""
-    dest = Path(dest)
-    if not directory and dest.is_dir():
-        raise InputError(f"output {dest} is a directory; give a file path")
-    if directory and dest.exists() and not dest.is_dir():
-        raise InputError(f"output {dest} is a file; give a directory path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        if directory and dest.is_dir():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
+    """Yield a temporary path for ``dest`` (see :func:`atomic_outputs`); on success it replaces ``dest``.
+
+    A directory exists already and gets :data:`MARKER` listing what was written into it; a file
+    path does not exist yet: the writer creates it.
+    """
+    with atomic_outputs((dest, directory)) as (path,):
+        yield path
 
 
 def write_text(dest: str | Path, text: str) -> None:
@@ -65,6 +273,7 @@ def staging_directory(dest: str | Path) -> Iterator[Path]:
         raise InputError(f"{dest} exists and is not an empty directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    _open_mode(tmp, directory=True)
     try:
         yield tmp
     finally:

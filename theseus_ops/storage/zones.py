@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import temp_file
 from theseus_ops.retry import RetryPolicy, call_with_retry
 
 Progress = Callable[[str], None]
@@ -111,13 +111,12 @@ class LocalLandingZone:
 
     def _atomic(self, dest: Path, write: Callable[[Path], None]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
+        tmp = temp_file(dest, ".part")  # the umask's mode, as open gives, not mkstemp's 0600
         try:
-            write(Path(name))
-            os.replace(name, dest)
+            write(tmp)
+            os.replace(tmp, dest)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def put_file(self, local: Path, key: str) -> None:
@@ -131,9 +130,9 @@ class LocalLandingZone:
         file, so of concurrent writers exactly one succeeds, and the file appears complete."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        name = temp_file(dest, suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(name, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -35,6 +35,7 @@ from theseus_ops.catalog.schema import ROLE, ROLE_BASE, ROLE_TASK_VECTOR
 from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
 from theseus_ops.demo.skills import SPLITS, load_split
 from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.io.atomic import normalize_modes, temp_file
 from theseus_ops.io.calibration import fingerprint
 from theseus_ops.io.models import inspect_model_dir
 from theseus_ops.io.task_vectors import dense_deltas
@@ -175,10 +176,14 @@ def _calibration(cfg: WorkflowConfig, pair: dict, rows: list[tuple[str, str]]) -
     for side, tensors in sides.items():
         path = folder / f"{prints[side][:24]}.safetensors"
         if not path.is_file():
-            with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as fh:
-                tmp = Path(fh.name)
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-            tmp.replace(path)
+            tmp = temp_file(path)
+            try:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+                normalize_modes(tmp)  # save_file writes 0600; outputs get the umask's mode
+                tmp.replace(path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         paths[side] = str(path)
     if prints["source"] == prints["target"]:
         return CalibrationSpec(both=paths["source"]), fp
