@@ -214,6 +214,23 @@ def load_model(info: ModelInfo, device: torch.device, dtype: torch.dtype | None 
     return model.to(device).eval()
 
 
+def check_tokenizer_fits(tokenizer, config: dict, where: str | Path) -> None:
+    """A tokenizer must not produce ids past the model's embedding (``vocab_size``).
+
+    A larger tokenizer (added tokens without resized embeddings, or another model's tokenizer)
+    would otherwise fail with an IndexError deep inside the forward pass, on the first rare token.
+    """
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) and isinstance(config.get("text_config"), dict):
+        vocab = config["text_config"].get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        return
+    size = len(tokenizer)
+    if size > vocab:
+        raise InputError(f"{where}: the tokenizer has {size} tokens but the model's vocab_size is {vocab}; "
+                         "its ids would index past the embedding (a tokenizer of another model?)")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when present, else CPU."""
     if name == "auto":
