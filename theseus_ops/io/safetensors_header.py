@@ -27,6 +27,7 @@ ITEMSIZE = {
 }
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit
 METADATA_KEY = "__metadata__"
+_MAX_BYTES = 1 << 64
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,12 @@ def parse_header(raw: bytes, file_size: int) -> SafetensorsHeader:
                                                  for k, v in metadata.items()):
         raise ValueError(f"{METADATA_KEY} must map strings to strings")
     data_size = file_size - 8 - size
-    tensors = {name: _entry(name, entry, data_size) for name, entry in body.items()}
+    tensors = {name: _entry(name, entry) for name, entry in body.items()}
     position = 0
     for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin != position:
             what = "overlaps another tensor" if entry.begin < position else "leaves a gap before it"
-            raise ValueError(f"tensor {name!r} at byte {entry.begin} {what}")
+            raise ValueError(f"tensor {name[:80]!r} at byte {entry.begin} {what}")
         position = entry.end
     if position != data_size:
         raise ValueError(f"truncated or padded: the header describes {position} data bytes, the file holds "
@@ -92,17 +93,19 @@ def parse_header(raw: bytes, file_size: int) -> SafetensorsHeader:
     return SafetensorsHeader(tensors, metadata)
 
 
-def _nbytes(shape: list[int], itemsize: int, limit: int) -> int:
-    """Element count times item size, stopping once past ``limit`` (an absurd shape is not multiplied out)."""
+def _nbytes(shape: list[int], itemsize: int) -> int | None:
+    """Element count times item size; None past 2**64 bytes (an absurd shape is not multiplied out)."""
+    if 0 in shape:
+        return 0
     total = itemsize
     for dim in shape:
         total *= dim
-        if total > limit:
-            return limit + 1 if 0 not in shape else 0
+        if total > _MAX_BYTES:
+            return None
     return total
 
 
-def _entry(name: str, entry: object, data_size: int) -> TensorEntry:
+def _entry(name: str, entry: object) -> TensorEntry:
     label = name if len(name) <= 80 else name[:77] + "..."
     if not isinstance(entry, dict):
         raise ValueError(f"malformed header entry {label!r}: not an object")
@@ -115,9 +118,9 @@ def _entry(name: str, entry: object, data_size: int) -> TensorEntry:
             and 0 <= offsets[0] <= offsets[1]):
         raise ValueError(f"malformed header entry {label!r}: data_offsets must be two integers [begin, end]")
     span = offsets[1] - offsets[0]
-    nbytes = _nbytes(shape, ITEMSIZE[dtype], max(data_size, span))
+    nbytes = _nbytes(shape, ITEMSIZE[dtype])
     if nbytes != span:
-        needs = f"{nbytes} bytes" if nbytes <= max(data_size, span) else "more bytes than the file holds"
+        needs = f"{nbytes} bytes" if nbytes is not None else "more than 2**64 bytes"
         shown = shape if len(shape) <= 8 else f"[{len(shape)} dimensions]"
         raise ValueError(f"header entry {label!r}: shape {shown} of {dtype} needs {needs} but its "
                          f"data_offsets span {span}")
