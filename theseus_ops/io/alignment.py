@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import atomic_path
+from theseus_ops.io.display import shown
 from theseus_ops.io.safetensors_header import read_header
 
 META_KEY = "theseus.alignment"
@@ -52,10 +53,10 @@ class Alignment:
         data = parse_metadata(meta, str(path))
         for key, value in maps.items():
             if value.dim() != 2 or not value.is_floating_point() or 0 in value.shape:
-                raise InputError(f"{path}: map {key[:80]} must be a non-empty 2-D float matrix, "
+                raise InputError(f"{path}: map {shown(key)} must be a non-empty 2-D float matrix, "
                                  f"got shape {list(value.shape)[:8]}")
             if not bool(torch.isfinite(value).all()):
-                raise InputError(f"{path}: map {key[:80]} contains NaN or Inf")
+                raise InputError(f"{path}: map {shown(key)} contains NaN or Inf")
         return cls(maps, data["quality"], data["provenance"])
 
 
@@ -90,6 +91,6 @@ def parse_metadata(text: str, where: str) -> dict:
         residual = q.get("residual") if isinstance(q, dict) else None
         if not (isinstance(residual, int | float) and not isinstance(residual, bool)) or not isinstance(
                 q.get("underdetermined"), bool):
-            raise InputError(f"{where}: corrupt alignment metadata (quality of {space[:80]} needs a numeric "
+            raise InputError(f"{where}: corrupt alignment metadata (quality of {shown(space)} needs a numeric "
                              "'residual' and a boolean 'underdetermined')")
     return data

@@ -74,12 +74,12 @@ class LoraAdapterConfig:
 
     def _rank(self, value: object, what: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{self.where}: {what} must be a positive integer (the LoRA rank), got {str(value)[:40]}")
+            raise InputError(f"{self.where}: {what} must be a positive integer (the LoRA rank), got {repr(value)[:40]}")
         return value
 
     def _alpha(self, value: object, what: str) -> float:
         if not _is_number(value) or not math.isfinite(value):
-            raise InputError(f"{self.where}: {what} must be a finite number, got {str(value)[:40]}")
+            raise InputError(f"{self.where}: {what} must be a finite number, got {repr(value)[:40]}")
         return float(value)
 
     def rank_of(self, module: str) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.display import shown
 from theseus_ops.io.paths import check_regular_file, iter_model_files, open_regular, safe_path
 from theseus_ops.io.safetensors_header import read_header
 from theseus_ops.transport.family import FamilySpec, family_for_model_type
@@ -80,11 +81,11 @@ def read_shard_index(directory: Path) -> dict[str, str] | None:
     if not isinstance(mapping, dict) or not mapping:
         raise InputError(f"{index}: corrupt shard index ('weight_map' must be a non-empty object of "
                          "tensor name -> shard file)")
-    names = set(mapping.values())
-    for name in names:
+    for name in mapping.values():
         if not isinstance(name, str) or not name.endswith(WEIGHT_SUFFIXES):
-            raise InputError(f"{index}: corrupt shard index (shard {str(name)[:80]!r} is not a .safetensors "
+            raise InputError(f"{index}: corrupt shard index (shard {repr(name)[:80]} is not a .safetensors "
                              "file name)")
+    for name in set(mapping.values()):
         safe_path(directory, name, str(index))
     return mapping
 
@@ -143,14 +144,14 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
     for file in files:
         for name, entry in read_safetensors_header(file).items():
             if name in where:
-                raise InputError(f"{directory}: tensor {name} is in two shards, {where[name]} and {file.name}")
+                raise InputError(f"{directory}: tensor {shown(name)} is in two shards, {where[name]} and {file.name}")
             shapes[name] = tuple(entry["shape"])
             dtypes[name] = entry["dtype"]
             where[name] = file.name
     index = read_shard_index(directory) if (directory / INDEX_NAME).is_file() else None
     for name, shard in (index or {}).items():
         if where.get(name) != shard:
-            raise InputError(f"{directory / INDEX_NAME}: tensor {name[:120]} is not in its shard {shard}")
+            raise InputError(f"{directory / INDEX_NAME}: tensor {shown(name)} is not in its shard {shown(shard)}")
     info = ModelInfo(directory, config, family, shapes, dtypes, files)
     try:
         if info.num_layers < 1:

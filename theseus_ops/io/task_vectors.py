@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import atomic_path
+from theseus_ops.io.display import shown
 from theseus_ops.io.lora_config import LoraAdapterConfig
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_state
 from theseus_ops.io.paths import check_regular_file, safe_path
@@ -90,12 +91,12 @@ def read_lora_adapter(directory: Path) -> TaskVector:
         a = p.get("lora_embedding_A" if embedding else "lora_A")
         b = p.get("lora_embedding_B" if embedding else "lora_B")
         if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise InputError(f"{weights}: module {module} lacks a matching pair of 2-D LoRA factors")
+            raise InputError(f"{weights}: module {shown(module)} lacks a matching pair of 2-D LoRA factors")
         if not (a.is_floating_point() and b.is_floating_point()):
-            raise InputError(f"{weights}: module {module} has non-floating-point LoRA factors")
+            raise InputError(f"{weights}: module {shown(module)} has non-floating-point LoRA factors")
         rank = a.shape[0]
         if rank != lora_config.rank_of(module):
-            raise InputError(f"{weights}: module {module} has rank {rank} but {ADAPTER_CONFIG} says "
+            raise InputError(f"{weights}: module {shown(module)} has rank {rank} but {ADAPTER_CONFIG} says "
                              f"{lora_config.rank_of(module)} (r / rank_pattern)")
         factors[f"{module}.weight"] = LoraFactors(a, b, lora_config.scaling(module, rank), embedding)
     if not factors:
@@ -111,11 +112,11 @@ def delta_from_tuned(tuned_dir: Path, source: ModelInfo) -> TaskVector:
         raise InputError(f"{tuned_dir} is a {tuned.family.name} model but the source base is {source.family.name}")
     unknown = sorted(set(tuned.shapes) - set(source.shapes))
     if unknown:
-        raise InputError(f"{tuned_dir}: parameter {unknown[0]} does not exist in the source base "
+        raise InputError(f"{tuned_dir}: parameter {shown(unknown[0])} does not exist in the source base "
                          f"({len(unknown)} such)")
     for name, shape in tuned.shapes.items():
         if source.shapes[name] != shape:
-            raise InputError(f"{tuned_dir}: {name} has shape {list(shape)} but the source base has "
+            raise InputError(f"{tuned_dir}: {shown(name)} has shape {list(shape)} but the source base has "
                              f"{list(source.shapes[name])}")
     tuned_state, base_state = load_state(tuned), load_state(source)
     deltas = {}
@@ -154,11 +155,11 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
         base = load_state(source, list(tv.base_layer_copies))
         for name, value in tv.base_layer_copies.items():
             if name not in base or not torch.equal(base[name], value.to(base[name].dtype)):
-                raise InputError(f"{where}: the adapter carries a modified copy of {name} (resized vocabulary?); "
-                                 "only adapters on the unchanged source base can be transported")
+                raise InputError(f"{where}: the adapter carries a modified copy of {shown(name)} "
+                                 "(resized vocabulary?); only adapters on the unchanged source base can be transported")
     for name in tv.names():
         if name not in source.shapes:
-            raise InputError(f"{where}: parameter {name} does not exist in the source base")
+            raise InputError(f"{where}: parameter {shown(name)} does not exist in the source base")
         shape = source.shapes[name]
         if tv.kind == "full":
             tensors = {"delta": tv.deltas[name]}
@@ -170,10 +171,10 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
             got = (f.b.shape[0], f.a.shape[1])
             ok = got in (shape, tuple(reversed(shape)))
         if not ok:
-            raise InputError(f"{where}: {name} has shape {list(got)} but the source base has {list(shape)}")
+            raise InputError(f"{where}: {shown(name)} has shape {list(got)} but the source base has {list(shape)}")
         for part, tensor in tensors.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise InputError(f"{where}: {name} ({part}) contains NaN or Inf")
+                raise InputError(f"{where}: {shown(name)} ({part}) contains NaN or Inf")
 
 
 def write_task_vector(
