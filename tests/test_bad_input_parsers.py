@@ -263,6 +263,18 @@ def _alignment_metadata_without_provenance(w, tmp, out):
     return transport(w, out, "--alignment", alignment, method="theseus"), ("provenance source.sha256",)
 
 
+def _integer_delta_for_a_float_weight(w, tmp, out):  # was: added to the weights with exit 0
+    name = "model.layers.0.mlp.up_proj.weight"
+    save_file({name: torch.ones_like(w.state[name], dtype=torch.int64)}, str(tmp / "int_tv.safetensors"))
+    return apply(w, out, tmp / "int_tv.safetensors"), (name, "int64 delta", "F32")
+
+
+def _bool_delta_transport(w, tmp, out):
+    name = "model.layers.0.mlp.up_proj.weight"
+    save_file({name: torch.ones_like(w.state[name], dtype=torch.bool)}, str(tmp / "bool_tv.safetensors"))
+    return transport(w, out, tv=tmp / "bool_tv.safetensors"), (name, "bool delta")
+
+
 CASES: dict[str, Case] = {
     "header-shape-not-ints": _header_shape_not_ints,
     "header-absurd-shape": _header_absurd_shape,
@@ -290,6 +302,8 @@ CASES: dict[str, Case] = {
     "lora-bad-alpha-pattern": _lora_bad_alpha_pattern,
     "lora-bad-rank-pattern": _lora_bad_rank_pattern,
     "lora-rank-disagrees-with-config": _lora_rank_disagrees_with_config,
+    "integer-delta-for-a-float-weight": _integer_delta_for_a_float_weight,
+    "bool-delta-transport": _bool_delta_transport,
     "alignment-metadata-not-json": _alignment_metadata_not_json,
     "alignment-metadata-empty-object": _alignment_metadata_empty_object,
     "alignment-metadata-without-provenance": _alignment_metadata_without_provenance,

@@ -165,6 +165,12 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
             tensors = {"delta": tv.deltas[name]}
             got = tuple(tv.deltas[name].shape)
             ok = got == shape
+            base_float = source.dtypes.get(name, "F32").startswith(("F", "BF"))
+            delta = tv.deltas[name]
+            if delta.dtype == torch.bool or delta.is_floating_point() != base_float:
+                raise InputError(f"{where}: {shown(name)} is a {str(delta.dtype).removeprefix('torch.')} delta but the "
+                                 f"source base stores it as {source.dtypes.get(name)}; a delta must be floating "
+                                 "point exactly when its weight is")
         else:
             f = tv.lora[name]
             tensors = {"lora_A": f.a, "lora_B": f.b}
