@@ -467,3 +467,22 @@ def test_landed_manifest_of_the_wrong_shape(tmp_path, files, message):
     assert message in str(info.value)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "dest").exists()
+
+
+# ------------------------------------------------------------------------------ calibration vocab
+
+
+def test_label_ids_outside_the_vocabulary_are_refused(tmp_path):
+    """Labels (other than -100) index the LM loss: a label past vocab_size is an IndexError in gradfix."""
+    from theseus_ops.io.calibration import check_vocabulary, load_calibration
+
+    ids = torch.randint(3, tiny.VOCAB, (4, 8))
+    labels = torch.full_like(ids, -100)
+    labels[0, 5] = tiny.VOCAB + 10
+    save_file({"input_ids": ids, "labels": labels}, str(tmp_path / "cal.safetensors"))
+    cal = load_calibration(tmp_path / "cal.safetensors", "tokens")
+    check_vocabulary(cal, tiny.VOCAB + 11, "big-model")  # fits a larger vocabulary
+    with pytest.raises(InputError, match=rf"target calibration .*labels span {tiny.VOCAB + 10}\.\.{tiny.VOCAB + 10}, "
+                                         rf"outside the vocabulary of {tiny.VOCAB} of model") as info:
+        check_vocabulary(cal, tiny.VOCAB, "model", "target")
+    assert "\n" not in str(info.value)

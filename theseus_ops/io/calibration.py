@@ -107,10 +107,11 @@ def load_calibration(path: str | Path, input_kind: str) -> Calibration:
     return Calibration(tensors, fingerprint(tensors), str(path))
 
 
-def check_vocabulary(calibration: Calibration, vocab_size: object, where: str) -> None:
-    """Token ids (and labels) must index a vocabulary of ``vocab_size``; else a forward pass fails midway.
+def check_vocabulary(calibration: Calibration, vocab_size: object, where: str, side: str = "") -> None:
+    """Token ids, and labels other than -100, must index a vocabulary of ``vocab_size``.
 
-    ``where`` names the model whose vocabulary this is, for the message.
+    Otherwise the forward pass (ids) or the loss (labels) fails midway with an IndexError. ``where``
+    names the model whose vocabulary this is; ``side`` (source, target) starts the message.
     """
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
         return
@@ -123,8 +124,8 @@ def check_vocabulary(calibration: Calibration, vocab_size: object, where: str) -
             continue
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
-            raise InputError(f"calibration {calibration.path}: {key} span {low}..{high}, outside the "
-                             f"vocabulary of {vocab_size} of {where}")
+            raise InputError(f"{side + ' ' if side else ''}calibration {calibration.path}: {key} span {low}..{high}, "
+                             f"outside the vocabulary of {vocab_size} of {where}")
 
 
 def _dtype(tensor: torch.Tensor) -> str:
