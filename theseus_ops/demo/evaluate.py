@@ -155,6 +155,9 @@ def load_for_eval(model_dir: str | Path):
                                                                   dtype=torch.float32).eval()
     except Exception as exc:  # transformers raises many kinds; the user gets one line
         raise InputError(f"{model_dir}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    from theseus_ops.io.models import check_tokenizer_fits
+
+    check_tokenizer_fits(tokenizer, model.config.to_dict(), model_dir)
     probe = "Q: x\nA: y"
     if tokenizer(probe, add_special_tokens=False)["input_ids"] != encode_bytes(probe):
         raise InputError(f"{model_dir}: the harness scores byte-level models; this tokenizer is not byte-level")

@@ -128,20 +128,32 @@ def load_split(task_dir: str | Path, split: str) -> list[tuple[str, str]]:
     path = Path(task_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise InputError(f"task split {path} does not exist")
+    return parse_split(path.read_bytes(), str(path))
+
+
+def parse_split(data: bytes, where: str) -> list[tuple[str, str]]:
+    """The rows of a JSONL split; lines end at ``\n`` only (JSON strings may hold U+2028 and the like)."""
     rows: list[tuple[str, str]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{where}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                             f"{exc.start + 1})") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise InputError(f"{where}:{number}: not valid JSON (nested too deeply)") from None
         except ValueError as exc:
-            raise InputError(f"{path}:{number}: not valid JSON ({exc})") from exc
+            raise InputError(f"{where}:{number}: not valid JSON ({exc})") from exc
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
                 row.get("answer"), str):
-            raise InputError(f"{path}:{number}: each line must be an object with string 'prompt' and 'answer'")
+            raise InputError(f"{where}:{number}: each line must be an object with string 'prompt' and 'answer'")
         if not row["prompt"] or not row["answer"]:
-            raise InputError(f"{path}:{number}: 'prompt' and 'answer' must be non-empty")
+            raise InputError(f"{where}:{number}: 'prompt' and 'answer' must be non-empty")
         rows.append((row["prompt"], row["answer"]))
     if not rows:
-        raise InputError(f"{path}: the split is empty")
+        raise InputError(f"{where}: the split is empty")
     return rows

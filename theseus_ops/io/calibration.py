@@ -13,8 +13,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.safetensors_header import read_header
 
 KNOWN_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
+# what an embedding lookup accepts; the LM loss needs int64 labels (-100 marks ignored positions)
+ID_DTYPES = (torch.int64, torch.int32)
+MASK_DTYPES = (torch.int64, torch.int32, torch.bool)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ def load_calibration(path: str | Path, input_kind: str) -> Calibration:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist")
+    read_header(path, follow_symlink=True)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -65,21 +70,66 @@ def load_calibration(path: str | Path, input_kind: str) -> Calibration:
     expected_dims = 2 if main == "input_ids" else 4
     if value.dim() != expected_dims:
         raise InputError(f"{path}: '{main}' must have {expected_dims} dimensions, got shape {list(value.shape)}")
-    if main == "input_ids" and value.is_floating_point():
-        raise InputError(f"{path}: 'input_ids' must be integers")
+    if main == "input_ids" and value.dtype not in ID_DTYPES:
+        raise InputError(f"{path}: 'input_ids' must be int64 or int32 token ids, got {_dtype(value)}")
+    if main == "pixel_values" and not value.is_floating_point():
+        raise InputError(f"{path}: 'pixel_values' must be floating point, got {_dtype(value)}")
     if main == "pixel_values" and not bool(torch.isfinite(value).all()):
         raise InputError(f"{path}: 'pixel_values' contains NaN or Inf")
     rows = value.shape[0]
     if rows == 0:
         raise InputError(f"{path}: the calibration set is empty")
+    if 0 in value.shape:
+        raise InputError(f"{path}: '{main}' has shape {list(value.shape)}; every example needs at least one "
+                         f"{'token' if main == 'input_ids' else 'pixel'}")
     for key, tensor in tensors.items():
-        if tensor.shape[0] != rows:
-            raise InputError(f"{path}: '{key}' has {tensor.shape[0]} rows but '{main}' has {rows}")
+        if tensor.dim() == 0 or tensor.shape[0] != rows:
+            raise InputError(f"{path}: '{key}' has {tensor.shape[0] if tensor.dim() else 0} rows but '{main}' "
+                             f"has {rows}")
     mask = tensors.get("attention_mask")
-    if mask is not None and mask.shape != value.shape:
-        raise InputError(f"{path}: 'attention_mask' shape {list(mask.shape)} differs from "
-                         f"'input_ids' {list(value.shape)}")
+    if mask is not None:
+        if main != "input_ids":
+            raise InputError(f"{path}: 'attention_mask' belongs with 'input_ids', not '{main}'")
+        if mask.shape != value.shape:
+            raise InputError(f"{path}: 'attention_mask' shape {list(mask.shape)} differs from "
+                             f"'input_ids' {list(value.shape)}")
+        if mask.dtype not in MASK_DTYPES or not bool(((mask == 0) | (mask == 1)).all()):
+            raise InputError(f"{path}: 'attention_mask' must hold 0/1 (int64, int32 or bool), got {_dtype(mask)}")
+    labels = tensors.get("labels")
+    if labels is not None:
+        if labels.dtype != torch.int64:
+            raise InputError(f"{path}: 'labels' must be int64 (-100 marks ignored positions), got {_dtype(labels)}")
+        if main == "input_ids" and labels.shape != value.shape:
+            raise InputError(f"{path}: 'labels' shape {list(labels.shape)} differs from 'input_ids' "
+                             f"{list(value.shape)}")
+        if labels.numel() and int(labels.min()) < -100:
+            raise InputError(f"{path}: 'labels' holds {int(labels.min())}; labels are ids >= 0, or -100 (ignored)")
     return Calibration(tensors, fingerprint(tensors), str(path))
+
+
+def check_vocabulary(calibration: Calibration, vocab_size: object, where: str, side: str = "") -> None:
+    """Token ids, and labels other than -100, must index a vocabulary of ``vocab_size``.
+
+    Otherwise the forward pass (ids) or the loss (labels) fails midway with an IndexError. ``where``
+    names the model whose vocabulary this is; ``side`` (source, target) starts the message.
+    """
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        return
+    for key in ("input_ids", "labels"):
+        ids = calibration.tensors.get(key)
+        if ids is None or ids.dtype.is_floating_point:
+            continue
+        ids = ids[ids != -100] if key == "labels" else ids
+        if ids.numel() == 0:
+            continue
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            raise InputError(f"{side + ' ' if side else ''}calibration {calibration.path}: {key} span {low}..{high}, "
+                             f"outside the vocabulary of {vocab_size} of {where}")
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def check_paired(source: Calibration, target: Calibration) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.display import shown
+from theseus_ops.io.paths import check_regular_file, iter_model_files, open_regular, safe_path
+from theseus_ops.io.safetensors_header import read_header
 from theseus_ops.transport.family import FamilySpec, family_for_model_type
 
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -40,9 +43,12 @@ class ModelInfo:
     @property
     def num_layers(self) -> int:
         config = self.config
-        if self.family.num_layers_key not in config and "vision_config" in config:
+        if self.family.num_layers_key not in config and isinstance(config.get("vision_config"), dict):
             config = config["vision_config"]
-        return int(config[self.family.num_layers_key])
+        value = config[self.family.num_layers_key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{self.family.num_layers_key} is not an integer")
+        return value
 
     @property
     def tied_embeddings(self) -> bool:
@@ -53,63 +59,75 @@ class ModelInfo:
 
 
 def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file; a clear error if the file is not one."""
+    """The JSON header of a safetensors file, validated (dtypes, shapes, offsets); a clear error if not one."""
+    header = read_header(path)
+    return {name: {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [e.begin, e.end]}
+            for name, e in header.tensors.items()}
+
+
+def read_shard_index(directory: Path) -> dict[str, str] | None:
+    """The index's tensor -> shard map (None without an index); each shard must be a name inside ``directory``."""
+    index = safe_path(directory, INDEX_NAME)
+    if not index.exists():
+        return None
+    check_regular_file(index, str(directory))
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) != 8:
-                raise ValueError("file shorter than a safetensors header")
-            (size,) = struct.unpack("<Q", raw)
-            if size > 100_000_000:
-                raise ValueError("header length is implausible")
-            header = json.loads(fh.read(size))
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-        end = 0
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
-                    and isinstance(entry.get("dtype"), str) and len(entry.get("data_offsets", ())) == 2):
-                raise ValueError(f"malformed header entry {name!r}")
-            end = max(end, int(entry["data_offsets"][1]))
-        if 8 + size + end != path.stat().st_size:
-            raise ValueError(f"truncated or padded: header promises {8 + size + end} bytes, "
-                             f"file has {path.stat().st_size}")
-        return header
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+        body = json.loads(index.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise InputError(f"{index}: corrupt shard index (nested too deeply)") from None
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{index}: corrupt shard index ({_first_line(exc)})") from exc
+    mapping = body.get("weight_map") if isinstance(body, dict) else None
+    if not isinstance(mapping, dict) or not mapping:
+        raise InputError(f"{index}: corrupt shard index ('weight_map' must be a non-empty object of "
+                         "tensor name -> shard file)")
+    for name in mapping.values():
+        if not isinstance(name, str) or not name.endswith(WEIGHT_SUFFIXES):
+            raise InputError(f"{index}: corrupt shard index (shard {repr(name)[:80]} is not a .safetensors "
+                             "file name)")
+    for name in set(mapping.values()):
+        safe_path(directory, name, str(index))
+    return mapping
 
 
 def weight_files(directory: Path) -> tuple[Path, ...]:
     """The safetensors shards of a model directory, through the index when there is one."""
-    index = directory / INDEX_NAME
-    if index.is_file():
-        try:
-            mapping = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise InputError(f"{index}: corrupt shard index ({exc})") from exc
-        files = tuple(sorted({directory / f for f in mapping.values()}))
-        missing = [f.name for f in files if not f.is_file()]
+    mapping = read_shard_index(directory)
+    if mapping is not None:
+        names = sorted(set(mapping.values()))
+        files = tuple(directory / n for n in names)
+        missing = [n for n, f in zip(names, files) if not f.exists()]
         if missing:
             raise InputError(f"{directory}: shard(s) named in the index are missing: {', '.join(missing)}")
+        for f in files:
+            check_regular_file(f, str(directory))
         return files
-    files = tuple(sorted(directory.glob("*.safetensors")))
+    files = tuple(path for rel, path in iter_model_files(directory)
+                  if "/" not in rel and rel.endswith(WEIGHT_SUFFIXES))
     if not files:
         raise InputError(f"{directory}: no *.safetensors weights (only safetensors model directories are supported)")
     return files
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
 def read_config(directory: Path) -> dict:
-    path = directory / "config.json"
-    if not path.is_file():
+    path = safe_path(directory, "config.json")
+    if not path.exists():
         raise InputError(f"{directory}: not a model directory (no config.json)")
+    check_regular_file(path, str(directory))
     try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: corrupt config.json ({exc})") from exc
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise InputError(f"{path}: corrupt config.json (nested too deeply)") from None
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: corrupt config.json ({_first_line(exc)})") from exc
     if not isinstance(config, dict) or "model_type" not in config:
         raise InputError(f"{path}: config.json has no model_type")
+    if not isinstance(config["model_type"], str):
+        raise InputError(f"{path}: config.json model_type must be a string")
     return config
 
 
@@ -118,16 +136,22 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
     directory = Path(path)
     if not directory.is_dir():
         raise InputError(f"model directory {directory} does not exist")
+    iter_model_files(directory)  # refuses symlinks and special files anywhere in the directory
     config = read_config(directory)
     family = family_for_model_type(config["model_type"])
     files = weight_files(directory)
-    shapes, dtypes = {}, {}
+    shapes, dtypes, where = {}, {}, {}
     for file in files:
         for name, entry in read_safetensors_header(file).items():
-            if name == "__metadata__":
-                continue
+            if name in where:
+                raise InputError(f"{directory}: tensor {shown(name)} is in two shards, {where[name]} and {file.name}")
             shapes[name] = tuple(entry["shape"])
             dtypes[name] = entry["dtype"]
+            where[name] = file.name
+    index = read_shard_index(directory) if (directory / INDEX_NAME).is_file() else None
+    for name, shard in (index or {}).items():
+        if where.get(name) != shard:
+            raise InputError(f"{directory / INDEX_NAME}: tensor {shown(name)} is not in its shard {shown(shard)}")
     info = ModelInfo(directory, config, family, shapes, dtypes, files)
     try:
         if info.num_layers < 1:
@@ -139,7 +163,7 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, str(path.parent)) as fh:
         while chunk := fh.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -154,7 +178,7 @@ def weights_sha256(files: tuple[Path, ...]) -> str:
     """Content hash of the weights: sha256 over the files' own sha256 sums, in name order."""
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: f.name):
-        stat = file.stat()
+        stat = os.lstat(check_regular_file(file, str(file.parent)))
         digest.update(file.name.encode() + b"\0" + _cached_file_sha256(file, stat.st_size, stat.st_mtime_ns).encode())
     return digest.hexdigest()
 
@@ -189,6 +213,23 @@ def load_model(info: ModelInfo, device: torch.device, dtype: torch.dtype | None 
     except Exception as exc:  # transformers raises many types; one line for the user
         raise InputError(f"{info.path}: cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     return model.to(device).eval()
+
+
+def check_tokenizer_fits(tokenizer, config: dict, where: str | Path) -> None:
+    """A tokenizer must not produce ids past the model's embedding (``vocab_size``).
+
+    A larger tokenizer (added tokens without resized embeddings, or another model's tokenizer)
+    would otherwise fail with an IndexError deep inside the forward pass, on the first rare token.
+    """
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) and isinstance(config.get("text_config"), dict):
+        vocab = config["text_config"].get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        return
+    size = len(tokenizer)
+    if size > vocab:
+        raise InputError(f"{where}: the tokenizer has {size} tokens but the model's vocab_size is {vocab}; "
+                         "its ids would index past the embedding (a tokenizer of another model?)")
 
 
 def resolve_device(name: str) -> torch.device:

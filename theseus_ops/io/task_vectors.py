@@ -8,7 +8,6 @@ match, and values must be finite. Output keeps the input's form.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -18,7 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import atomic_path
+from theseus_ops.io.display import shown
+from theseus_ops.io.lora_config import LoraAdapterConfig
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_state
+from theseus_ops.io.paths import check_regular_file, safe_path
+from theseus_ops.io.safetensors_header import read_header
 from theseus_ops.transport.task_vector import LoraFactors, TaskVector
 
 FORMAT_VERSION = "1"
@@ -33,9 +36,10 @@ _PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_A|lor
                        r"(?:\.weight)?$")
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _load_safetensors(path: Path, follow_symlink: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
+    read_header(path, follow_symlink=follow_symlink)
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as fh:
@@ -55,28 +59,20 @@ def read_delta_file(path: Path) -> TaskVector:
     return TaskVector("full", deltas=tensors, metadata=metadata)
 
 
-def _lora_scaling(config: dict, module: str, rank: int) -> float:
-    alpha = config.get("lora_alpha", 8)
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.search(rf"(^|\.){pattern}$", module):
-            alpha = value
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-
-
 def read_lora_adapter(directory: Path) -> TaskVector:
     """A PEFT LoRA adapter directory as factors keyed by the adapted weight's parameter name."""
+    config_path = check_regular_file(safe_path(directory, ADAPTER_CONFIG), str(directory))
     try:
-        config = json.loads((directory / ADAPTER_CONFIG).read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{directory / ADAPTER_CONFIG}: corrupt adapter config ({exc})") from exc
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise InputError(f"{directory}: only LoRA adapters are supported, got peft_type {config.get('peft_type')!r}")
-    if config.get("use_dora"):
-        raise InputError(f"{directory}: DoRA adapters are not supported (their magnitude vector has no transport rule)")
-    weights = directory / ADAPTER_WEIGHTS
-    if not weights.is_file():
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise InputError(f"{config_path}: corrupt adapter config (nested too deeply)") from None
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{config_path}: corrupt adapter config ({str(exc).splitlines()[0][:200]})") from exc
+    lora_config = LoraAdapterConfig(config, str(config_path))
+    weights = safe_path(directory, ADAPTER_WEIGHTS)
+    if not weights.exists():
         raise InputError(f"{directory}: no {ADAPTER_WEIGHTS} (only safetensors adapters are supported)")
-    tensors, metadata = _load_safetensors(weights)
+    tensors, metadata = _load_safetensors(check_regular_file(weights, str(directory)), follow_symlink=False)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     copies = {}
     for key, value in tensors.items():
@@ -94,9 +90,15 @@ def read_lora_adapter(directory: Path) -> TaskVector:
         embedding = "lora_embedding_A" in p
         a = p.get("lora_embedding_A" if embedding else "lora_A")
         b = p.get("lora_embedding_B" if embedding else "lora_B")
-        if a is None or b is None or a.shape[0] != b.shape[1]:
-            raise InputError(f"{weights}: module {module} lacks a matching pair of LoRA factors")
-        factors[f"{module}.weight"] = LoraFactors(a, b, _lora_scaling(config, module, a.shape[0]), embedding)
+        if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise InputError(f"{weights}: module {shown(module)} lacks a matching pair of 2-D LoRA factors")
+        if not (a.is_floating_point() and b.is_floating_point()):
+            raise InputError(f"{weights}: module {shown(module)} has non-floating-point LoRA factors")
+        rank = a.shape[0]
+        if rank != lora_config.rank_of(module):
+            raise InputError(f"{weights}: module {shown(module)} has rank {rank} but {ADAPTER_CONFIG} says "
+                             f"{lora_config.rank_of(module)} (r / rank_pattern)")
+        factors[f"{module}.weight"] = LoraFactors(a, b, lora_config.scaling(module, rank), embedding)
     if not factors:
         raise InputError(f"{weights}: the adapter holds no LoRA factors")
     config.pop("save_embedding_layers", None)
@@ -110,11 +112,11 @@ def delta_from_tuned(tuned_dir: Path, source: ModelInfo) -> TaskVector:
         raise InputError(f"{tuned_dir} is a {tuned.family.name} model but the source base is {source.family.name}")
     unknown = sorted(set(tuned.shapes) - set(source.shapes))
     if unknown:
-        raise InputError(f"{tuned_dir}: parameter {unknown[0]} does not exist in the source base "
+        raise InputError(f"{tuned_dir}: parameter {shown(unknown[0])} does not exist in the source base "
                          f"({len(unknown)} such)")
     for name, shape in tuned.shapes.items():
         if source.shapes[name] != shape:
-            raise InputError(f"{tuned_dir}: {name} has shape {list(shape)} but the source base has "
+            raise InputError(f"{tuned_dir}: {shown(name)} has shape {list(shape)} but the source base has "
                              f"{list(source.shapes[name])}")
     tuned_state, base_state = load_state(tuned), load_state(source)
     deltas = {}
@@ -153,26 +155,32 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
         base = load_state(source, list(tv.base_layer_copies))
         for name, value in tv.base_layer_copies.items():
             if name not in base or not torch.equal(base[name], value.to(base[name].dtype)):
-                raise InputError(f"{where}: the adapter carries a modified copy of {name} (resized vocabulary?); "
-                                 "only adapters on the unchanged source base can be transported")
+                raise InputError(f"{where}: the adapter carries a modified copy of {shown(name)} "
+                                 "(resized vocabulary?); only adapters on the unchanged source base can be transported")
     for name in tv.names():
         if name not in source.shapes:
-            raise InputError(f"{where}: parameter {name} does not exist in the source base")
+            raise InputError(f"{where}: parameter {shown(name)} does not exist in the source base")
         shape = source.shapes[name]
         if tv.kind == "full":
             tensors = {"delta": tv.deltas[name]}
             got = tuple(tv.deltas[name].shape)
             ok = got == shape
+            base_float = source.dtypes.get(name, "F32").startswith(("F", "BF"))
+            delta = tv.deltas[name]
+            if delta.dtype == torch.bool or delta.is_floating_point() != base_float:
+                raise InputError(f"{where}: {shown(name)} is a {str(delta.dtype).removeprefix('torch.')} delta but the "
+                                 f"source base stores it as {source.dtypes.get(name)}; a delta must be floating "
+                                 "point exactly when its weight is")
         else:
             f = tv.lora[name]
             tensors = {"lora_A": f.a, "lora_B": f.b}
             got = (f.b.shape[0], f.a.shape[1])
             ok = got in (shape, tuple(reversed(shape)))
         if not ok:
-            raise InputError(f"{where}: {name} has shape {list(got)} but the source base has {list(shape)}")
+            raise InputError(f"{where}: {shown(name)} has shape {list(got)} but the source base has {list(shape)}")
         for part, tensor in tensors.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise InputError(f"{where}: {name} ({part}) contains NaN or Inf")
+                raise InputError(f"{where}: {shown(name)} ({part}) contains NaN or Inf")
 
 
 def write_task_vector(

@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.paths import check_relative_name, iter_model_files, open_regular
 from theseus_ops.service_errors import IntegrityError
 
 MANIFEST_NAME = "theseus-manifest.json"
@@ -22,10 +24,13 @@ _CHUNK = 1 << 20
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(Path(path), str(Path(path).parent)) as fh:  # never hashes what a symlink points at
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,13 @@ class FileEntry:
     path: str  # POSIX path relative to the release (or artifact) root
     size: int
     sha256: str
+
+    def __post_init__(self) -> None:
+        check_relative_name(self.path, "manifest entry")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise InputError(f"manifest entry {self.path!r}: size must be a non-negative integer")
+        if not isinstance(self.sha256, str) or not _SHA256.match(self.sha256):
+            raise InputError(f"manifest entry {self.path!r}: sha256 must be 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
@@ -58,31 +70,37 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str) -> Manifest:
         try:
             body = json.loads(text)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
             if body.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format is {body.get('format')!r}, expected {MANIFEST_FORMAT}")
-            files = tuple(FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in body["files"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InputError(f"{where}: not a valid manifest ({exc})") from exc
-        for f in files:
-            if f.path.startswith("/") or ".." in f.path.split("/") or len(f.sha256) != 64:
-                raise InputError(f"{where}: invalid manifest entry {f.path!r}")
+                raise ValueError(f"format is {str(body.get('format'))[:40]!r}, expected {MANIFEST_FORMAT}")
+            listed = body.get("files")
+            if not isinstance(listed, list) or not all(isinstance(f, dict) for f in listed):
+                raise ValueError("'files' must be a list of objects")
+            files = tuple(FileEntry(f.get("path"), f.get("size"), f.get("sha256")) for f in listed)
+        except RecursionError:
+            raise InputError(f"{where}: not a valid manifest (nested too deeply)") from None
+        except InputError as exc:
+            raise InputError(f"{where}: invalid {exc}") from None
+        except ValueError as exc:
+            raise InputError(f"{where}: not a valid manifest ({str(exc).splitlines()[0][:200]})") from exc
+        paths = [f.path for f in files]
+        if len(set(paths)) != len(paths):
+            raise InputError(f"{where}: invalid manifest (a file is listed twice)")
         meta = {k: v for k, v in body.items() if k not in ("format", "files")}
         return cls(files, meta)
 
 
 def local_files(root: Path) -> list[tuple[str, Path]]:
-    """(relative POSIX path, absolute path) of every regular file under ``root`` (or ``root`` itself)."""
-    if root.is_file():
-        return [(root.name, root)]
+    """(relative POSIX path, path) of every regular file under ``root`` (or ``root`` itself).
+
+    Symlinks and special files inside ``root`` are refused, so nothing outside it is hashed or uploaded.
+    """
+    if root.is_file():  # a single file the caller named (it may be a symlink the user chose)
+        return [(root.name, root.resolve())]
     if not root.is_dir():
         raise InputError(f"{root} does not exist")
-    found = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink() and not p.exists():
-            raise InputError(f"{p} is a broken symbolic link")
-        if p.is_file() and rel != MANIFEST_NAME:
-            found.append((rel, p))
+    found = [(rel, p) for rel, p in iter_model_files(root) if rel != MANIFEST_NAME]
     if not found:
         raise InputError(f"{root} holds no files")
     return found

@@ -22,12 +22,16 @@ def load_tokenizer(model_dir: str | Path):
     """The model directory's own tokenizer; a base without one cannot be calibrated or scored."""
     import transformers
 
+    from theseus_ops.io.models import check_tokenizer_fits, read_config
+
     transformers.utils.logging.disable_progress_bar()
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:  # transformers raises many kinds; the user gets one line
         raise InputError(f"{model_dir}: cannot load its tokenizer ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    check_tokenizer_fits(tokenizer, read_config(Path(model_dir)), model_dir)
+    return tokenizer
 
 
 def encoder_of(tokenizer) -> Encoder:
