@@ -275,6 +275,15 @@ def _bool_delta_transport(w, tmp, out):
     return transport(w, out, tv=tmp / "bool_tv.safetensors"), (name, "bool delta")
 
 
+def _labels_past_the_vocabulary_gradfix(w, tmp, out):  # was: IndexError from the loss, exit 1
+    ids = torch.full((4, 8), 5)
+    labels = torch.full((4, 8), -100)
+    labels[:, -1] = 500
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
+              str(tmp / "cal.safetensors"))
+    return transport(w, out, "--calibration", tmp / "cal.safetensors", method="gradfix"), ("labels", "vocabulary")
+
+
 CASES: dict[str, Case] = {
     "header-shape-not-ints": _header_shape_not_ints,
     "header-absurd-shape": _header_absurd_shape,
@@ -294,6 +303,7 @@ CASES: dict[str, Case] = {
     "calibration-uint8": _calibration_uint8,
     "calibration-bool": _calibration_bool,
     "calibration-float-labels": _calibration_float_labels,
+    "labels-past-the-vocabulary-gradfix": _labels_past_the_vocabulary_gradfix,
     "lora-config-is-a-list": _lora_config_is_a_list,
     "lora-rank-zero": _lora_rank_zero,
     "lora-string-alpha": _lora_string_alpha,

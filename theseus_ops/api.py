@@ -27,7 +27,7 @@ from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig, 
 from theseus_ops.errors import InputError, PartialTransportError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.atomic import atomic_outputs, atomic_path, check_output, overwriting
-from theseus_ops.io.calibration import Calibration, check_paired, load_calibration
+from theseus_ops.io.calibration import Calibration, check_paired, check_vocabulary, load_calibration
 from theseus_ops.io.finite import require_finite, require_finite_number, task_vector_tensors
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_model, resolve_device
 from theseus_ops.io.task_vectors import (
@@ -106,15 +106,9 @@ def load_calibrations(spec: CalibrationSpec, input_kind: str, max_rows: int | No
 
 
 def check_token_range(calibration: Calibration, info: ModelInfo, side: str) -> None:
-    """Token ids must index the model's vocabulary; otherwise the forward pass would crash midway."""
-    ids = calibration.tensors.get("input_ids")
-    vocab = info.config.get("vocab_size")
-    if ids is None or not vocab or ids.numel() == 0:
-        return
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab:
-        raise InputError(f"{side} calibration {calibration.path}: input_ids span {low}..{high}, outside the "
-                         f"vocabulary of {vocab} of {info.path}")
+    """Token ids and labels must index the model's vocabulary; otherwise the forward pass or the loss
+    would crash midway."""
+    check_vocabulary(calibration, info.config.get("vocab_size"), str(info.path), side)
 
 
 def _existing_modules(model: torch.nn.Module) -> set[str]:
