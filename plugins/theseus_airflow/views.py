@@ -144,6 +144,8 @@ def announce_version(delivery: Delivery) -> dict:
             raise
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
+    except SQLAlchemyError as exc:  # the metadata database is busy or down: MLflow retries a 503
+        raise reject(503, f"the Asset event could not be recorded ({type(exc).__name__})") from exc
     log.info("webhook: announced %s/%s (asset event %d)", release["family"], release["version"], event_id)
     return {"announced": release, "asset_event": event_id}
 
