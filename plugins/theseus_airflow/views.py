@@ -3,33 +3,32 @@
 ``GET /theseus/`` (Airflow login required) lists base releases, newest first, with the transport
 summary table of each processed one. ``POST /theseus/webhooks/mlflow`` receives MLflow's
 ``model_version.created`` webhook, checks its HMAC signature against ``THESEUS_WEBHOOK_SECRET``
-(401 when it does not match) and, when the new version is a pending base release, emits the same
-Asset event the watcher would, so the transport starts without waiting for the next watch.
+(401 when it does not match, is stale or is malformed; 400 for a signed body of the wrong shape;
+409 for a delivery id already received, see ``deliveries``) and, when the new version is a pending
+base release not yet announced, records the announcement and emits the same Asset event the
+watcher would, so the transport starts without waiting for the next watch.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import contextlib
 import html
-import json
 import logging
 import os
-import time
 
 from airflow.api_fastapi.core_api.security import GetUserDep  # logged-in user (JWT or UI cookie), else 401
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
+from theseus_airflow import deliveries
+from theseus_airflow.webhook import MAX_CLOCK_SKEW_S, Delivery, parse_delivery, reject
+from theseus_ops.catalog import Catalog, VersionRef
 from theseus_ops.errors import TheseusError
-from theseus_ops.workflow import WorkflowConfig, mark_announced, release_of_version, release_overview
+from theseus_ops.workflow import ANNOUNCED_TAG, WorkflowConfig, mark_announced, release_of_version, release_overview
 
 log = logging.getLogger("theseus_ops")
-SIGNATURE_HEADER = "X-MLflow-Signature"
-TIMESTAMP_HEADER = "X-MLflow-Timestamp"
-DELIVERY_HEADER = "X-MLflow-Delivery-Id"
-MAX_CLOCK_SKEW_S = 300
 RELEASE_ASSET_NAME = "theseus_base_release"
 
 app = FastAPI(title="theseus-ops", description="Releases, transport summaries and the MLflow webhook")
@@ -58,7 +57,7 @@ def render_releases(releases: list[dict]) -> str:
         title = f"{r['family']} version {r['version']} ({r.get('release') or '?'})"
         since = f" from version {r['supersedes']}" if r.get("supersedes") else ""
         parts.append(f"<h2 class='release'>{html.escape(title)}{html.escape(since)} "
-                     f"<span class='status {r['status']}'>{r['status']}</span></h2>")
+                     f"<span class='status {html.escape(r['status'])}'>{html.escape(r['status'])}</span></h2>")
         if r.get("summary_run"):
             parts.append(f"<p>summary run <code>{html.escape(r['summary_run'])}</code></p>")
         if r.get("error"):
@@ -90,29 +89,6 @@ def releases_json(user: GetUserDep, family: str | None = None) -> list[dict]:
 
 
 # -- the MLflow webhook ---------------------------------------------------------------------------
-def expected_signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
-    """MLflow's scheme: ``v1,`` + base64(HMAC-SHA256(secret, "<delivery id>.<timestamp>.<body>"))."""
-    digest = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def verify_signature(secret: str, headers, body: bytes, now: float | None = None) -> None:
-    """Raise 401 unless the request carries a fresh, matching MLflow signature."""
-    signature = headers.get(SIGNATURE_HEADER)
-    delivery_id = headers.get(DELIVERY_HEADER)
-    timestamp = headers.get(TIMESTAMP_HEADER)
-    if not (signature and delivery_id and timestamp):
-        raise HTTPException(status_code=401, detail="missing MLflow signature headers")
-    try:
-        skew = abs((time.time() if now is None else now) - int(timestamp))
-    except ValueError:
-        raise HTTPException(status_code=401, detail="malformed MLflow timestamp") from None
-    if skew > MAX_CLOCK_SKEW_S:
-        raise HTTPException(status_code=401, detail="MLflow timestamp outside the accepted window")
-    if not hmac.compare_digest(signature, expected_signature(secret, delivery_id, timestamp, body)):
-        raise HTTPException(status_code=401, detail="bad MLflow signature")
-
-
 def emit_release_event(release: dict) -> int:
     """Record the Asset event (as the watcher's ``announce`` does) and queue the transport DAG; its id."""
     from airflow.assets.manager import asset_manager
@@ -134,28 +110,71 @@ def emit_release_event(release: dict) -> int:
         return int(event.id)
 
 
+def _unmark_announced(cfg: WorkflowConfig, family: str, version: str) -> None:
+    catalog = Catalog(cfg.catalog)
+    catalog.call("delete tag", catalog.client.delete_model_version_tag, family, version, ANNOUNCED_TAG)
+
+
+def announce_version(delivery: Delivery) -> dict:
+    """Announce the pending release a new model version starts, once.
+
+    The announcement is recorded (``theseus.announced_at``) before the Asset event goes out, as
+    the watcher's ``announce`` task does, so whoever sees the event also sees the record and the
+    watcher does not announce the release a second time. A release already announced (by the
+    watcher, or by an earlier delivery) is not announced again; if the event cannot be emitted the
+    record is taken back, so the sender's retry or the next watcher run announces it.
+    """
+    if not delivery.is_version_created:
+        return {"ignored": f"{delivery.entity}.{delivery.action} is not model_version.created"}
+    name, version = delivery.data["name"], str(delivery.data["version"])
+    cfg = WorkflowConfig.from_env()
+    try:
+        release = release_of_version(cfg, name, version)
+        if release is None:
+            return {"ignored": f"{name}/{version} is not a pending base release"}
+        tags = Catalog(cfg.catalog).get_version(VersionRef(release["family"], release["version"])).tags or {}
+        if tags.get(ANNOUNCED_TAG):
+            return {"ignored": f"{name}/{version} was already announced at {tags[ANNOUNCED_TAG]}"}
+        mark_announced(cfg, release["family"], release["version"])
+        try:
+            event_id = emit_release_event(release)
+        except BaseException:
+            with contextlib.suppress(TheseusError):
+                _unmark_announced(cfg, release["family"], release["version"])
+            raise
+    except TheseusError as exc:
+        raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
+    except SQLAlchemyError as exc:  # the metadata database is busy or down: MLflow retries a 503
+        raise reject(503, f"the Asset event could not be recorded ({type(exc).__name__})") from exc
+    log.info("webhook: announced %s/%s (asset event %d)", release["family"], release["version"], event_id)
+    return {"announced": release, "asset_event": event_id}
+
+
+def handle_delivery(delivery: Delivery) -> dict:
+    """Claim the delivery (409 on a replay, in any worker), then act on it.
+
+    A delivery that fails (a 503 that MLflow retries with the same id) gives its claim back, so
+    the retry is handled rather than refused as a replay.
+    """
+    try:
+        first = deliveries.claim(delivery.delivery_id, delivery.timestamp + MAX_CLOCK_SKEW_S)
+    except SQLAlchemyError as exc:  # e.g. SQLite's "database is locked": MLflow retries a 503
+        raise reject(503, f"the webhook delivery log is unavailable ({type(exc).__name__})") from exc
+    if not first:
+        raise reject(409, f"delivery {delivery.delivery_id} was already received: a replay")
+    try:
+        return announce_version(delivery)
+    except BaseException:
+        with contextlib.suppress(SQLAlchemyError):
+            deliveries.release(delivery.delivery_id)
+        raise
+
+
 @app.post("/webhooks/mlflow")
 async def mlflow_webhook(request: Request) -> dict:
     secret = os.environ.get("THESEUS_WEBHOOK_SECRET")
     if not secret:
         raise HTTPException(status_code=503, detail="THESEUS_WEBHOOK_SECRET is not set; the webhook is disabled")
-    body = await request.body()
-    verify_signature(secret, request.headers, body)
-    try:
-        payload = json.loads(body)
-        entity, action, data = payload["entity"], payload["action"], payload["data"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise HTTPException(status_code=400, detail=f"not an MLflow webhook payload ({exc})") from exc
-    if (entity, action) != ("model_version", "created"):
-        return {"ignored": f"{entity}.{action} is not model_version.created"}
-    cfg = WorkflowConfig.from_env()
-    try:
-        release = release_of_version(cfg, str(data.get("name", "")), str(data.get("version", "")))
-        if release is None:
-            return {"ignored": f"{data.get('name')}/{data.get('version')} is not a pending base release"}
-        event_id = emit_release_event(release)
-        mark_announced(cfg, release["family"], release["version"])
-    except TheseusError as exc:
-        raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
-    log.info("webhook: announced %s/%s (asset event %d)", release["family"], release["version"], event_id)
-    return {"announced": release, "asset_event": event_id}
+    delivery = parse_delivery(secret, request.headers, await request.body())
+    # registry and database calls block: keep them off the event loop the whole api-server shares
+    return await run_in_threadpool(handle_delivery, delivery)

@@ -174,12 +174,14 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
                              "created": int(mv.creation_timestamp or 0), "status": status, "summary_run": run_id})
     releases.sort(key=lambda r: r["created"], reverse=True)
     releases = releases[:limit]
+    from mlflow.exceptions import MlflowException  # the registry answered: no such run (deleted, hand-edited tag)
+
     for r in releases:
         if r["summary_run"]:
             try:
                 summary = read_summary(cfg, r["summary_run"])
                 r["table"] = table(summary.get("methods") or [], summary["outcomes"])
-            except (TheseusError, KeyError, ValueError, OSError) as exc:
+            except (TheseusError, MlflowException, KeyError, ValueError, OSError) as exc:
                 r["error"] = f"summary run {r['summary_run']} is unreadable: {exc}"
     return releases
 
