@@ -253,6 +253,20 @@ def _alignment_metadata_not_json(w, tmp, out):
     return transport(w, out, "--alignment", alignment, method="theseus"), ("alignment.safetensors", "not JSON")
 
 
+def _alignment_map_of_the_wrong_shape(w, tmp, out):  # was: a matmul error midway, exit 1
+    from theseus_ops import api
+    from theseus_ops.config import CalibrationSpec, PrepareConfig
+    from theseus_ops.io.alignment import Alignment
+
+    path = tmp / "edited.alignment"
+    prepared = api.prepare(PrepareConfig(str(w.src), str(w.tgt), CalibrationSpec(str(w.cal16)), device="cpu"), path)
+    maps = dict(prepared.maps)
+    maps["layers.0.mlp_hidden"] = maps["layers.0.mlp_hidden"][:, :-1]  # edited: one column short
+    Alignment(maps, prepared.quality, prepared.provenance).save(tmp / "edited-2.alignment")
+    return (transport(w, out, "--alignment", tmp / "edited-2.alignment", method="theseus"),
+            ("layers.0.mlp_hidden", "space"))
+
+
 def _alignment_metadata_empty_object(w, tmp, out):
     return ["inspect", alignment_with_metadata(tmp, "{}")], ("alignment.safetensors", "version")
 
@@ -316,6 +330,7 @@ CASES: dict[str, Case] = {
     "bool-delta-transport": _bool_delta_transport,
     "alignment-metadata-not-json": _alignment_metadata_not_json,
     "alignment-metadata-empty-object": _alignment_metadata_empty_object,
+    "alignment-map-of-the-wrong-shape": _alignment_map_of_the_wrong_shape,
     "alignment-metadata-without-provenance": _alignment_metadata_without_provenance,
 }
 
@@ -446,7 +461,8 @@ def test_a_regular_model_directory_still_lands_and_reads(w, tmp_path, capsys):
     rc, err = run(capsys, ["catalog", "land", "--family", "llama-tiny", "--release", "r1", "--model-dir", model,
                            "--landing-url", tmp_path / "landing"])
     assert rc == 0, err
-    assert (tmp_path / "landing" / "llama-tiny" / "r1" / "tokenizer.json").read_text() == "{}"
+    landed = list((tmp_path / "landing" / "llama-tiny" / "r1").glob("sha256-*/tokenizer.json"))
+    assert [p.read_text() for p in landed] == ["{}"]
     rc, err = run(capsys, ["inspect", model])
     assert rc == 0, err
 

@@ -215,6 +215,14 @@ def _check_alignment(alignment: Alignment, pair: ModelPair, method: str, where: 
         raise InputError(f"{where} holds {prov['options']['method']} maps but --method is {method}")
 
 
+def _check_map_shapes(maps: dict[str, torch.Tensor], widths: dict[str, tuple[int, int]], where: str) -> None:
+    """Each map must be d_A × d_B of its space, or applying it would fail midway (an edited file)."""
+    for key, (width_a, width_b) in sorted(widths.items()):
+        if key in maps and tuple(maps[key].shape) != (width_a, width_b):
+            raise InputError(f"{where}: map {key} is {tuple(maps[key].shape)}, but the models' space is "
+                             f"{width_a} x {width_b}")
+
+
 def _load_task_vector(cfg: TransportConfig, pair: ModelPair) -> tuple[TaskVector, str]:
     where = cfg.task_vector or cfg.source_tuned
     tv = read_task_vector(where, pair.source, tuned=bool(cfg.source_tuned))
@@ -351,6 +359,7 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
         elif cfg.alignment:
             alignment = Alignment.load(cfg.alignment)
             _check_alignment(alignment, pair, cfg.method, f"alignment {cfg.alignment}")
+            _check_map_shapes(alignment.maps, space_widths(plans, pair.source.shapes), f"alignment {cfg.alignment}")
             maps, quality = alignment.maps, {k: v for k, v in alignment.quality.items() if k in needed}
             extra["alignment_provenance"] = alignment.provenance
         else:

@@ -79,7 +79,8 @@ def build_layer_map(spec: str, source_depth: int, target_depth: int) -> LayerMap
             raise InputError(f"layer map {path}: key {key!r} is not a target layer index") from None
         if not 0 <= j < target_depth:
             raise InputError(f"layer map {path}: target layer {j} outside 0..{target_depth - 1}")
-        if value is not None and (not isinstance(value, int) or not 0 <= value < source_depth):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 <= value < source_depth):
             raise InputError(f"layer map {path}: source layer {value!r} outside 0..{source_depth - 1}")
         sources[j] = value
     return LayerMap(f"file:{path.name}", source_depth, target_depth, tuple(sources))
