@@ -1,0 +1,118 @@
+"""Fill comparison: what each way of handling undetermined directions does to equivariance and the oracles.
+
+Run from the repository root:  .venv/bin/python benchmarks/fills.py --out benchmarks/results/fills.json
+
+Rows, for the ``pad`` and ``project`` fills:
+- equivariance on a rank-deficient pair (low-rank q/k, a grown and moved wider target, the pair of
+  tests/test_equivariance.py): the largest relative gap, over parameters, between perm(τ_B) and
+  τ_perm(B);
+- the identity and permutation oracles of a tiny Llama calibrated on 2 examples (48 rows for 64 MLP
+  units), as a logits error and as the largest relative weight error on identity;
+- the identity oracle of a tiny BERT at init, whose LayerNorm outputs never move along their mean
+  direction (structurally rank-deficient): the largest relative weight error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import test_equivariance as eq
+from tests import tiny
+from theseus_ops import api
+from theseus_ops.config import CalibrationSpec, TransportConfig
+
+FILLS = ("pad", "project")
+
+
+class _Factory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _worst_weight_error(out: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> float:
+    return max(float((out[k] - v).norm() / v.norm().clamp_min(1e-30)) for k, v in expected.items())
+
+
+def equivariance(root: Path) -> dict[str, float]:
+    pair = eq.pair.__wrapped__(_Factory(root))
+    return {fill: eq._worst_relative_gap(pair, fill)[0] for fill in FILLS}
+
+
+def short_calibration(root: Path, oracle: str) -> dict[str, dict[str, float]]:
+    case = tiny.Case(root / f"short-{oracle}", "llama", oracle)
+    short = tiny.calibration(case.root / "short.safetensors", rows=2)
+    rows = {}
+    for fill in FILLS:
+        cfg = TransportConfig(str(case.source), str(case.target), "theseus", task_vector=str(case.task_vector),
+                              calibration=CalibrationSpec(str(short)), fill=fill, device="cpu")
+        out = case.root / f"out-{fill}.safetensors"
+        api.transport(cfg, out)
+        delta_b = load_file(str(out))
+        row = {"logits_error": case.error(delta_b)}
+        if oracle == "identity":
+            row["max_weight_error"] = _worst_weight_error(delta_b, case.delta)
+        rows[fill] = row
+    return rows
+
+
+def bert_identity(root: Path) -> dict[str, float]:
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=64, num_labels=3, max_position_embeddings=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4)).eval()
+    model.save_pretrained(root / "bert")
+    delta = tiny.random_delta(load_file(str(root / "bert" / "model.safetensors")), 0.02)
+    tiny.save_delta(delta, root / "bert-tv.safetensors")
+    ids = torch.randint(3, 64, (16, 24), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(root / "bert-cal.safetensors"))
+    errors = {}
+    for fill in FILLS:
+        cfg = TransportConfig(str(root / "bert"), str(root / "bert"), "theseus",
+                              task_vector=str(root / "bert-tv.safetensors"),
+                              calibration=CalibrationSpec(str(root / "bert-cal.safetensors")), fill=fill, device="cpu")
+        api.transport(cfg, root / f"bert-{fill}.safetensors")
+        errors[fill] = _worst_weight_error(load_file(str(root / f"bert-{fill}.safetensors")), delta)
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/fills.json")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        result = {
+            "date": _dt.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__,
+            "equivariance_low_rank_qk": equivariance(root),
+            "llama_short_calibration_identity": short_calibration(root, "identity"),
+            "llama_short_calibration_permutation": short_calibration(root, "permutation"),
+            "bert_identity_at_init_max_weight_error": bert_identity(root),
+        }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
