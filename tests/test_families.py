@@ -66,6 +66,13 @@ def test_gpt2_fused_projection_and_llama_names_resolve():
 def _model(kind: str, hidden: int, image: int = 32, seed: int = 0):
     torch.manual_seed(seed)
     common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4)
+    if kind == "bert-bare":  # how sentence-transformers ship MiniLM-style encoders: no "bert." prefix
+        return transformers.BertModel(transformers.BertConfig(vocab_size=64, max_position_embeddings=64, **common))
+    if kind == "roberta-bare":
+        return transformers.RobertaModel(transformers.RobertaConfig(vocab_size=64, max_position_embeddings=66,
+                                                                    pad_token_id=1, **common))
+    if kind == "vit-bare":
+        return transformers.ViTModel(transformers.ViTConfig(image_size=image, patch_size=8, **common))
     if kind == "bert":
         return transformers.BertForSequenceClassification(
             transformers.BertConfig(vocab_size=64, num_labels=3, max_position_embeddings=64, **common))
@@ -82,7 +89,7 @@ def _model(kind: str, hidden: int, image: int = 32, seed: int = 0):
     return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(image_size=image, patch_size=8, **common))
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "qwen2", "vit", "clip"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "qwen2", "vit", "clip", "bert-bare", "roberta-bare", "vit-bare"])
 def test_family_identity_and_wider_target(tmp_path, kind):
     model_a, model_b = _model(kind, 32).eval(), _model(kind, 48, image=40, seed=1).eval()
     model_a.save_pretrained(tmp_path / "A")
@@ -91,7 +98,7 @@ def test_family_identity_and_wider_target(tmp_path, kind):
     delta = tiny.random_delta(state, 0.02)
     tiny.save_delta(delta, tmp_path / "tv.safetensors")
     gen = torch.Generator().manual_seed(0)
-    if kind in ("vit", "clip"):
+    if kind in ("vit", "clip", "vit-bare"):
         images = torch.randn(16, 3, 40, 40, generator=gen)
         save_file({"pixel_values": torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")},
                   str(tmp_path / "ca.safetensors"))
@@ -117,3 +124,24 @@ def test_family_identity_and_wider_target(tmp_path, kind):
     assert report["summary"]["transported"] == len(delta)
     target = load_file(str(tmp_path / "B" / "model.safetensors"))
     assert {k: v.shape for k, v in out.items()} == {k: target[k].shape for k in out}
+
+
+def test_bare_encoder_task_vector_ports_onto_a_classifier_of_the_family(tmp_path):
+    """A delta of a bare BertModel (keys without "bert.") lands on a wider BertForSequenceClassification's
+    backbone: names resolve through the family's prefixes, and the head, absent from the vector, stays."""
+    bare, classifier = _model("bert-bare", 32).eval(), _model("bert", 48, seed=1).eval()
+    bare.save_pretrained(tmp_path / "A")
+    classifier.save_pretrained(tmp_path / "B")
+    state = load_file(str(tmp_path / "A" / "model.safetensors"))
+    assert not any(k.startswith("bert.") for k in state)
+    tiny.save_delta(tiny.random_delta(state, 0.02), tmp_path / "tv.safetensors")
+    ids = torch.randint(3, 64, (16, 24), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(tmp_path / "c.safetensors"))
+    cfg = TransportConfig(str(tmp_path / "A"), str(tmp_path / "B"), "theseus",
+                          task_vector=str(tmp_path / "tv.safetensors"),
+                          calibration=CalibrationSpec(str(tmp_path / "c.safetensors")))
+    report = api.transport(cfg, tmp_path / "out.safetensors")
+    assert report["summary"]["left_out"] == 0 and report["summary"]["transported"] == len(state)
+    out = load_file(str(tmp_path / "out.safetensors"))
+    target = load_file(str(tmp_path / "B" / "model.safetensors"))
+    assert set(out) == {f"bert.{k}" for k in state} and all(out[k].shape == target[k].shape for k in out)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tests import tiny
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
-from theseus_ops.errors import InputError
+from theseus_ops.errors import InputError, PartialTransportError
 from theseus_ops.transport.layer_map import build_layer_map, uniform_sources
 
 
@@ -73,3 +73,34 @@ def test_file_layer_map_reports_target_layers_left_without_source(deeper):
     assert report["summary"]["target_layers_without_source"] == [1]
     assert not any(k.startswith("model.layers.1.") for k in out)
     assert "model.layers.2.self_attn.o_proj.weight" in out
+
+
+def test_unused_source_layers_are_refused_before_any_statistics(tmp_path, monkeypatch):
+    """A 4-layer source onto a 2-layer target (uniform: target 0 <- 0, 1 <- 3) drops layers 1 and 2.
+
+    That is known from the layer map alone, so the refusal comes before statistics and maps (which
+    take minutes on a real model): here the statistics are made to fail loudly if they are reached.
+    """
+    state_a = tiny.file_state(tiny.build(tiny.llama_config(layers=4), 0), tmp_path / "A")
+    tiny.save(tiny.build(tiny.llama_config(layers=2, hidden=48), 1), tmp_path / "B")
+    tiny.save_delta(tiny.random_delta(state_a), tmp_path / "tv.safetensors")
+    tiny.calibration(tmp_path / "cal.safetensors")
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("statistics were computed before the layer map was refused")
+
+    monkeypatch.setattr(api, "compute_alignment", never)
+    cfg = TransportConfig(str(tmp_path / "A"), str(tmp_path / "B"), "theseus",
+                          task_vector=str(tmp_path / "tv.safetensors"),
+                          calibration=CalibrationSpec(str(tmp_path / "cal.safetensors")), layer_map="uniform")
+    with pytest.raises(PartialTransportError, match=r"source layer\(s\) 1, 2 unused.*--allow-partial") as err:
+        api.transport(cfg, tmp_path / "out.safetensors", tmp_path / "report.json")
+    assert "\n" not in str(err.value) and not (tmp_path / "out.safetensors").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stopped"] == "before statistics" and report["summary"]["transported"] == 0
+    assert {p["name"].split(".")[2] for p in report["parameters"] if p["status"] == "left_out"} == {"1", "2"}
+    monkeypatch.undo()
+    allowed = TransportConfig(**{**cfg.__dict__, "allow_partial": True})
+    report = api.transport(allowed, tmp_path / "out.safetensors")
+    assert report["summary"]["left_out"] == 2 * 9  # nine layered parameters in each dropped layer
+    assert report["summary"]["transported"] == report["summary"]["total"] - 18

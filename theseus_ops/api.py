@@ -258,7 +258,7 @@ def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVe
         **extra,
         "summary": {
             "total": len(records),
-            "transported": len(records) - len(left),
+            "transported": sum(r.status == "transported" for r in records),
             "left_out": len(left),
             "target_layers_without_source": pair.layer_map.unmapped_targets,
             "underdetermined_spaces": sorted(k for k, q in quality.items() if q.get("underdetermined")),
@@ -330,6 +330,32 @@ def _require_finite_result(result: TaskVector, out: str | Path) -> None:
         require_finite_number(factors.scaling, f"transport to {out}: the LoRA scaling of {name}")
 
 
+def _planned_record(plan: ParamPlan, tv: TaskVector) -> ParamRecord:
+    """A report line for a run stopped at planning: why a parameter cannot go, or that it was not run."""
+    reason = plan.reason or "not run: the transport stopped before statistics, other parameters cannot go"
+    return ParamRecord(plan.source_name, "left_out" if plan.reason else "not_run", plan.rule, [],
+                       tv.norm(plan.source_name), None, [], reason)
+
+
+def _refuse_partial(records: list[ParamRecord], pair: ModelPair, report_text: str, report_path: str | Path | None,
+                    out: str | Path, overwrite: bool) -> None:
+    """Write the report alone (the error points at it) and raise PartialTransportError."""
+    left = [r for r in records if r.status == "left_out"]
+    with overwriting([out, report_path] if overwrite else []):
+        if report_path:
+            with atomic_path(report_path) as tmp:
+                tmp.write_text(report_text)
+    unused = pair.layer_map.unused_sources
+    if unused and any("feeds no target layer" in (r.reason or "") for r in left):
+        raise PartialTransportError(
+            f"layer map {pair.layer_map.kind} leaves source layer(s) {', '.join(map(str, unused))} unused, so "
+            f"{len(left)} of {len(records)} task-vector parameters would be dropped (first: {left[0].name}); "
+            "nothing was computed; pass --allow-partial to accept that, or choose another --layer-map")
+    raise PartialTransportError(
+        f"{len(left)} of {len(records)} task-vector parameters cannot be transported "
+        f"(first: {left[0].name}: {left[0].reason}); see --report, or pass --allow-partial")
+
+
 def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | None = None,
               overwrite: bool = False) -> dict:
     """Port one task vector to the target base; strict unless ``allow_partial``. Returns the report.
@@ -348,6 +374,11 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     if method.same_shape_only:
         check_same_shapes(cfg.method, plans, pair.source.shapes, pair.layer_map.kind,
                           pair.source.num_layers, pair.target.num_layers)
+    if not cfg.allow_partial and any(p.reason for p in plans):
+        # Known from the names and the layer map alone: refuse before statistics and maps (minutes).
+        records = [_planned_record(p, tv) for p in plans]
+        report = build_report(cfg, pair, tv_path, tv, records, {}, {"stopped": "before statistics"})
+        _refuse_partial(records, pair, json.dumps(report, indent=2), report_path, out, overwrite)
     quality: dict[str, dict] = {}
     extra: dict = {}
     if cfg.method == "gradfix":
@@ -370,14 +401,9 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     report = build_report(cfg, pair, tv_path, tv, records, quality, extra)
     report_text = json.dumps(report, indent=2, sort_keys=False)
     left = [r for r in records if r.status == "left_out"]
+    if left and not cfg.allow_partial:
+        _refuse_partial(records, pair, report_text, report_path, out, overwrite)
     with overwriting([out, report_path] if overwrite else []):
-        if left and not cfg.allow_partial:
-            if report_path:
-                with atomic_path(report_path) as tmp:
-                    tmp.write_text(report_text)
-            raise PartialTransportError(
-                f"{len(left)} of {len(records)} task-vector parameters cannot be transported "
-                f"(first: {left[0].name}: {left[0].reason}); see --report, or pass --allow-partial")
         _require_finite_result(result, out)
         metadata = {
             META_BASE_SHA: pair.target.sha256(),

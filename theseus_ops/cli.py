@@ -239,8 +239,25 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so every atomic write cleans up as for Ctrl-C."""
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
+# Signals received during this run. A signal's exception, raised wherever Python code happens to
+# run, can surface converted by a library (torch turns it into "ValueError: could not determine the
+# shape ..." when it lands inside tensor construction): any error after a signal is the signal's.
+_SIGNALS_RECEIVED: list[int] = []
+
+
+def _on_signal(signum, frame) -> None:
+    _SIGNALS_RECEIVED.append(signum)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _run_signal_aware(args: argparse.Namespace) -> int:
+    """``_run``, with an error that a signal's exception was turned into reported as that signal."""
+    try:
+        return _run(args)
+    except Exception:
+        if _SIGNALS_RECEIVED:
+            raise (_Terminated() if _SIGNALS_RECEIVED[0] == signal.SIGTERM else KeyboardInterrupt()) from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("theseus_ops").setLevel(logging.WARNING if args.quiet else logging.INFO)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="transformers")
-    previous = None
+    previous: dict[int, object] = {}
+    _SIGNALS_RECEIVED.clear()
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _on_signal)
     try:
-        return _run(args)
+        return _run_signal_aware(args)
     except TheseusError as exc:
         print(f"{PREFIX} {exc}", file=sys.stderr)
         return exc.exit_code
@@ -275,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_edge_message(args, exc), file=sys.stderr)
         return EXIT_INPUT
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -219,9 +219,9 @@ def atomic_outputs(*outputs: tuple[str | Path, bool]) -> Iterator[list[Path]]:
         paths = []
         for dest, directory in dests:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-            stages.append(stage)
-            path = stage / dest.name
+            with _signals_held():  # a signal between creating and recording a stage would leak it
+                stages.append(Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)))
+            path = stages[-1] / dest.name
             if directory:
                 path.mkdir()
             paths.append(path)
@@ -240,8 +240,9 @@ def atomic_outputs(*outputs: tuple[str | Path, bool]) -> Iterator[list[Path]]:
                 else:
                     os.replace(path, dest)
     finally:
-        for stage in stages:
-            shutil.rmtree(stage, ignore_errors=True)
+        with _signals_held():  # a signal now is delivered after the cleanup, not in the middle of it
+            for stage in stages:
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager

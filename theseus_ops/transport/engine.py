@@ -99,7 +99,7 @@ def detect_prefix(family: FamilySpec, names: list[str]) -> str:
     counts = {p: 0 for p in family.prefixes}
     for name in names:
         found = family.match(name)
-        if found:
+        if found and not found[0].absolute:  # a head's name says nothing about the backbone's prefix
             counts[found[2]] += 1
     return max(counts, key=lambda p: (counts[p], -len(p)))
 
@@ -129,7 +129,7 @@ def plan_transport(
                 continue
         targets, reason = [], None
         for j in layers:
-            target_name = resolve_name(spec.name, j, target_prefix)
+            target_name = resolve_name(spec.name, j, target_prefix, spec.absolute)
             if target_name not in target_shapes:
                 tied = f" (the target ties it to {spec.tied_to})" if spec.tied_to else ""
                 reason = f"target has no parameter {target_name}{tied}"
@@ -177,9 +177,9 @@ def space_requests(
         requests.append(SpaceRequest(
             key=key,
             source_key=source_key,
-            source=ResolvedSite(tuple(resolve_name(m, source_layer, source_prefix) for m in site.module),
+            source=ResolvedSite(tuple(resolve_name(m, source_layer, source_prefix, site.absolute) for m in site.module),
                                 site.capture, site.chunk, site.chunks),
-            target=ResolvedSite(tuple(resolve_name(m, j, target_prefix) for m in site.module),
+            target=ResolvedSite(tuple(resolve_name(m, j, target_prefix, site.absolute) for m in site.module),
                                 site.capture, site.chunk, site.chunks),
         ))
     return requests

@@ -27,18 +27,25 @@ class SiteSpec:
     """Where a coordinate space is observed: a module's input or output, optionally one chunk of it.
 
     ``module`` lists candidate paths, first match wins: transformers renames modules between
-    versions while checkpoints keep their tensor names.
+    versions while checkpoints keep their tensor names. Paths are relative to the model's prefix
+    unless ``absolute`` (a head outside the backbone).
     """
 
     module: tuple[str, ...]
     capture: Literal["input", "output"]
     chunk: int | None = None
     chunks: int = 1
+    absolute: bool = False
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter (name template) and the rule that transports it."""
+    """One parameter (name template) and the rule that transports it.
+
+    Names are relative to the model's prefix (one of the family's ``prefixes``: ``bert.`` inside a
+    ``BertForSequenceClassification``, nothing in a bare ``BertModel``), unless ``absolute``: a task
+    head such as ``classifier.weight`` sits outside the backbone whatever the prefix.
+    """
 
     name: str
     rule: str
@@ -47,6 +54,7 @@ class ParamSpec:
     layout: Literal["out_in", "in_out"] = "out_in"
     rows: str | None = None
     tied_to: str | None = None
+    absolute: bool = False
 
     @property
     def layered(self) -> bool:
@@ -97,18 +105,18 @@ def is_shared(key: str) -> bool:
     return key.startswith(SHARED_PREFIX)
 
 
-def resolve_name(template: str, layer: int | None, prefix: str = "") -> str:
-    """A concrete parameter or module name from a template."""
+def resolve_name(template: str, layer: int | None, prefix: str = "", absolute: bool = False) -> str:
+    """A concrete parameter or module name from a template (an absolute one takes no prefix)."""
     name = template if layer is None else template.replace(LAYER, str(layer))
-    return prefix + name
+    return name if absolute else prefix + name
 
 
 _FAMILY_KEYS = {
     "name", "description", "model_types", "num_layers_key", "input_kind", "token_layout",
     "global_sites", "layer_sites", "parameters", "prefixes",
 }
-_SITE_KEYS = {"module", "capture", "chunk", "chunks"}
-_PARAM_KEYS = {"name", "rule", "writes", "reads", "layout", "rows", "tied_to"}
+_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute"}
+_PARAM_KEYS = {"name", "rule", "writes", "reads", "layout", "rows", "tied_to", "absolute"}
 
 
 def _reject_unknown(kind: str, where: str, data: dict[str, Any], allowed: set[str]) -> None:
@@ -147,6 +155,7 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             layout=raw.get("layout", "out_in"),
             rows=raw.get("rows"),
             tied_to=raw.get("tied_to"),
+            absolute=bool(raw.get("absolute", False)),
         )
         if spec.rule not in RULES:
             raise ValueError(f"{where}: {spec.name}: unknown rule {spec.rule!r}; known: {RULES}")
@@ -167,7 +176,8 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
         body = re.escape(spec.name).replace(re.escape(LAYER), r"(?P<layer>\d+)")
         if LAYER not in spec.name:
             body += r"(?P<layer>)?"
-        patterns.append((re.compile(rf"(?P<prefix>{prefix_group})" + body), spec))
+        prefix = "(?P<prefix>)" if spec.absolute else rf"(?P<prefix>{prefix_group})"
+        patterns.append((re.compile(prefix + body), spec))
     return FamilySpec(
         name=data["name"],
         description=data["description"],
