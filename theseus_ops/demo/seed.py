@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_
 from theseus_ops.workflow.reconcile import base_versions
 from theseus_ops.workflow.runs import read_text_artifact
 from theseus_ops.workflow.summary import is_failure, read_summary
+
+log = logging.getLogger("theseus_ops.demo")
 
 
 def _dataset_dir(family, skill: str, root: Path) -> Path:
@@ -42,10 +45,11 @@ def _dataset_dir(family, skill: str, root: Path) -> Path:
 
 
 def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, families_root: Path,
-              datasets_root: Path, skills: list[str] | None = None, progress=print) -> dict:
+              datasets_root: Path, skills: list[str] | None = None, progress=None) -> dict:
     """Land ``v1``, register it and its task vectors, then land ``target`` (left for the watcher)."""
     if target not in TARGETS:
         raise InputError(f"unknown demo target release {target!r}; choose from {', '.join(TARGETS)}")
+    progress = progress or log.info
     family = build_family(family_config(scale), families_root, progress=progress)
     zone = open_zone(cfg.storage)
     catalog = Catalog(cfg.catalog)
@@ -97,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets-root", default=".theseus/datasets")
     parser.add_argument("--report", action="store_true", help="print the newest release summary instead of seeding")
     args = parser.parse_args(argv)
+    # progress lines (family build stages and steps) go to stderr, which the demo keeps as seed.log;
+    # stdout carries only the result
+    ours = logging.getLogger("theseus_ops")
+    if not ours.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("theseus-ops: %(asctime)s %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
     try:
         if args.report:
             print(report(WorkflowConfig.from_env(), args.family))
