@@ -16,7 +16,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
@@ -25,8 +24,7 @@ from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.storage import land_release, open_zone
 from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_releases
 from theseus_ops.workflow.reconcile import base_versions
-from theseus_ops.workflow.runs import read_text_artifact
-from theseus_ops.workflow.summary import is_failure, read_summary
+from theseus_ops.workflow.summary import aligned, is_failure, read_summary, round_numbers, table
 
 log = logging.getLogger("theseus_ops.demo")
 
@@ -77,16 +75,25 @@ def report(cfg: WorkflowConfig, family_name: str) -> str:
     if not runs:
         raise InputError(f"{family_name} has no processed release yet: run the watcher and the transport DAG")
     run_id = runs[-1]
-    with tempfile.TemporaryDirectory(prefix="theseus-report-") as tmp:
-        table = read_text_artifact(catalog, run_id, "summary.md", Path(tmp))
-    lines = [table, "Transported models registered (load by alias):"]
-    models = [o["registered"] for o in read_summary(cfg, run_id)["outcomes"]
-              if not is_failure(o) and o["registered"]["model"]]
-    for reg in models:
+    summary = read_summary(cfg, run_id)
+    head, rows, failed = table(summary.get("methods") or [], summary["outcomes"])
+    lines = [f"{summary.get('target_base')} (release {summary.get('release')}) from {summary.get('source_base')}",
+             "", aligned(head, rows)]
+    if failed:
+        lines += ["", "Failed task vectors:"] + [f"  {vector}: {error}" for vector, error in failed]
+    lines += ["", "Transported models registered (load by alias):"]
+    models = []
+    for o in summary["outcomes"]:
+        reg = o.get("registered") or {}
+        if is_failure(o) or not reg.get("model"):
+            continue
         name = reg["model"].rsplit("/", 1)[0]
-        lines.append(f"  models:/{name}@candidate   (version {reg['model']})" if reg["candidate"]
-                     else f"  {reg['model']}: no alias, the gate {reg['gate']}")
-    if not models:
+        models.append([f"models:/{name}@candidate" if reg["candidate"] else reg["model"],
+                       f"version {reg['model']}" if reg["candidate"] else "no alias",
+                       round_numbers(f"gate {reg['gate']}")])
+    if models:
+        lines += ["  " + line for line in aligned(["load", "status", "gate"], models).splitlines()]
+    else:
         lines.append("  none: the untouched target base was best on val for every task")
     lines.append(f"Summary run: {run_id} (summary.md, summary.json, alpha-sweeps.png)")
     return "\n".join(lines)

@@ -155,8 +155,9 @@ def list_task_vectors(cfg: WorkflowConfig, pair: dict, tasks: list[str] | None =
     found = catalog.search_versions(tags={ROLE: ROLE_TASK_VECTOR, "theseus.base_model": source.name,
                                           "theseus.base_version": source.version})
     wanted = set(tasks) if tasks else None
-    refs = [f"{v.name}/{v.version}" for v in found if wanted is None or v.tags.get("theseus.task") in wanted]
-    return sorted(refs, key=lambda r: (r.rsplit("/", 1)[0], int(r.rsplit("/", 1)[1])))
+    # registration order (the family's task order), so the DAG's mapped tasks and the summary agree
+    found = sorted(found, key=lambda v: (int(v.creation_timestamp or 0), v.name, int(v.version)))
+    return [f"{v.name}/{v.version}" for v in found if wanted is None or v.tags.get("theseus.task") in wanted]
 
 
 # -- process_task_vector ---------------------------------------------------------------------------
