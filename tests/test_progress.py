@@ -87,7 +87,8 @@ def test_task_side_silences_third_party_progress_bars():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out == {"hub": True, "mlflow": False, "warnings": "logging"}  # warnings become log records
+    assert out["hub"] is True and out["mlflow"] is False
+    assert out["warnings"] != "warnings"  # warnings become log records (ours, or Airflow's structlog), not stderr
 
 
 def _outcome(vector: str, task: str, gate: str) -> dict:
