@@ -191,6 +191,22 @@ def _finetune(config, state: dict[str, torch.Tensor], data, spec: train.TrainSpe
     return train.state_of(model)
 
 
+# what else a build's bytes depend on beyond its config and corpus: recorded in family.json, so two
+# machines' numbers can be compared (the thread count is pinned by the config; see README)
+VERSIONED = ("torch", "transformers", "peft")
+
+
+def environment() -> dict:
+    import platform
+
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
 GPU_SCALES = ("small",)
 ALLOW_CPU_ENV = "THESEUS_ALLOW_CPU_BUILD"
 
@@ -205,7 +221,13 @@ def build_family(config: FamilyConfig, root: str | Path | None = None,
     root = Path(root) if root is not None else DEFAULT_ROOT
     final = root / f"{config.scale}-{key}"
     if (final / "family.json").is_file():
-        return Family(final, config, json.loads((final / "family.json").read_text()))
+        info = json.loads((final / "family.json").read_text())
+        built, here = info.get("environment"), environment()
+        if built and {k: built.get(k) for k in VERSIONED} != {k: here[k] for k in VERSIONED}:
+            log.warning("family %s was built under %s and is reused under %s: scores measured here may differ "
+                        "from a fresh build's", final.name, {k: built.get(k) for k in VERSIONED},
+                        {k: here[k] for k in VERSIONED})
+        return Family(final, config, info)
     if config.scale in GPU_SCALES and not torch.cuda.is_available() and not os.environ.get(ALLOW_CPU_ENV):
         raise InputError(f"family {config.scale} is built on a GPU (hours on a CPU) and none is available; "
                          f"run it where CUDA is, or set {ALLOW_CPU_ENV}=1")
@@ -335,7 +357,8 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
     total = round(time.perf_counter() - started, 2)
     info = {"format": FORMAT, "scale": cfg.scale, "hash": key, "corpus_sha256": corpus.digest,
             "config": cfg.as_dict(), "build_seconds": total, "timings": timings,
-            "torch": torch.__version__, "releases": list(RELEASES), "skills": list(cfg.skills)}
+            "torch": torch.__version__, "environment": environment(), "releases": list(RELEASES),
+            "skills": list(cfg.skills)}
     (out / "family.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     progress(f"family {cfg.scale}: built in {total:.1f}s")
     return info
