@@ -307,6 +307,9 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
             "sweep": sweep,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        log.info("%s: method %d/%d %s: alpha %g chosen on val (%s %.3f), test %.3f, %.1fs", ref, k, len(cfg.methods),
+                 method, best["alpha"], primary, best[primary], methods[method]["test"][primary],
+                 methods[method]["seconds"])
     candidates = {"base": base, **{m: r for m, r in methods.items() if "val" in r}}
     selected = max(candidates, key=lambda m: (*_rank(candidates[m]["val"], primary), m == "base"))
     log.info("%s: selected %s on val (%s %.3f) after %.1fs", ref, selected, primary,
