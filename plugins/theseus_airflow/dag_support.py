@@ -9,16 +9,37 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowFailException
+# Third-party progress bars inside tasks: tqdm's carriage-return lines go to stderr, which the task
+# log records at ERROR level, and they hide our own progress lines. Set before huggingface_hub and
+# transformers are imported (they read these at import); MLflow reads its own at each download.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             "TQDM_DISABLE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
-from theseus_ops.catalog import GateConfig
-from theseus_ops.errors import ServiceError, TheseusError
-from theseus_ops.workflow import WorkflowConfig
+
+def quiet_third_party() -> None:
+    """Silence libraries' progress bars; their warnings become log records (WARNING), not stderr text."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.captureWarnings(True)
+    if "huggingface_hub" in sys.modules:  # imported already: switch its bars off directly
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+quiet_third_party()
+
+from airflow.sdk import Asset  # noqa: E402 - after quiet_third_party()
+from airflow.sdk.exceptions import AirflowFailException  # noqa: E402 - after quiet_third_party()
+
+from theseus_ops.catalog import GateConfig  # noqa: E402 - after quiet_third_party()
+from theseus_ops.errors import ServiceError, TheseusError  # noqa: E402 - after quiet_third_party()
+from theseus_ops.workflow import WorkflowConfig  # noqa: E402 - after quiet_third_party()
 
 log = logging.getLogger("theseus_ops")
 

@@ -260,7 +260,29 @@ def register_transported_vector(catalog: Catalog, source_vector: VersionRef, tar
 
 
 # -- transported models --------------------------------------------------------------------------
-def _save_transformers_model(model_dir: Path, out: Path) -> None:
+def stop_on(pipe, stop: str | None) -> None:
+    """Make generation end where the task's answers end, so a consumer's pipeline stops at the answer.
+
+    A stop text that is one token of the model's tokenizer (the demo tasks' ``"\\n"`` on a byte-level
+    tokenizer) joins ``generation_config.eos_token_id``, which every ``generate`` honours; a longer
+    one goes to ``stop_strings``. The model's own end-of-sequence token stays an end too.
+    """
+    if not stop:
+        return
+    config = pipe.model.generation_config
+    ids = pipe.tokenizer.encode(stop, add_special_tokens=False)
+    if len(ids) == 1 and pipe.tokenizer.decode(ids) == stop:
+        eos = config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        config.eos_token_id = eos + [i for i in ids if i not in eos]
+        if config.pad_token_id is None:  # else generate() warns that it pads with the first eos id
+            pad = pipe.tokenizer.pad_token_id
+            config.pad_token_id = pad if pad is not None else (eos or ids)[0]
+    else:
+        config.stop_strings = [stop]
+
+
+def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n") -> None:
     """``model_dir`` as an MLflow model with the transformers (and pyfunc) flavor, for text generation."""
     import mlflow
     import torch
@@ -274,6 +296,7 @@ def _save_transformers_model(model_dir: Path, out: Path) -> None:
     from theseus_ops.io.finite import require_finite
 
     require_finite(pipe.model.state_dict(), f"model {model_dir}")  # never register a broken model
+    stop_on(pipe, stop)
     from huggingface_hub import ModelCard
 
     readme = model_dir / "README.md"
@@ -287,8 +310,11 @@ def _save_transformers_model(model_dir: Path, out: Path) -> None:
 def register_transported_model(catalog: Catalog, name: str, model_dir: str | Path, *, source_vector: VersionRef,
                                target_base: VersionRef, method: str, alpha: float, evaluation: Evaluation,
                                gate: GateConfig, options: dict | None = None,
-                               progress: Progress | None = None) -> Registration:
+                               progress: Progress | None = None, stop: str | None = "\n") -> Registration:
     """Log a ready-to-serve model (target base + ported vector) and gate its ``candidate`` alias.
+
+    ``stop`` is the text that ends an answer (the workflow's tasks end theirs at a newline); it ships
+    in the model's generation config, so a consumer's generation stops there (``None``: no stop).
 
     Idempotent on (source vector, target base, method, options incl. alpha): a re-run returns the
     existing version and moves no alias.
@@ -316,7 +342,7 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     metrics = {"val_metric": evaluation.val_metric, "test_metric": evaluation.test_metric}
     with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
         saved = Path(tmp) / "model"
-        _save_transformers_model(Path(model_dir), saved)
+        _save_transformers_model(Path(model_dir), saved, stop)
         mv, created = catalog.register_entry(
             name, saved, tags, "model",
             f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,8 @@ FORMAT = "theseus-demo-family/2"
 RELEASES = ("v1", "v2-wide", "v2-wide-shuffled", "v2-same", "v2-indep")
 TARGETS = RELEASES[1:]
 DEFAULT_ROOT = Path(".theseus/families")
+# progress goes to logging unless a caller passes its own callback: an Airflow task log or the CLI's stderr
+log = logging.getLogger("theseus_ops.demo")
 
 
 @dataclass(frozen=True)
@@ -180,25 +184,50 @@ def _save_delta(tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], p
 
 
 def _finetune(config, state: dict[str, torch.Tensor], data, spec: train.TrainSpec, seed: int,
-              replay: train.Replay | None) -> dict:
+              replay: train.Replay | None, progress: Callable[[str], None] | None = None,
+              label: str = "finetune") -> dict:
     model = train.with_state(config, state)
-    train.run_training(model, data, spec, seed, replay=replay)
+    train.run_training(model, data, spec, seed, replay=replay, progress=progress, label=label)
     return train.state_of(model)
+
+
+# what else a build's bytes depend on beyond its config and corpus: recorded in family.json, so two
+# machines' numbers can be compared (the thread count is pinned by the config; see README)
+VERSIONED = ("torch", "transformers", "peft")
+
+
+def environment() -> dict:
+    import platform
+
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
 GPU_SCALES = ("small",)
 ALLOW_CPU_ENV = "THESEUS_ALLOW_CPU_BUILD"
 
 
-def build_family(config: FamilyConfig, root: str | Path | None = None, progress=print) -> Family:
+def build_family(config: FamilyConfig, root: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> Family:
     """Build (or reuse from cache) every release, task and task vector of ``config``."""
+    progress = progress or log.info
     check_fits(config)
     corpus = corpus_mod.build_corpus(config.corpus, config.skills)
     key = config.key(corpus.digest)
     root = Path(root) if root is not None else DEFAULT_ROOT
     final = root / f"{config.scale}-{key}"
     if (final / "family.json").is_file():
-        return Family(final, config, json.loads((final / "family.json").read_text()))
+        info = json.loads((final / "family.json").read_text())
+        built, here = info.get("environment"), environment()
+        if built and {k: built.get(k) for k in VERSIONED} != {k: here[k] for k in VERSIONED}:
+            log.warning("family %s was built under %s and is reused under %s: scores measured here may differ "
+                        "from a fresh build's", final.name, {k: built.get(k) for k in VERSIONED},
+                        {k: here[k] for k in VERSIONED})
+        return Family(final, config, info)
     if config.scale in GPU_SCALES and not torch.cuda.is_available() and not os.environ.get(ALLOW_CPU_ENV):
         raise InputError(f"family {config.scale} is built on a GPU (hours on a CPU) and none is available; "
                          f"run it where CUDA is, or set {ALLOW_CPU_ENV}=1")
@@ -226,9 +255,20 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
     started = time.perf_counter()
     fam = Family(out, cfg)
 
+    n_stages = len(RELEASES) + len(cfg.skills) + len([s for s in cfg.skills if s in cfg.lora_skills])
+    done: list[str] = []
+
+    def begin(name: str) -> Callable[[str], None]:
+        """Announce stage k of N; returns the step-progress callback of its training loop."""
+        progress(f"family {cfg.scale}: stage {len(done) + 1}/{n_stages} {name}: started "
+                 f"({time.perf_counter() - started:.0f}s elapsed)")
+        return lambda message: progress(f"family {cfg.scale}: stage {len(done) + 1}/{n_stages} {message}")
+
     def stage(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 2)
-        progress(f"family {cfg.scale}: {name} in {timings[name]:.1f}s")
+        done.append(name)
+        progress(f"family {cfg.scale}: stage {len(done)}/{n_stages} {name} in {timings[name]:.1f}s "
+                 f"({time.perf_counter() - started:.0f}s elapsed)")
 
     (out / "corpus").mkdir()
     fam.heldout.write_text(corpus.heldout)
@@ -253,8 +293,9 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
     t0 = time.perf_counter()
     v1_cfg = cfg.source.config(cfg.seq_len * 2)
     model = train.new_model(v1_cfg, cfg.seed)
+    steps = begin("v1")
     losses = train.run_training(model, windows(cfg.pretrain.steps * cfg.pretrain.batch, cfg.seed + 1), cfg.pretrain,
-                                cfg.seed + 2)
+                                cfg.seed + 2, progress=steps, label="v1 pretraining")
     v1_state = train.state_of(model)
     _save_model(model, fam.model("v1"), {**common, "release": "v1", "made": "pretrained from scratch",
                                           "steps": cfg.pretrain.steps, "final_loss": losses[-1]})
@@ -274,15 +315,18 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
     ):
         t0 = time.perf_counter()
         model = train.with_state(conf, start)
-        losses = train.run_training(model, further, cfg.further, cfg.seed + 6)
+        steps = begin(release)
+        losses = train.run_training(model, further, cfg.further, cfg.seed + 6, progress=steps,
+                                    label=f"{release} further training")
         _save_model(model, fam.model(release), {**common, "release": release, "made": made, "from": "v1",
                                                  "steps": cfg.further.steps, "final_loss": losses[-1]})
         stage(release, t0)
 
     t0 = time.perf_counter()
     model = train.new_model(cfg.wide.config(cfg.seq_len * 2), cfg.seed + 7)
+    steps = begin("v2-indep")
     losses = train.run_training(model, windows(cfg.independent.steps * cfg.independent.batch, cfg.seed + 8),
-                                cfg.independent, cfg.seed + 9)
+                                cfg.independent, cfg.seed + 9, progress=steps, label="v2-indep pretraining")
     _save_model(model, fam.model("v2-indep"), {**common, "release": "v2-indep", "made": "trained from scratch at "
                                                 "the wide width (negative control)", "steps": cfg.independent.steps,
                                                 "final_loss": losses[-1]})
@@ -296,20 +340,25 @@ def _build_into(out: Path, cfg: FamilyConfig, corpus: corpus_mod.Corpus, key: st
     for i, skill in enumerate(cfg.skills):
         t0 = time.perf_counter()
         data = train.example_data(task_rows[skill])
-        tuned = _finetune(v1_cfg, v1_state, data, cfg.finetune, cfg.seed + 100 + i, replay)
+        steps = begin(f"finetune v1 {skill}")
+        tuned = _finetune(v1_cfg, v1_state, data, cfg.finetune, cfg.seed + 100 + i, replay,
+                          progress=steps, label=f"finetune v1 {skill}")
         _save_delta(tuned, v1_state, fam.task_vector(skill), {"theseus.base_sha256": v1_sha,
                                                               "theseus.skill": skill})
         stage(f"finetune v1 {skill}", t0)
         if skill in cfg.lora_skills:
             t0 = time.perf_counter()
+            steps = begin(f"lora v1 {skill}")
             peft_model = train.lora_finetune(train.with_state(v1_cfg, v1_state), data, cfg.lora, cfg.seed + 200 + i,
-                                             cfg.lora_rank, 2 * cfg.lora_rank, replay)
+                                             cfg.lora_rank, 2 * cfg.lora_rank, replay, progress=steps,
+                                             label=f"lora v1 {skill}")
             peft_model.save_pretrained(str(fam.lora(skill)))
             stage(f"lora v1 {skill}", t0)
     total = round(time.perf_counter() - started, 2)
     info = {"format": FORMAT, "scale": cfg.scale, "hash": key, "corpus_sha256": corpus.digest,
             "config": cfg.as_dict(), "build_seconds": total, "timings": timings,
-            "torch": torch.__version__, "releases": list(RELEASES), "skills": list(cfg.skills)}
+            "torch": torch.__version__, "environment": environment(), "releases": list(RELEASES),
+            "skills": list(cfg.skills)}
     (out / "family.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     progress(f"family {cfg.scale}: built in {total:.1f}s")
     return info
@@ -323,13 +372,14 @@ def _replay(cfg: FamilyConfig, corpus: corpus_mod.Corpus) -> train.Replay | None
     return train.Replay(train.window_data(windows, cfg.seq_len), cfg.replay_weight, cfg.replay_batch)
 
 
-def ensure_references(fam: Family, progress=print) -> dict[str, float]:
+def ensure_references(fam: Family, progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Each target fine-tuned directly on each skill: the benchmark's upper bound.
 
     Built on demand (by ``bench quality``), not with the family: the family itself is what users
     and the demo need, and it must build within minutes. Same recipe, data and seeds as v1's
     fine-tunes; each file is written atomically and reused when present. Returns seconds per built one.
     """
+    progress = progress or log.info
     cfg = fam.config
     missing = [(i, skill, release) for i, skill in enumerate(cfg.skills) for release in TARGETS
                if not fam.reference(release, skill).is_file()]
@@ -343,7 +393,11 @@ def ensure_references(fam: Family, progress=print) -> dict[str, float]:
         data = train.example_data(skills_mod.load_split(fam.task(skill), "train"))
         base_model = train.load_release(fam.model(release))
         base_state = train.state_of(base_model)
-        tuned = _finetune(base_model.config, base_state, data, cfg.finetune, cfg.seed + 100 + i, replay)
+        n = len(timings) + 1
+        progress(f"family {cfg.scale}: reference fine-tune {n}/{len(missing)} {release} {skill}: started")
+        tuned = _finetune(base_model.config, base_state, data, cfg.finetune, cfg.seed + 100 + i, replay,
+                          progress=lambda m, n=n: progress(f"family {cfg.scale}: reference {n}/{len(missing)} {m}"),
+                          label=f"{release} {skill}")
         dest = fam.reference(release, skill)
         tmp = dest.with_name(f".{dest.name}.tmp")
         _save_delta(tuned, base_state, tmp, {"theseus.skill": skill, "theseus.release": release})

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
@@ -24,8 +24,9 @@ from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.storage import land_release, open_zone
 from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_releases
 from theseus_ops.workflow.reconcile import base_versions
-from theseus_ops.workflow.runs import read_text_artifact
-from theseus_ops.workflow.summary import is_failure, read_summary
+from theseus_ops.workflow.summary import aligned, is_failure, read_summary, round_numbers, table
+
+log = logging.getLogger("theseus_ops.demo")
 
 
 def _dataset_dir(family, skill: str, root: Path) -> Path:
@@ -42,10 +43,11 @@ def _dataset_dir(family, skill: str, root: Path) -> Path:
 
 
 def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, families_root: Path,
-              datasets_root: Path, skills: list[str] | None = None, progress=print) -> dict:
+              datasets_root: Path, skills: list[str] | None = None, progress=None) -> dict:
     """Land ``v1``, register it and its task vectors, then land ``target`` (left for the watcher)."""
     if target not in TARGETS:
         raise InputError(f"unknown demo target release {target!r}; choose from {', '.join(TARGETS)}")
+    progress = progress or log.info
     family = build_family(family_config(scale), families_root, progress=progress)
     zone = open_zone(cfg.storage)
     catalog = Catalog(cfg.catalog)
@@ -73,16 +75,25 @@ def report(cfg: WorkflowConfig, family_name: str) -> str:
     if not runs:
         raise InputError(f"{family_name} has no processed release yet: run the watcher and the transport DAG")
     run_id = runs[-1]
-    with tempfile.TemporaryDirectory(prefix="theseus-report-") as tmp:
-        table = read_text_artifact(catalog, run_id, "summary.md", Path(tmp))
-    lines = [table, "Transported models registered (load by alias):"]
-    models = [o["registered"] for o in read_summary(cfg, run_id)["outcomes"]
-              if not is_failure(o) and o["registered"]["model"]]
-    for reg in models:
+    summary = read_summary(cfg, run_id)
+    head, rows, failed = table(summary.get("methods") or [], summary["outcomes"])
+    lines = [f"{summary.get('target_base')} (release {summary.get('release')}) from {summary.get('source_base')}",
+             "", aligned(head, rows)]
+    if failed:
+        lines += ["", "Failed task vectors:"] + [f"  {vector}: {error}" for vector, error in failed]
+    lines += ["", "Transported models registered (load by alias):"]
+    models = []
+    for o in summary["outcomes"]:
+        reg = o.get("registered") or {}
+        if is_failure(o) or not reg.get("model"):
+            continue
         name = reg["model"].rsplit("/", 1)[0]
-        lines.append(f"  models:/{name}@candidate   (version {reg['model']})" if reg["candidate"]
-                     else f"  {reg['model']}: no alias, the gate {reg['gate']}")
-    if not models:
+        models.append([f"models:/{name}@candidate" if reg["candidate"] else reg["model"],
+                       f"version {reg['model']}" if reg["candidate"] else "no alias",
+                       round_numbers(f"gate {reg['gate']}")])
+    if models:
+        lines += ["  " + line for line in aligned(["load", "status", "gate"], models).splitlines()]
+    else:
         lines.append("  none: the untouched target base was best on val for every task")
     lines.append(f"Summary run: {run_id} (summary.md, summary.json, alpha-sweeps.png)")
     return "\n".join(lines)
@@ -97,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets-root", default=".theseus/datasets")
     parser.add_argument("--report", action="store_true", help="print the newest release summary instead of seeding")
     args = parser.parse_args(argv)
+    # progress lines (family build stages and steps) go to stderr, which the demo keeps as seed.log;
+    # stdout carries only the result
+    ours = logging.getLogger("theseus_ops")
+    if not ours.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("theseus-ops: %(asctime)s %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
     try:
         if args.report:
             print(report(WorkflowConfig.from_env(), args.family))

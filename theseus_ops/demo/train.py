@@ -8,12 +8,14 @@ seeds and deterministic kernels, draws its batches from its own generator, and u
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import transformers
 
 from theseus_ops.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, encode_bytes
+from theseus_ops.progress import Ticker
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,12 @@ def _lr(step: int, spec: TrainSpec) -> float:
 
 
 def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: TrainSpec, seed: int,
-                 params: list[torch.nn.Parameter] | None = None, replay: Replay | None = None) -> list[float]:
+                 params: list[torch.nn.Parameter] | None = None, replay: Replay | None = None,
+                 progress: Callable[[str], None] | None = None, label: str = "training") -> list[float]:
     """AdamW on batches sampled (seeded) from ``data`` rows; returns the loss of every step.
+
+    ``progress`` gets ``"<label>: step n/N, loss L, T s"`` every tenth of the steps or 30 s
+    (a tiny-family stage takes minutes on a loaded machine and would otherwise print nothing).
 
     With ``replay``, each step adds ``weight`` × the LM loss of a few pretraining windows: a
     fine-tune then learns its skill without wiping out general capability (without it, held-out
@@ -95,6 +101,7 @@ def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: Tr
     model.train()
     rows = data["input_ids"].shape[0]
     losses = []
+    ticker = Ticker(spec.steps)
     for step in range(spec.steps):
         idx = torch.randint(0, rows, (spec.batch,), generator=gen)
         for group in opt.param_groups:
@@ -109,6 +116,8 @@ def run_training(model: torch.nn.Module, data: dict[str, torch.Tensor], spec: Tr
         torch.nn.utils.clip_grad_norm_(params, spec.clip)
         opt.step()
         losses.append(float(loss.detach()))
+        if progress is not None and ticker.due(step + 1):
+            progress(f"{label}: step {step + 1}/{spec.steps}, loss {losses[-1]:.3f}, {ticker.elapsed:.1f} s")
     model.eval()
     return losses
 
@@ -157,7 +166,8 @@ def training_device() -> torch.device:
 
 
 def lora_finetune(model: transformers.LlamaForCausalLM, data: dict[str, torch.Tensor], spec: TrainSpec, seed: int,
-                  rank: int, alpha: int, replay: Replay | None = None):
+                  rank: int, alpha: int, replay: Replay | None = None,
+                  progress: Callable[[str], None] | None = None, label: str = "lora"):
     """A PEFT LoRA fine-tune on every linear layer of the blocks; returns the PEFT model."""
     from peft import LoraConfig, get_peft_model
 
@@ -165,7 +175,7 @@ def lora_finetune(model: transformers.LlamaForCausalLM, data: dict[str, torch.Te
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)
-    run_training(peft_model, data, spec, seed, replay=replay)
+    run_training(peft_model, data, spec, seed, replay=replay, progress=progress, label=label)
     return peft_model
 
 

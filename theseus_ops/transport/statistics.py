@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from theseus_ops.errors import InputError
+from theseus_ops.progress import Ticker
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ def collect_statistics(
     rec_a, rec_b = _Recorder(source_model, source_keys), _Recorder(target_model, target_keys)
     stats: dict[str, SpaceStatistics] = {}
     started = time.perf_counter()
+    ticker = Ticker(-(-total // batch_size))  # batches
     try:
         with torch.inference_mode():
             for start in range(0, total, batch_size):
@@ -256,8 +258,8 @@ def collect_statistics(
                 rows.clear()
                 rec_a.values.clear()
                 rec_b.values.clear()
-                if progress:
-                    done = min(start + batch_size, total)
+                done = min(start + batch_size, total)
+                if progress and ticker.due(-(-done // batch_size)):
                     progress(f"statistics: {done}/{total} examples, {len(requests)} spaces, "
                              f"{time.perf_counter() - started:.1f} s")
     finally:

@@ -155,8 +155,9 @@ def list_task_vectors(cfg: WorkflowConfig, pair: dict, tasks: list[str] | None =
     found = catalog.search_versions(tags={ROLE: ROLE_TASK_VECTOR, "theseus.base_model": source.name,
                                           "theseus.base_version": source.version})
     wanted = set(tasks) if tasks else None
-    refs = [f"{v.name}/{v.version}" for v in found if wanted is None or v.tags.get("theseus.task") in wanted]
-    return sorted(refs, key=lambda r: (r.rsplit("/", 1)[0], int(r.rsplit("/", 1)[1])))
+    # registration order (the family's task order), so the DAG's mapped tasks and the summary agree
+    found = sorted(found, key=lambda v: (int(v.creation_timestamp or 0), v.name, int(v.version)))
+    return [f"{v.name}/{v.version}" for v in found if wanted is None or v.tags.get("theseus.task") in wanted]
 
 
 # -- process_task_vector ---------------------------------------------------------------------------
@@ -280,8 +281,11 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
             "general_loss": scorer.general_loss(None, 0.0, heldout) if heldout is not None else None}
     methods: dict[str, dict] = {}
     paths: dict[str, tuple[Path, str]] = {}
-    for method in cfg.methods:
+    log.info("%s -> %s: base val %s %.3f (%.1fs)", ref, target_ref, primary, base_val[primary],
+             time.perf_counter() - started)
+    for k, method in enumerate(cfg.methods, 1):
         t0 = time.perf_counter()
+        log.info("%s: method %d/%d %s: transporting", ref, k, len(cfg.methods), method)
         try:
             paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported")
         except TheseusError as exc:
@@ -289,7 +293,11 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
             log.info("%s is not applicable to %s -> %s: %s", method, source_ref, target_ref, exc)
             continue
         delta = dense_deltas(paths[method][0], pair["target"]["dir"])
-        sweep = [{"alpha": a, **scorer.score(delta, a, splits["val"])} for a in cfg.alphas]
+        sweep = []
+        for j, a in enumerate(cfg.alphas, 1):
+            sweep.append({"alpha": a, **scorer.score(delta, a, splits["val"])})
+            log.info("%s: method %d/%d %s: alpha %d/%d = %g: val %s %.3f (%.1fs)", ref, k, len(cfg.methods),
+                     method, j, len(cfg.alphas), a, primary, sweep[-1][primary], time.perf_counter() - started)
         best = max(sweep, key=lambda s: (*_rank(s, primary), -s["alpha"]))
         methods[method] = {
             "alpha": best["alpha"],
@@ -299,8 +307,13 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
             "sweep": sweep,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        log.info("%s: method %d/%d %s: alpha %g chosen on val (%s %.3f), test %.3f, %.1fs", ref, k, len(cfg.methods),
+                 method, best["alpha"], primary, best[primary], methods[method]["test"][primary],
+                 methods[method]["seconds"])
     candidates = {"base": base, **{m: r for m, r in methods.items() if "val" in r}}
     selected = max(candidates, key=lambda m: (*_rank(candidates[m]["val"], primary), m == "base"))
+    log.info("%s: selected %s on val (%s %.3f) after %.1fs", ref, selected, primary,
+             candidates[selected]["val"][primary], time.perf_counter() - started)
 
     registered: dict = {"task_vector": None, "model": None, "gate": None, "candidate": False, "champion": False}
     if selected != "base":

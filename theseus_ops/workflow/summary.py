@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,35 @@ NO_OUTCOME = "its task ended without an outcome or a recorded error (killed, or 
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+_LONG_NUMBER = re.compile(r"-?\d+\.\d{4,}(?:e[-+]?\d+)?")
+
+
+def round_numbers(text: str) -> str:
+    """Numbers with more than three decimals (the gate's reason, e.g. ``0.0234375``) to three significant digits."""
+    return _LONG_NUMBER.sub(lambda m: f"{float(m.group()):.3g}", text)
+
+
+def not_applicable(reason: str) -> str:
+    """``n/a`` with a short reason: why a method did not run on this pair (shapes differ, LoRA, ...)."""
+    text = reason.splitlines()[0] if reason else ""
+    if "identical shape" in text:
+        short = "shapes differ"
+    elif "LoRA adapter" in text:
+        short = "LoRA adapter"
+    else:
+        short = text.split(";")[0].strip()
+        short = short if len(short) <= 60 else short[:57] + "..."
+    return f"n/a: {short}" if short else "n/a"
+
+
+def aligned(head: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table with every column padded to its widest cell (the terminal report)."""
+    widths = [max(len(c) for c in col) for col in zip(head, *rows)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in (head, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def is_failure(outcome: dict) -> bool:
@@ -86,10 +116,10 @@ def table(methods: list[str], outcomes: list[dict]) -> tuple[list[str], list[lis
         for method in methods:
             r = o["methods"].get(method, {})
             cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} (α {r['alpha']:g}; val {tie} {_fmt(r['val'][tie])})"
-                         if "val" in r else "n/a")
+                         if "val" in r else not_applicable(r.get("not_applicable", "")))
         reg = o["registered"]
         cells += [o["selected"], _fmt(o["selected_test"]), _fmt(o["general_loss_change"]), reg["model"] or "–",
-                  (reg["gate"] or "–").replace("|", "/")]
+                  round_numbers(reg["gate"] or "–").replace("|", "/")]
         rows.append(cells)
     return head, rows, failed
 

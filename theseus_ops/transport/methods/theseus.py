@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from theseus_ops.errors import InputError
+from theseus_ops.progress import Ticker
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
 
@@ -58,8 +59,11 @@ def estimate_maps(
     maps, quality = {}, {}
     by_key = {r.key: r for r in requests}
     complete = probes is not None and options.fill == "project"
-    for key in sorted(stats):
+    ticker = Ticker(len(stats))
+    for k, key in enumerate(sorted(stats), 1):
         maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options)
+        if progress and ticker.due(k):
+            progress(f"maps: space {k}/{ticker.total} ({key}), {ticker.elapsed:.1f} s")
         if not (complete and quality[key].needs_completion):
             del stats[key]  # the spaces left are completed from probe inputs below
     if complete and stats:
