@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test lint demo engine-demo clean
+.PHONY: venv test lint demo ui engine-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: venv
 
 demo: venv
 	bash scripts/demo.sh
+
+# MLflow + Airflow (api-server, scheduler, dag-processor) on the demo's state; Ctrl-C stops everything.
+ui: venv
+	bash scripts/ui.sh
 
 engine-demo: venv
 	bash scripts/engine-demo.sh

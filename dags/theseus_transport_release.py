@@ -82,6 +82,8 @@ def _release_key(release: dict) -> tuple[str, str]:
     default_args=DEFAULT_ARGS,
     params=PARAMS,
     tags=["theseus-ops"],
+    description="Port every task vector of a new base release: align, transport, α search on val, register",
+    is_paused_upon_creation=False,  # the watcher and its trigger are the product: on from the start
     doc_md=__doc__,
 )
 def theseus_transport_release():

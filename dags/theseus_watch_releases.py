@@ -29,6 +29,8 @@ REANNOUNCE_S = 60.0 * float(os.environ.get("THESEUS_REANNOUNCE_MINUTES", "60"))
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["theseus-ops"],
+    description="Register newly landed base releases and announce each unprocessed one (the transport DAG's trigger)",
+    is_paused_upon_creation=False,  # the watcher and its trigger are the product: on from the start
     doc_md=__doc__,
 )
 def theseus_watch_releases():

@@ -3,22 +3,10 @@
 # State lives under .theseus/: Airflow's SQLite DB, MLflow's SQLite DB and artifact store, the landing
 # zone as a local directory. A second run reuses everything and registers nothing new.
 set -euo pipefail
-BIN="${BIN:-.venv/bin}"
-STATE="$(mkdir -p "${THESEUS_STATE:-.theseus}" && cd "${THESEUS_STATE:-.theseus}" && pwd)"
-ROOT="$(pwd)"
 FAMILY="${THESEUS_DEMO_FAMILY:-theseus-tiny}"
 SCALE="${THESEUS_DEMO_SCALE:-tiny}"
-LOGS="$STATE/logs"; mkdir -p "$LOGS"
-
-export AIRFLOW_HOME="$STATE/airflow" AIRFLOW__CORE__LOAD_EXAMPLES=False
-export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags" AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
-export THESEUS_MLFLOW_TRACKING_URI="sqlite:///$STATE/mlflow.db" THESEUS_MLFLOW_ARTIFACT_LOCATION="$STATE/mlartifacts"
-export THESEUS_LANDING_URL="$STATE/landing" THESEUS_WORK_DIR="$STATE/work"
-export THESEUS_ALPHAS="${THESEUS_ALPHAS:-0,1,2,3}" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# The tiny family's transported models raise the held-out LM loss by 0.15-0.25 nats (measured): the demo's
-# gate tolerates 0.5 so candidates appear; the library default (0) is strict, choose yours deliberately.
-export THESEUS_GATE_MAX_GENERAL_LOSS_INCREASE="${THESEUS_GATE_MAX_GENERAL_LOSS_INCREASE:-0.5}"
-export MLFLOW_ENABLE_ASYNC_LOGGING=false
+# shellcheck source=scripts/demo-env.sh
+source "$(dirname "$0")/demo-env.sh"  # BIN, ROOT, STATE, LOGS and every setting `make ui` shares
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 t0=$SECONDS
@@ -29,14 +17,15 @@ step "the $SCALE family (built once, cached under $STATE/families); v1 and its t
 "$BIN/python" -m theseus_ops.demo.seed --scale "$SCALE" --family "$FAMILY" --families-root "$STATE/families" \
     --datasets-root "$STATE/datasets" 2> "$LOGS/seed.log" | tail -1
 
-run_dag() {  # dag.test() through Airflow; the task logs go to a file, the task table to the terminal
-  local dag="$1"; shift
-  step "airflow: $dag (log: $LOGS/$dag.log)"
-  if ! "$BIN/python" "$ROOT/plugins/theseus_airflow/runner.py" "$dag" "$@" > "$LOGS/$dag.out" 2> "$LOGS/$dag.log"; then
-    grep -v '^{' "$LOGS/$dag.out" | grep -v '^20[0-9][0-9]-' || true
-    echo "the $dag run failed; see $LOGS/$dag.log" >&2; exit 1
+run_dag() {  # dag.test() through Airflow; the task table to the terminal, the runner's output to a new file
+  local dag="$1" out; shift
+  out="$LOGS/$dag.$(date -u +%Y%m%dT%H%M%SZ).log"  # one file per run: a second demo keeps the first one's
+  step "airflow: $dag (log: $out)"
+  if ! "$BIN/python" "$ROOT/plugins/theseus_airflow/runner.py" "$dag" "$@" > "$out" 2>&1; then
+    grep -v '^{' "$out" | grep -v '^20[0-9][0-9]-' || true
+    echo "the $dag run failed; see $out" >&2; exit 1
   fi
-  grep -A100 "^$dag " "$LOGS/$dag.out"
+  grep -A100 "^$dag " "$out"
 }
 run_dag theseus_watch_releases
 run_dag theseus_transport_release
@@ -47,9 +36,6 @@ step "release summary"
 cat <<EOT
 
 Done in $((SECONDS - t0)) s. Run 'make demo' again: everything is reused, nothing is registered twice.
-Open the UIs (each in its own terminal, from $ROOT):
-  MLflow : $BIN/mlflow ui --backend-store-uri sqlite:///$STATE/mlflow.db --port 5000
-  Airflow: AIRFLOW_HOME=$AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins \\
-           THESEUS_MLFLOW_TRACKING_URI=sqlite:///$STATE/mlflow.db THESEUS_MLFLOW_UI_URL=http://127.0.0.1:5000 \\
-           $BIN/airflow standalone      # then http://127.0.0.1:8080 -> Browse -> Theseus releases
+Open both UIs (MLflow, and Airflow with the task logs and Browse -> Theseus releases) on this state:
+  make ui          # prints the URLs and the login; Ctrl-C stops everything
 EOT

@@ -5,6 +5,13 @@ asset events) against the metadata database of ``AIRFLOW_HOME`` without a schedu
 normally even when the run failed, so this module reports the run's state and its task instances,
 and the CLI exits non-zero on a failed run.
 
+``dag.test()`` runs each task in this process and logs to the console only, so the api-server would
+find no log for the demo's tasks. While a task runs, every log record (structlog's and stdlib's, after
+the level filter) is also appended as one JSON line to the file a worker would write:
+``<base_log_folder>/dag_id=…/run_id=…/task_id=…/[map_index=…/]attempt=N.log``, the layout and the format
+Airflow's FileTaskHandler reads. Run ids are unique per run and files are only appended to, so the logs
+of earlier runs stay.
+
     python plugins/theseus_airflow/runner.py theseus_watch_releases
     python plugins/theseus_airflow/runner.py theseus_transport_release --conf '{"tasks": ["upper"]}'
 """
@@ -12,10 +19,14 @@ and the CLI exits non-zero on a failed run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 GPU_POOL_SLOTS = int(os.environ.get("THESEUS_GPU_POOL_SLOTS", "1"))
@@ -68,13 +79,130 @@ def _return_value(dag_id: str, run_id: str, task_id: str):
     return values[0] if len(values) == 1 else values
 
 
+class TaskLogTee:
+    """A structlog processor that copies each event, as one JSON line, to the running task's log file.
+
+    Inserted just before the console renderer of structlog's chain and of the stdlib formatters, so
+    the file gets exactly the records the console gets; it leaves the event unchanged. Exceptions are
+    written as Airflow's supervisor writes them (``error_detail``: structlog's exception dicts), so the
+    UI shows them as it shows a worker's.
+    """
+
+    def __init__(self) -> None:
+        import structlog
+
+        self._lock = threading.Lock()
+        self._file = None
+        self._exceptions = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+
+    def __call__(self, logger, method_name: str, event_dict: dict) -> dict:
+        if self._file is None:
+            return event_dict
+        line = {k: v for k, v in event_dict.items() if not k.startswith("_")}
+        try:
+            line = self._exceptions(logger, method_name, line)
+            if "exception" in line:
+                line["error_detail"] = line.pop("exception")
+            line = {"timestamp": line.pop("timestamp", None) or datetime.now(UTC).isoformat(),
+                    "level": line.pop("level", method_name), "event": str(line.pop("event", "")), **line}
+            data = (json.dumps(line, default=str) + "\n").encode()
+        except Exception as exc:  # a log line must never fail the task it describes
+            data = (json.dumps({"timestamp": datetime.now(UTC).isoformat(), "level": "warning",
+                                "event": f"(log record not written: {exc!r})"}) + "\n").encode()
+        with self._lock:
+            if self._file is not None:
+                self._file.write(data)
+                self._file.flush()
+        return event_dict
+
+    def install(self) -> None:
+        """Insert this tee before the renderer of structlog's chain and of every stdlib formatter of it."""
+        import logging
+
+        import structlog
+
+        chains = [structlog.get_config()["processors"]]
+        loggers = [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                   if isinstance(lg, logging.Logger))]
+        chains += [h.formatter.processors for lg in loggers for h in lg.handlers
+                   if isinstance(h.formatter, structlog.stdlib.ProcessorFormatter)]
+        for chain in chains:  # in place: loggers already bound (cached) hold these very lists
+            if isinstance(chain, list) and self not in chain:
+                chain.insert(max(len(chain) - 1, 0), self)
+
+    @contextlib.contextmanager
+    def writing_to(self, path: Path) -> Iterator[None]:
+        with open(path, "ab") as fh:  # append: a resumed (deferred) try and earlier runs keep their lines
+            self._file = fh
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._file = None
+
+
+def task_log_relpath(ti) -> str:
+    """The file the api-server reads for this try, relative to ``base_log_folder``: ``log_filename_template``."""
+    from airflow.utils.helpers import log_filename_template_renderer
+
+    return log_filename_template_renderer()(ti=ti, try_number=ti.try_number)
+
+
+def task_log_path(ti) -> Path:
+    from airflow.configuration import conf
+
+    return Path(conf.get("logging", "base_log_folder"), task_log_relpath(ti))
+
+
+@contextlib.contextmanager
+def task_logs_to_files() -> Iterator[TaskLogTee]:
+    """While ``dag.test()`` runs, each task's log also goes to its Airflow log file (see the module doc)."""
+    from airflow.sdk.execution_time import supervisor
+
+    tee = TaskLogTee()
+    tee.install()
+    original = supervisor.run_task_in_process
+
+    def run_task_in_process(ti, task, *args, **kwargs):
+        from airflow.sdk.log import init_log_file  # the folders and the file, with Airflow's permissions
+
+        with tee.writing_to(Path(init_log_file(task_log_relpath(ti)))):
+            return original(ti, task, *args, **kwargs)
+
+    supervisor.run_task_in_process = run_task_in_process  # dag.test() imports it at each task
+    try:
+        yield tee
+    finally:
+        supervisor.run_task_in_process = original
+
+
+def consume_asset_triggers(dag_id: str) -> int:
+    """Dequeue the Asset events that would trigger ``dag_id``; return how many there were.
+
+    The scheduler does this when it creates an asset-triggered run. A ``dag.test()`` run without
+    Params processes every pending release, so it stands for that run: without this, a scheduler
+    started later (``make ui``) would run the same releases again from the demo's old events.
+    """
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        return session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id)).rowcount
+
+
 def run_dag(dag_id: str, conf: dict | None = None, returns: tuple[str, ...] = ()) -> DagRunReport:
     """Run ``dag_id`` once with ``conf``; report its state, its task instances and ``returns`` tasks' XCom."""
     dag = load_dag(dag_id)
     ensure_gpu_pool()
-    dr = dag.test(run_conf=conf or {})
+    if not conf:
+        consume_asset_triggers(dag_id)
+    with task_logs_to_files():
+        dr = dag.test(run_conf=conf or {})
     tasks = sorted(({"task_id": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
-                     "state": str(ti.state), "try_number": ti.try_number, "pool": ti.pool, "queue": ti.queue}
+                     "state": str(ti.state), "try_number": ti.try_number, "pool": ti.pool, "queue": ti.queue,
+                     "log": str(task_log_path(ti)) if ti.try_number else None}
                     for ti in dr.get_task_instances()), key=lambda t: (t["task_id"], t["map_index"]))
     report = DagRunReport(dag_id, dr.run_id, str(dr.state), tasks)
     for task_id in returns:
@@ -106,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in report.tasks:
             label = t["label"] or (t["map_index"] if t["map_index"] >= 0 else "")
             print(f"  {t['task_id']:<12} {label!s:<48} {t['state']:<15} try {t['try_number']}")
+        logs = sorted({str(Path(t["log"]).parents[1]) for t in report.tasks if t["log"]})
+        if logs:
+            print(f"task logs (also in the Airflow UI): {os.path.commonpath(logs)}")
     return 0 if report.state == "success" else 1
 
 
