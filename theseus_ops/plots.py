@@ -50,8 +50,8 @@ def sweep_figure(panels: list[SweepPanel], title: str, metric: str, path: Path) 
         if panel.reference is not None:
             label, value = panel.reference
             ax.axhline(100 * value, color="k", ls="--", lw=0.8, label=label)
-        _mark_selected(ax, panel, metric)
         ax.set_title(panel.title, fontsize=9)
+        _mark_selected(ax, panel, metric)
         ax.set_xlabel("α")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"val {metric.replace('_', ' ')} %")
@@ -79,4 +79,6 @@ def _mark_selected(ax, panel: SweepPanel, metric: str) -> None:
             point = (alpha, s[metric])
     if point is not None:
         ax.plot([point[0]], [100 * point[1]], marker="*", ms=14, color="gold", markeredgecolor="k", ls="none",
-                label=f"selected: {method} (α {alpha:g})", zorder=5)
+                label="selected", zorder=5)
+        ax.set_title(f"{panel.title}\nselected: {method}" + ("" if method == "base" else f" at α {alpha:g}"),
+                     fontsize=9)
