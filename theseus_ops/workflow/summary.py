@@ -169,8 +169,8 @@ def summary_runs(cfg: WorkflowConfig, family: str, version: str, limit: int = 10
     return [r.info.run_id for r in runs]
 
 
-def latest_outcomes(cfg: WorkflowConfig, run_ids: list[str]) -> tuple[list[str], list[dict], list[str]]:
-    """(methods, outcomes, errors) over summaries ``run_ids`` (oldest first): each vector's newest outcome.
+def latest_outcomes(cfg: WorkflowConfig, run_ids: list[str]) -> tuple[list[str], list[dict], list[str], list[str]]:
+    """(methods, outcomes, errors, read) over summaries ``run_ids`` (oldest first): each vector's newest outcome.
 
     A filtered manual run summarises only its vectors; the vectors it left out keep the outcome of
     the summary before, so the view shows every vector the release has, each as last computed.
@@ -180,7 +180,7 @@ def latest_outcomes(cfg: WorkflowConfig, run_ids: list[str]) -> tuple[list[str],
 
     methods: list[str] = []
     by_vector: dict[str, dict] = {}
-    errors = []
+    errors, read = [], []
     for run_id in run_ids:
         try:
             summary = read_summary(cfg, run_id)
@@ -188,12 +188,13 @@ def latest_outcomes(cfg: WorkflowConfig, run_ids: list[str]) -> tuple[list[str],
         except (TheseusError, MlflowException, KeyError, ValueError, TypeError, OSError) as exc:
             errors.append(f"summary run {run_id} is unreadable: {exc}")
             continue
+        read.append(run_id)
         methods += [m for m in summary.get("methods") or [] if m not in methods]
         for o in outcomes:
             if isinstance(o, dict):
                 by_vector.pop(str(o.get("vector", "?")), None)  # the newest goes last, in its run's order
                 by_vector[str(o.get("vector", "?"))] = {**o, "summary_run": run_id}
-    return methods, list(by_vector.values()), errors
+    return methods, list(by_vector.values()), errors, read
 
 
 def _method_cells(methods: list[str], o: dict) -> list[dict]:
@@ -269,11 +270,11 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
         ids = summary_runs(cfg, r["family"], r["version"])
         if r["summary_run"] not in ids:  # the marker names a run the search does not find: read it anyway
             ids.append(r["summary_run"])
-        methods, outcomes, errors = latest_outcomes(cfg, ids)
+        methods, outcomes, errors, read = latest_outcomes(cfg, ids)
         if errors:
             r["error"] = "; ".join(errors)
-        r["summary_runs"] = [{"run_id": i, "url": run_url(cfg, ui_url, i)} for i in reversed(ids)]
-        r["summary_run_url"] = run_url(cfg, ui_url, r["summary_run"])
+        r["summary_runs"] = [{"run_id": i, "url": run_url(cfg, ui_url, i)} for i in reversed(read)]
+        r["summary_run_url"] = run_url(cfg, ui_url, r["summary_run"]) if r["summary_run"] in read else None
         if outcomes:
             r["table"] = table(methods, outcomes)
             r["methods"] = methods
@@ -287,7 +288,7 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
 
 def release_plot(cfg: WorkflowConfig, family: str, version: str, folder: Path) -> Path | None:
     """The α-sweep PNG of every vector's latest outcome of ``family/version`` (what the view shows); None if none."""
-    _methods, outcomes, _errors = latest_outcomes(cfg, summary_runs(cfg, family, version))
+    _methods, outcomes, _errors, _read = latest_outcomes(cfg, summary_runs(cfg, family, version))
     return outcomes_plot(f"{family}/{version}", outcomes, folder)
 
 
