@@ -1,6 +1,7 @@
 """The theseus-ops Airflow plugin: the releases view in the UI, the MLflow webhook, and task links.
 
-``fastapi_apps`` mounts ``theseus_airflow.views`` at ``/theseus`` in the api-server;
+``fastapi_apps`` mounts ``theseus_airflow.views`` at ``/theseus`` in the api-server (the view, its
+JSON at ``/theseus/releases.json``, each release's α-sweep PNG, the webhook);
 ``external_views`` puts it in the Browse menu, rendered inside the Airflow UI at
 ``/plugin/theseus-releases``; the global extra links point each mapped ``port`` task at its MLflow
 run and model version.

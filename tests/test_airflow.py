@@ -277,7 +277,10 @@ def test_releases_view_needs_login_and_lists_the_summary(stack, api_server):
     assert status == 200
     assert f"{stack['family']} version 2 (v2-wide-shuffled)" in page and "processed" in page
     assert stack["vectors"]["upper"] in page and stack["vectors"]["lookup"] in page
-    assert stack["broken"] not in page  # the newest summary (the filtered run's) has only the filtered vectors
+    # one row per vector with its latest outcome, across filtered runs: the filtered manual run (upper,
+    # lookup) does not hide the broken vector, whose latest outcome (the first run's) is a failure
+    assert stack["broken"] in page and "failed: 1 of 3 vectors" in page
+    assert "alpha-sweeps.png" in page
 
 
 def test_releases_json_needs_login_and_gives_no_data_without_it(stack, api_server):
@@ -290,6 +293,28 @@ def test_releases_json_needs_login_and_gives_no_data_without_it(stack, api_serve
     assert status == 200
     mine = [r for r in json.loads(body) if r["family"] == stack["family"]]
     assert [(r["version"], r["status"]) for r in mine] == [("2", "processed"), ("1", "first")]
+    release = mine[0]
+    # the status the transport DAG run has: a vector's latest outcome failed, so the release did
+    assert release["state"] == "failed" and release["vectors_failed"] == 1
+    rows = {v["vector"]: v for v in release["vectors"]}
+    assert set(rows) == {stack["vectors"]["upper"], stack["vectors"]["lookup"], stack["broken"]}  # one per vector
+    assert rows[stack["broken"]]["state"] == "failed" and "does not exist" in rows[stack["broken"]]["error"]
+    filtered_run = stack["filtered"]["returns"]["summarize"][0]["summary_run"]
+    first_run = stack["transport"]["returns"]["summarize"][0]["summary_run"]
+    assert [s["run_id"] for s in release["summary_runs"]] == [filtered_run, first_run]  # newest first
+    assert rows[stack["broken"]]["summary_run"] == first_run
+    for vector in (stack["vectors"]["upper"], stack["vectors"]["lookup"]):
+        row = rows[vector]
+        assert row["summary_run"] == filtered_run  # the newest outcome of the vector
+        assert isinstance(row["base"]["val"], float) and isinstance(row["base"]["test"], float)
+        for cell in row["methods"]:  # val, test and α each in a field of its own, or why the method has none
+            assert {"val", "test", "alpha"} <= set(cell) or cell["not_applicable"]
+    req = urllib.request.Request(f"{api_server}/theseus/{release['plot']}",
+                                 headers={"Authorization": f"Bearer {token(api_server)}"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "image/png"
+        assert resp.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert http("GET", f"{api_server}/theseus/{release['plot']}")[0] == 401
 
 
 def test_releases_view_escapes_what_the_registry_holds(stack, api_server):
@@ -490,3 +515,142 @@ def test_ui_view_in_headless_chromium(stack, api_server, tmp_path):
     assert "base releases and transport summaries" in heading
     assert stack["vectors"]["upper"] in cells and stack["vectors"]["lookup"] in cells
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _rest(stack: dict, endpoint: str, **query: str) -> dict:
+    """One GET on the MLflow server's REST API (the registry of record, not the client library)."""
+    url = f"{stack['cfg'].catalog.tracking_uri.rstrip('/')}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    status, body = http("GET", url)
+    assert status == 200, (url, status, body)
+    return json.loads(body)
+
+
+def _route(href: str) -> list[str]:
+    """The MLflow UI route of a link, split: ``['experiments', '7', 'runs', 'abc']``."""
+    ui, sep, route = href.partition("/#/")
+    assert ui == "http://mlflow.example:5000" and sep, href
+    return [urllib.parse.unquote(p) for p in route.split("/")]
+
+
+@pytest.mark.skipif(_chromium() is None and not IN_CI, reason=CHROMIUM_NEEDS)
+def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp_path):
+    """In headless chromium: every summary run, outcome run, model version and alias of the view is a link
+    to its MLflow UI page, for the run or version the MLflow server has under that id; the plot loads."""
+    if _chromium() is None:
+        pytest.fail(f"CI=true, but the UI test cannot run: it {CHROMIUM_NEEDS}; .ci/run installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = _chromium()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    family = stack["family"]
+    try:
+        wait = WebDriverWait(drv, 60)
+        drv.get(f"{api_server}/")
+        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+        drv.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(PASSWORD)
+        drv.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
+        drv.get(f"{api_server}/theseus/?family={family}")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.summary")))
+        wait.until(lambda d: d.execute_script(
+            "const i = document.querySelector('img.sweeps'); return i && i.complete && i.naturalWidth > 0"))
+
+        def hrefs(cls: str) -> list[tuple[str, str]]:
+            return [(a.text, a.get_attribute("href")) for a in drv.find_elements(By.CSS_SELECTOR, f"a.{cls}")]
+
+        links = {cls: hrefs(cls) for cls in ("base", "summary-run", "outcome-run", "model", "alias", "vector")}
+        rows = {tr.find_element(By.CSS_SELECTOR, "td.vector").text: tr
+                for tr in drv.find_elements(By.CSS_SELECTOR, "table.summary tr") if tr.find_elements(By.TAG_NAME, "td")}
+        row_links = {v: {a.get_attribute("class"): a.get_attribute("href") for a in tr.find_elements(By.TAG_NAME, "a")}
+                     for v, tr in rows.items()}
+        targets = {a.get_attribute("target") for a in drv.find_elements(By.CSS_SELECTOR, "table.summary a")}
+        rows = {v: tr.text for v, tr in rows.items()}
+    finally:
+        drv.quit()
+    assert targets == {"_blank"}  # the view sits in the Airflow UI's iframe: MLflow opens in its own tab
+    experiment = stack["catalog"].experiment_id()
+    # every base release version, newest first (3 too when the webhook test has registered it)
+    bases = sorted((str(v.version) for v in stack["catalog"].search_versions(family, {ROLE: ROLE_BASE})),
+                   key=int, reverse=True)
+    assert bases[-2:] == ["2", "1"]
+    assert [_route(h) for _t, h in links["base"]] == [["models", family, "versions", v] for v in bases]
+    # both summaries of release 2 (the filtered run's, then the first), each the server's summary run
+    summaries = [stack["filtered"]["returns"]["summarize"][0]["summary_run"],
+                 stack["transport"]["returns"]["summarize"][0]["summary_run"]]
+    assert [_route(h) for _t, h in links["summary-run"]] == [["experiments", experiment, "runs", r]
+                                                             for r in summaries]
+    for run_id in summaries:
+        run = _rest(stack, "runs/get", run_id=run_id)["run"]
+        assert run["info"]["experiment_id"] == experiment
+        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["theseus.release_summary"] == f"{family}/2"
+    # each vector's row: its outcome run, registered model version and aliases
+    assert set(rows) == {stack["vectors"]["upper"], stack["vectors"]["lookup"], stack["broken"]}
+    assert "failed" in rows[stack["broken"]]
+    models = 0
+    for vector in (stack["vectors"]["upper"], stack["vectors"]["lookup"]):
+        got = row_links[vector]
+        assert _route(got["vector"]) == ["models", *vector.rsplit("/", 1)[:1], "versions", vector.rsplit("/", 1)[1]]
+        kind, exp, runs, run_id = _route(got["outcome-run"])
+        assert (kind, exp, runs) == ("experiments", experiment, "runs")
+        tags = {t["key"]: t["value"] for t in _rest(stack, "runs/get", run_id=run_id)["run"]["data"]["tags"]}
+        assert tags["theseus.source_vector"] == vector and tags["theseus.target_base"] == f"{family}/2"
+        if "model" not in got:
+            continue
+        models += 1
+        kind, name, versions_, version = _route(got["model"])
+        assert (kind, versions_) == ("models", "versions") and name == f"{vector.rsplit('/', 1)[0]}-serving"
+        mv = _rest(stack, "model-versions/get", name=name, version=version)["model_version"]
+        assert {t["key"]: t["value"] for t in mv["tags"]}["theseus.transported_from"] == vector
+        for alias in mv.get("aliases") or []:
+            assert got["alias"] == got["model"]
+            by_alias = _rest(stack, "registered-models/alias", name=name, alias=alias)["model_version"]
+            assert by_alias["version"] == version
+    assert models >= 1 and links["alias"], "the micro family registers a candidate (see test_workflow)"
+    for text, href in links["alias"]:
+        name, version = _route(href)[1], _route(href)[3]
+        assert _rest(stack, "registered-models/alias", name=name, alias=text.lstrip("@"))["model_version"][
+            "version"] == version
+
+
+def test_model_versions_carry_their_metrics_and_runs_their_params(stack):
+    """MLflow users compare runs and read a version's metrics: the model's run has them as metrics, the
+    outcome and summary runs have their configuration as params, the plot is logged per vector too."""
+    client, family = stack["catalog"].client, stack["family"]
+    serving = [(n, v) for n, v in stack["versions_after_first"] if n.endswith("-serving")]
+    assert serving
+    for name, version in serving:
+        mv = client.get_model_version(name, version)
+        run = client.get_run(mv.run_id)
+        metric = mv.tags["theseus.metric"]
+        metrics = run.data.metrics
+        assert metrics[f"val_{metric}"] == pytest.approx(float(mv.tags["theseus.val_metric"]))
+        assert metrics[f"test_{metric}"] == pytest.approx(float(mv.tags["theseus.test_metric"]))
+        assert metrics[f"base_test_{metric}"] == pytest.approx(float(mv.tags["theseus.base_test_metric"]))
+        assert metrics["alpha"] == pytest.approx(float(mv.tags["theseus.alpha"]))
+        params = run.data.params
+        assert params["method"] == mv.tags["theseus.method"] and params["target_base"] == f"{family}/2"
+        assert params["source_vector"] == mv.tags["theseus.transported_from"]
+    [summary] = stack["filtered"]["returns"]["summarize"]
+    run = client.get_run(summary["summary_run"])
+    params = run.data.params
+    assert params["alphas"] == "0,3" and params["target_base"] == f"{family}/2" and params["source_base"] == (
+        f"{family}/1")
+    assert params["gate.margin"] == "0.0" and params["gate.max_general_loss_increase"] == "100.0"
+    assert params["methods"] and params["calibration_rows"].isdigit()
+    assert params["vectors"] == ",".join(sorted([stack["vectors"]["upper"], stack["vectors"]["lookup"]]))
+    outcomes = [o for o in stack["rerun"]["returns"]["port"] if o]
+    for o in outcomes:
+        out = client.get_run(o["outcome_run"])
+        assert out.data.params["source_vector"] == o["vector"] and out.data.params["alphas"] == "0,3"
+        assert out.data.metrics["selected_test"] == pytest.approx(o["selected_test"])
+        assert "alpha-sweep.png" in {a.path for a in client.list_artifacts(o["outcome_run"])}

@@ -20,6 +20,15 @@ class SweepPanel:
     sweeps: dict[str, list[dict]]
     reference: tuple[str, float] | None = None  # (label, value) drawn as a dashed line
     notes: list[str] = field(default_factory=list)
+    selected: tuple[str, float] | None = None  # (method, α) marked with a star; ("base", 0) marks the reference
+
+
+def outcome_panel(outcome: dict) -> SweepPanel:
+    """The panel of one workflow outcome: each method's val sweep, the target base, the selection starred."""
+    methods = outcome.get("methods") or {}
+    return SweepPanel(f"{outcome['task']} ({outcome['vector']})", {m: r.get("sweep") for m, r in methods.items()},
+                      ("target base", outcome["base"]["val"][outcome["metric"]]),
+                      selected=(outcome["selected"], float(outcome.get("selected_alpha") or 0.0)))
 
 
 def sweep_figure(panels: list[SweepPanel], title: str, metric: str, path: Path) -> Path:
@@ -42,6 +51,7 @@ def sweep_figure(panels: list[SweepPanel], title: str, metric: str, path: Path) 
             label, value = panel.reference
             ax.axhline(100 * value, color="k", ls="--", lw=0.8, label=label)
         ax.set_title(panel.title, fontsize=9)
+        _mark_selected(ax, panel, metric)
         ax.set_xlabel("α")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"val {metric.replace('_', ' ')} %")
@@ -54,3 +64,21 @@ def sweep_figure(panels: list[SweepPanel], title: str, metric: str, path: Path) 
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _mark_selected(ax, panel: SweepPanel, metric: str) -> None:
+    """A star on the selected method at its α (or on the base's line when the base was kept)."""
+    if panel.selected is None:
+        return
+    method, alpha = panel.selected
+    point = None
+    if method == "base" and panel.reference is not None:
+        point = (alpha, panel.reference[1])
+    for s in panel.sweeps.get(method) or []:
+        if s["alpha"] == alpha:
+            point = (alpha, s[metric])
+    if point is not None:
+        ax.plot([point[0]], [100 * point[1]], marker="*", ms=14, color="gold", markeredgecolor="k", ls="none",
+                label="selected", zorder=5)
+        ax.set_title(f"{panel.title}\nselected: {method}" + ("" if method == "base" else f" at α {alpha:g}"),
+                     fontsize=9)

@@ -1,7 +1,11 @@
 """The theseus-ops web app inside the Airflow api-server: the releases view and the MLflow webhook.
 
-``GET /theseus/`` (Airflow login required) lists base releases, newest first, with the transport
-summary table of each processed one. ``POST /theseus/webhooks/mlflow`` receives MLflow's
+``GET /theseus/`` (Airflow login required) lists base releases, newest first: for each processed
+one a row per task vector with its latest outcome (across filtered runs), links to the summary and
+outcome runs, model versions and aliases in the MLflow UI, and the α-sweep plot
+(``/theseus/plots/<family>/<version>/alpha-sweeps.png``); ``/theseus/releases.json`` is the same as JSON.
+
+``POST /theseus/webhooks/mlflow`` receives MLflow's
 ``model_version.created`` webhook, checks its HMAC signature against ``THESEUS_WEBHOOK_SECRET``
 (401 when it does not match, is stale or is malformed; 400 for a signed body of the wrong shape;
 409 for a delivery id already received, see ``deliveries``) and, when the new version is a pending
@@ -15,10 +19,13 @@ import contextlib
 import html
 import logging
 import os
+import tempfile
+import threading
+from pathlib import Path
 
 from airflow.api_fastapi.core_api.security import GetUserDep  # logged-in user (JWT or UI cookie), else 401
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +34,7 @@ from theseus_airflow.webhook import MAX_CLOCK_SKEW_S, Delivery, parse_delivery, 
 from theseus_ops.catalog import Catalog, VersionRef
 from theseus_ops.errors import TheseusError
 from theseus_ops.workflow import ANNOUNCED_TAG, WorkflowConfig, mark_announced, release_of_version, release_overview
+from theseus_ops.workflow.summary import release_plot, ui_url_of
 
 log = logging.getLogger("theseus_ops")
 RELEASE_ASSET_NAME = "theseus_base_release"
@@ -38,14 +46,62 @@ app = FastAPI(title="theseus-ops", description="Releases, transport summaries an
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}
 h2{font-size:1.1em;margin-top:1.6em}table{border-collapse:collapse;font-size:.85em}
 td,th{border:1px solid #bbb;padding:3px 7px;text-align:left}th{background:#e8eaf2}
-.status{padding:1px 6px;border-radius:3px;background:#eee}.processed{background:#cfe9cf}
-.pending{background:#f6e3b4}.failed{color:#a00}"""
+td.num{text-align:right;font-variant-numeric:tabular-nums}td.sel{font-weight:bold;background:#eef7ee}
+.status{padding:1px 6px;border-radius:3px;background:#eee}.processed,.success{background:#cfe9cf}
+.pending{background:#f6e3b4}.failed{color:#a00}span.failed{background:#f4d0d0}.na{color:#888}
+img.sweeps{max-width:100%;margin-top:.8em;border:1px solid #ddd}a{color:#1a56a8}"""
+_plot_lock = threading.Lock()  # pyplot keeps global state: one figure at a time per process
 
 
-def _table_html(head: list[str], rows: list[list[str]]) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table class='summary'><tr>{cells}</tr>{body}</table>"
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _link(url: str | None, text: object, cls: str = "") -> str:
+    """``text`` linked to ``url`` in a new tab (the view is in an iframe), or just the text without a URL."""
+    if not url or not str(url).startswith(("http://", "https://")):
+        return _e(text)
+    klass = f" class='{_e(cls)}'" if cls else ""
+    return f"<a{klass} href='{_e(url)}' target='_blank' rel='noopener'>{_e(text)}</a>"
+
+
+def _num(value: float | None) -> str:
+    return "<td class='num'>–</td>" if value is None else f"<td class='num'>{value:.3f}</td>"
+
+
+def _vectors_html(methods: list[str], rows: list[dict]) -> str:
+    head = ["vector", "task", "metric", "base val", "base test"]
+    for m in methods:
+        head += [f"{m} α", f"{m} val", f"{m} test"]
+    head += ["selected", "selected α", "test (selected)", "Δ general loss", "registered model", "aliases", "gate",
+             "outcome run"]
+    out = ["<table class='summary'><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
+    for r in rows:
+        vector = f"<td class='vector'>{_link(r.get('vector_url'), r['vector'], 'vector')}</td>"
+        if r["state"] != "success":
+            out.append(f"<tr class='failed'>{vector}<td class='failed' colspan='{len(head) - 1}'>failed: "
+                       f"{_e(r.get('error'))}</td></tr>")
+            continue
+        cells = [vector, f"<td>{_e(r['task'])}</td>", f"<td>{_e(r['metric'])}</td>", _num(r["base"]["val"]),
+                 _num(r["base"]["test"])]
+        for c in r["methods"]:
+            if "val" in c:
+                sel = " sel" if c["selected"] else ""
+                cells += [f"<td class='num{sel}'>{c['alpha']:g}</td>", _num(c["val"]).replace("'num'", f"'num{sel}'"),
+                          _num(c["test"]).replace("'num'", f"'num{sel}'")]
+            else:
+                cells.append(f"<td class='na' colspan='3' title='{_e(c['not_applicable'])}'>n/a: "
+                             f"{_e(c['not_applicable'])}</td>")
+        alpha = r.get("selected_alpha")
+        aliases = ", ".join(_link(a["url"], f"@{a['alias']}", "alias") for a in r.get("aliases") or [])
+        cells += [f"<td>{_e(r['selected'])}</td>", f"<td class='num'>{'–' if alpha is None else f'{alpha:g}'}</td>",
+                  _num(r.get("selected_test")), _num(r.get("general_loss_change")),
+                  f"<td>{_link(r.get('model_url'), r.get('model') or '–', 'model')}</td>", f"<td>{aliases or '–'}</td>",
+                  f"<td>{_e((r.get('gate') or '–').replace('|', ' / '))}</td>",
+                  f"<td>{_link(r.get('outcome_run_url'), (r.get('outcome_run') or '–')[:12], 'outcome-run')}</td>"]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
 
 
 def render_releases(releases: list[dict]) -> str:
@@ -56,26 +112,39 @@ def render_releases(releases: list[dict]) -> str:
     for r in releases:
         title = f"{r['family']} version {r['version']} ({r.get('release') or '?'})"
         since = f" from version {r['supersedes']}" if r.get("supersedes") else ""
-        parts.append(f"<h2 class='release'>{html.escape(title)}{html.escape(since)} "
-                     f"<span class='status {html.escape(r['status'])}'>{html.escape(r['status'])}</span></h2>")
-        if r.get("summary_run"):
-            parts.append(f"<p>summary run <code>{html.escape(r['summary_run'])}</code></p>")
+        state = ""
+        if r.get("state"):
+            n = len(r.get("vectors") or [])
+            text = (f"failed: {r.get('vectors_failed', 0)} of {n} vectors" if r["state"] == "failed"
+                    else f"success: {n} vectors")
+            state = f" <span class='status state {_e(r['state'])}'>{_e(text)}</span>"
+        parts.append(f"<h2 class='release'>{_link(r.get('url'), title, 'base')}{_e(since)} "
+                     f"<span class='status {_e(r['status'])}'>{_e(r['status'])}</span>{state}</h2>")
+        if r.get("summary_runs"):
+            runs = ", ".join(_link(s.get("url"), s["run_id"], "summary-run") for s in r["summary_runs"])
+            parts.append(f"<p>summary runs (newest first): {runs}</p>")
+        elif r.get("summary_run"):
+            parts.append(f"<p>summary run <code>{_e(r['summary_run'])}</code></p>")
         if r.get("error"):
-            parts.append(f"<p class='failed'>{html.escape(r['error'])}</p>")
-        if r.get("table"):
-            head, rows, failed = r["table"]
-            parts.append(_table_html(head, rows))
-            if failed:
-                items = "".join(f"<li>{html.escape(v)}: {html.escape(e)}</li>" for v, e in failed)
-                parts.append(f"<p class='failed'>Failed task vectors:</p><ul class='failed'>{items}</ul>")
+            parts.append(f"<p class='failed'>{_e(r['error'])}</p>")
+        if r.get("vectors"):
+            parts.append(_vectors_html(r.get("methods") or [], r["vectors"]))
+        if r.get("plot"):
+            alt = f"α sweeps on val of {r['family']}/{r['version']}; the selection starred"
+            parts.append(f"<img class='sweeps' src='{_e(r['plot'])}' loading='lazy' alt='{_e(alt)}'>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _overview(family: str | None) -> list[dict]:
+    cfg = WorkflowConfig.from_env()
+    return release_overview(cfg, family, ui_url=ui_url_of(cfg, os.environ.get("THESEUS_MLFLOW_UI_URL")))
 
 
 @app.get("/", response_class=HTMLResponse)
 def releases_view(user: GetUserDep, family: str | None = None) -> str:
     try:
-        return render_releases(release_overview(WorkflowConfig.from_env(), family))
+        return render_releases(_overview(family))
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
 
@@ -83,9 +152,25 @@ def releases_view(user: GetUserDep, family: str | None = None) -> str:
 @app.get("/releases.json")
 def releases_json(user: GetUserDep, family: str | None = None) -> list[dict]:
     try:
-        return release_overview(WorkflowConfig.from_env(), family)
+        return _overview(family)
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
+
+
+@app.get("/plots/{family}/{version}/alpha-sweeps.png")
+def release_plot_png(user: GetUserDep, family: str, version: str) -> Response:
+    """The α sweeps of every vector's latest outcome of a release (the rows the view shows), as a PNG."""
+    if not version.isdigit():
+        raise HTTPException(status_code=404, detail=f"{version!r} is not a version number")
+    try:
+        with tempfile.TemporaryDirectory(prefix="theseus-plot-") as tmp, _plot_lock:
+            path = release_plot(WorkflowConfig.from_env(), family, version, Path(tmp))
+            data = path.read_bytes() if path is not None else None
+    except TheseusError as exc:
+        raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
+    if data is None:
+        raise HTTPException(status_code=404, detail=f"{family}/{version} has no α sweep to plot")
+    return Response(content=data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
 # -- the MLflow webhook ---------------------------------------------------------------------------

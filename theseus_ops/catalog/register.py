@@ -307,6 +307,34 @@ def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n"
                                    pip_requirements=requirements, model_card=card)
 
 
+def model_metrics(metric: str, alpha: float, evaluation: Evaluation) -> dict[str, float]:
+    """What a transported model's run carries as MLflow metrics, so the registry and run views show them.
+
+    Named by split and task metric (``val_exact_match``, ``test_exact_match``, ``base_test_exact_match``)
+    beside the generic ``val_metric``/``test_metric`` every model has whatever its task measures.
+    """
+    out = {"val_metric": evaluation.val_metric, "test_metric": evaluation.test_metric,
+           "base_test_metric": evaluation.base_test_metric, f"val_{metric}": evaluation.val_metric,
+           f"test_{metric}": evaluation.test_metric, f"base_test_{metric}": evaluation.base_test_metric,
+           "alpha": alpha}
+    if evaluation.general_loss is not None:
+        out["general_loss"] = evaluation.general_loss
+    if evaluation.base_general_loss is not None:
+        out["base_general_loss"] = evaluation.base_general_loss
+    if evaluation.general_loss is not None and evaluation.base_general_loss is not None:
+        out["general_loss_change"] = evaluation.general_loss - evaluation.base_general_loss
+    return out
+
+
+def _log_model_params(catalog: Catalog, run_id: str | None, params: dict[str, object]) -> None:
+    """The model run's configuration as MLflow params (after registration: the run is the version's)."""
+    from mlflow.entities import Param
+
+    if run_id:
+        batch = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:6000]) for k, v in params.items()]
+        catalog.call("log params", catalog.client.log_batch, run_id, params=batch)
+
+
 def register_transported_model(catalog: Catalog, name: str, model_dir: str | Path, *, source_vector: VersionRef,
                                target_base: VersionRef, method: str, alpha: float, evaluation: Evaluation,
                                gate: GateConfig, options: dict | None = None,
@@ -339,7 +367,7 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
         gate=decision.tag,
     ).to_tags()
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
-    metrics = {"val_metric": evaluation.val_metric, "test_metric": evaluation.test_metric}
+    metrics = model_metrics(source.metric, float(alpha), evaluation)
     with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
         saved = Path(tmp) / "model"
         _save_transformers_model(Path(model_dir), saved, stop)
@@ -349,6 +377,12 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
             metrics=metrics, progress=progress, unique={ROLE: TransportedModelTags.ROLE_VALUE, IDEMPOTENCY_KEY: key})
     if not created:  # registered at the same moment by another writer, which moves the aliases
         return Registration(mv, False)
+    _log_model_params(catalog, mv.run_id, {
+        "method": method, "alpha": repr(float(alpha)), "source_vector": str(source_vector),
+        "target_base": str(target_base), "source_base": f"{source.base_model}/{source.base_version}",
+        "task": source.task, "metric": source.metric, "gate_margin": repr(gate.margin),
+        "gate_max_general_loss_increase": repr(gate.max_general_loss_increase),
+        **{f"option.{k}": v for k, v in sorted(options.items()) if k != "alpha" and v is not None}})
     if decision.candidate:
         catalog.set_alias(name, ALIAS_CANDIDATE, mv.version)
         log.info("%s/%s is now %s (%s)", name, mv.version, ALIAS_CANDIDATE, decision.reason)

@@ -160,6 +160,47 @@ def list_task_vectors(cfg: WorkflowConfig, pair: dict, tasks: list[str] | None =
     return [f"{v.name}/{v.version}" for v in found if wanted is None or v.tags.get("theseus.task") in wanted]
 
 
+# -- MLflow records of an outcome ------------------------------------------------------------------
+def config_params(cfg: WorkflowConfig, source: VersionRef, target: VersionRef) -> dict[str, object]:
+    """The configuration an outcome or summary was computed with, as MLflow params (run comparison)."""
+    gate = cfg.gate
+    return {"methods": ",".join(cfg.methods), "alphas": ",".join(f"{a:g}" for a in cfg.alphas),
+            "gate.margin": repr(gate.margin), "gate.max_general_loss_increase": repr(gate.max_general_loss_increase),
+            "gate.move_champion": str(gate.move_champion), "gate.higher_is_better": str(gate.higher_is_better),
+            "calibration_rows": str(cfg.calibration_rows), "source_base": str(source), "target_base": str(target),
+            "source_version": source.version, "target_version": target.version}
+
+
+def outcome_metrics(outcome: dict) -> dict[str, float]:
+    """An outcome's numbers as MLflow metrics: the selection, the base, and each method at its α."""
+    m = outcome["metric"]
+    out = {"selected_test": outcome["selected_test"], "base_test": outcome["base_test"],
+           "selected_alpha": outcome["selected_alpha"], f"base_val_{m}": outcome["base"]["val"][m],
+           f"base_test_{m}": outcome["base"]["test"][m]}
+    if outcome.get("general_loss_change") is not None:
+        out["general_loss_change"] = outcome["general_loss_change"]
+    for method, r in outcome["methods"].items():
+        if "val" in r:
+            out.update({f"{method}.alpha": r["alpha"], f"{method}.val_{m}": r["val"][m],
+                        f"{method}.test_{m}": r["test"][m]})
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def vector_plot(outcome: dict, folder: Path) -> Path | None:
+    """This vector's α sweeps on val (selection starred) as ``alpha-sweep.png``; None when nothing was swept."""
+    from theseus_ops.plots import outcome_panel, sweep_figure
+
+    panel = outcome_panel(outcome)
+    if not any(panel.sweeps.values()):
+        return None
+    try:
+        return sweep_figure([panel], f"{outcome['vector']} -> {outcome['target_base']}: α sweeps on val",
+                            outcome["metric"], folder / "alpha-sweep.png")
+    except InputError as exc:  # no matplotlib: the record is still written, without its plot
+        log.warning("no α-sweep plot for %s: %s", outcome["vector"], exc)
+        return None
+
+
 # -- process_task_vector ---------------------------------------------------------------------------
 def _calibration(cfg: WorkflowConfig, pair: dict, rows: list[tuple[str, str]]) -> tuple[CalibrationSpec, str]:
     """Train prompts+answers encoded by each base's own tokenizer, saved once per fingerprint."""
@@ -347,10 +388,13 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
         "registered": registered, "outcome_key": key, "reused": False,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    plots = [vector_plot(outcome, scratch)]
     run_id = log_run(catalog, f"outcome-{ref.name}-{ref.version}-to-{target_ref.name}-{target_ref.version}",
                       {OUTCOME_KEY_TAG: key, "theseus.source_vector": str(ref), "theseus.target_base": str(target_ref),
                        "theseus.selected": selected},
                       {OUTCOME_FILE: json.dumps(outcome, indent=2)},
-                      {"selected_test": outcome["selected_test"], "base_test": outcome["base_test"]})
+                      outcome_metrics(outcome), files=[p for p in plots if p is not None],
+                      params={**config_params(cfg, source_ref, target_ref), "source_vector": str(ref),
+                              "task": tags.task, "metric": primary})
     shutil.rmtree(scratch, ignore_errors=True)
     return {**outcome, "outcome_run": run_id}

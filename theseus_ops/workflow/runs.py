@@ -7,6 +7,7 @@ rerun would mistake for done.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,11 +30,18 @@ def find_finished_run(catalog: Catalog, tag: str, value: str, newest: bool = Fal
 
 
 def log_run(catalog: Catalog, name: str, tags: dict[str, str], texts: dict[str, str],
-            metrics: dict[str, float] | None = None, files: list[Path] | None = None) -> str:
-    """A run holding ``texts`` (and ``files``) as artifacts; FINISHED only after everything is logged."""
+            metrics: dict[str, float] | None = None, files: list[Path] | None = None,
+            params: dict[str, object] | None = None) -> str:
+    """A run holding ``texts`` (and ``files``) as artifacts; FINISHED only after everything is logged.
+
+    ``params`` is the configuration the record was made with, logged as MLflow params so the run
+    comparison view can set runs side by side; values are strings (lists and dicts as JSON).
+    """
     run = catalog.call("create run", catalog.client.create_run, catalog.experiment_id(), run_name=name, tags=tags)
     run_id = run.info.run_id
     try:
+        if params:
+            log_params(catalog, run_id, params)
         for file, text in texts.items():
             catalog.call(f"log of {file}", catalog.client.log_text, run_id, text, file)
         for path in files or []:
@@ -48,6 +56,21 @@ def log_run(catalog: Catalog, name: str, tags: dict[str, str], texts: dict[str, 
             log.warning("could not mark run %s as failed", run_id)
         raise
     return run_id
+
+
+def param_value(value: object) -> str:
+    """A param as MLflow stores it: a string of at most 6000 characters (lists and dicts as JSON)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:6000]
+
+
+def log_params(catalog: Catalog, run_id: str, params: dict[str, object]) -> None:
+    """``params`` in one batch (MLflow's ``log_batch``; params are write-once, so log each run's once)."""
+    from mlflow.entities import Param
+
+    batch = [Param(str(k), param_value(v)) for k, v in params.items() if v is not None]
+    for start in range(0, len(batch), 100):  # MLflow's limit on params per batch
+        catalog.call("log params", catalog.client.log_batch, run_id, params=batch[start:start + 100])
 
 
 def read_text_artifact(catalog: Catalog, run_id: str, name: str, scratch: Path) -> str:

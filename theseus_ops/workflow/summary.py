@@ -7,6 +7,7 @@ reads back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,10 +17,10 @@ from pathlib import Path
 
 from theseus_ops.catalog.client import check_model_name
 from theseus_ops.errors import TheseusError
-from theseus_ops.plots import SweepPanel, sweep_figure
+from theseus_ops.plots import outcome_panel, sweep_figure
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.reconcile import PROCESSED_TAG, base_versions, catalog_of, families
-from theseus_ops.workflow.release import _refs, parse_ref
+from theseus_ops.workflow.release import _refs, config_params, parse_ref
 from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
 log = logging.getLogger("theseus_ops")
@@ -136,11 +137,13 @@ def markdown_table(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str
 
 
 def sweep_plot(pair: dict, outcomes: list[dict], folder: Path) -> Path | None:
-    """The release's α sweeps on val: a panel per task vector, the base's val score dashed."""
+    """The release's α sweeps on val: a panel per task vector, the base's val score dashed, the selection starred."""
     _source, target = _refs(pair)
-    panels = [SweepPanel(f"{o['task']} ({o['vector']})", {m: r.get("sweep") for m, r in o["methods"].items()},
-                         ("target base", o["base"]["val"][o["metric"]]))
-              for o in outcomes if not is_failure(o)]
+    return outcomes_plot(str(target), outcomes, folder)
+
+
+def outcomes_plot(target: str, outcomes: list[dict], folder: Path) -> Path | None:
+    panels = [outcome_panel(o) for o in outcomes if not is_failure(o)]
     if not panels:
         return None
     metrics = {o["metric"] for o in outcomes if not is_failure(o)}
@@ -175,7 +178,9 @@ def summarize_release(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> 
                        {"summary.md": markdown_table(cfg, pair, outcomes), SUMMARY_JSON: json.dumps(payload, indent=2)},
                        {"vectors_ok": len(ok), "vectors_failed": len(outcomes) - len(ok),
                         "models_candidate": sum(bool(o["registered"]["candidate"]) for o in ok)},
-                       files=[plot] if plot else None)
+                       files=[plot] if plot else None,
+                       params={**config_params(cfg, source, target), "release": pair["target"].get("release"),
+                               "vectors": ",".join(sorted(o.get("vector", "?") for o in outcomes))})
 
 
 def read_summary(cfg: WorkflowConfig, run_id: str) -> dict:
@@ -184,11 +189,94 @@ def read_summary(cfg: WorkflowConfig, run_id: str) -> dict:
         return json.loads(read_text_artifact(catalog_of(cfg), run_id, SUMMARY_JSON, Path(tmp)))
 
 
-def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int = 20) -> list[dict]:
-    """Newest base releases first with their status and, once processed, their summary table.
+def summary_runs(cfg: WorkflowConfig, family: str, version: str, limit: int = 100) -> list[str]:
+    """Run ids of every FINISHED summary of ``family/version``, oldest first (a filtered run adds one)."""
+    catalog = catalog_of(cfg)
+    runs = catalog.call("search runs", catalog.client.search_runs, [catalog.experiment_id()],
+                        filter_string=f"tags.`{SUMMARY_TAG}` = '{check_model_name(family)}/{int(version)}' "
+                                      f"and attributes.status = 'FINISHED'",
+                        max_results=limit, order_by=["attributes.start_time ASC"])
+    return [r.info.run_id for r in runs]
+
+
+def latest_outcomes(cfg: WorkflowConfig, run_ids: list[str]) -> tuple[list[str], list[dict], list[str], list[str]]:
+    """(methods, outcomes, errors, read) over summaries ``run_ids`` (oldest first): each vector's newest outcome.
+
+    A filtered manual run summarises only its vectors; the vectors it left out keep the outcome of
+    the summary before, so the view shows every vector the release has, each as last computed.
+    Each outcome carries ``summary_run``, the summary it was read from.
+    """
+    from mlflow.exceptions import MlflowException  # the registry answered: no such run (deleted, hand-edited tag)
+
+    methods: list[str] = []
+    by_vector: dict[str, dict] = {}
+    errors, read = [], []
+    for run_id in run_ids:
+        try:
+            summary = read_summary(cfg, run_id)
+            outcomes = list(summary["outcomes"])
+        except (TheseusError, MlflowException, KeyError, ValueError, TypeError, OSError) as exc:
+            errors.append(f"summary run {run_id} is unreadable: {exc}")
+            continue
+        read.append(run_id)
+        methods += [m for m in summary.get("methods") or [] if m not in methods]
+        for o in outcomes:
+            if isinstance(o, dict):
+                by_vector.pop(str(o.get("vector", "?")), None)  # the newest goes last, in its run's order
+                by_vector[str(o.get("vector", "?"))] = {**o, "summary_run": run_id}
+    return methods, list(by_vector.values()), errors, read
+
+
+def _method_cells(methods: list[str], o: dict) -> list[dict]:
+    m = o["metric"]
+    cells = []
+    for method in methods:
+        r = o["methods"].get(method) or {}
+        if "val" in r:
+            cells.append({"method": method, "alpha": r["alpha"], "val": r["val"][m], "test": r["test"][m],
+                          "general_loss": r.get("general_loss"), "selected": method == o.get("selected")})
+        else:
+            cells.append({"method": method, "not_applicable": r.get("not_applicable") or "not run"})
+    return cells
+
+
+def vector_rows(cfg: WorkflowConfig, methods: list[str], outcomes: list[dict], ui: str | None) -> list[dict]:
+    """One row per vector for the view: numbers in their own fields, with MLflow UI links."""
+    catalog = catalog_of(cfg)
+    rows = []
+    for o in outcomes:
+        vector = str(o.get("vector", "?"))
+        row: dict = {"vector": vector, "vector_url": _version_url(ui, vector), "summary_run": o.get("summary_run"),
+                     "summary_run_url": run_url(cfg, ui, o.get("summary_run"))}
+        if is_failure(o):
+            rows.append({**row, "state": "failed", "error": str(o.get("error", NO_OUTCOME)).splitlines()[0]})
+            continue
+        m, reg = o["metric"], o.get("registered") or {}
+        links = mlflow_ui_links(cfg, o, ui)
+        aliases = []
+        if reg.get("model"):
+            with contextlib.suppress(Exception):  # the model may have been deleted since: no aliases then
+                aliases = sorted(catalog.get_version(parse_ref(reg["model"])).aliases or [])
+        rows.append({**row, "state": "success", "task": o["task"], "metric": m,
+                     "outcome_run": o.get("outcome_run"), "outcome_run_url": links.get("mlflow_run"),
+                     "base": {"val": o["base"]["val"][m], "test": o["base"]["test"][m]},
+                     "methods": _method_cells(methods, o), "selected": o["selected"],
+                     "selected_alpha": o.get("selected_alpha"), "selected_test": o.get("selected_test"),
+                     "general_loss_change": o.get("general_loss_change"), "model": reg.get("model"),
+                     "model_url": links.get("model_version"), "gate": reg.get("gate"),
+                     "aliases": [{"alias": a, "url": links.get("model_version")} for a in aliases]})
+    return rows
+
+
+def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int = 20,
+                     ui_url: str | None = None) -> list[dict]:
+    """Newest base releases first with their status and, once processed, every vector's latest outcome.
 
     What the Airflow UI view shows; ``status`` is ``first`` (nothing to port from), ``pending`` or
-    ``processed``. A summary that cannot be read is reported in ``error`` instead of hiding the row.
+    ``processed``; ``state`` is what the transport DAG run reports for it: ``failed`` when any
+    vector's latest outcome failed, else ``success`` (None before any summary). ``vectors`` has one
+    row per vector (see ``vector_rows``), ``table`` the same as text cells. A summary that cannot be
+    read is reported in ``error`` instead of hiding the row. Links go to the MLflow UI at ``ui_url``.
     """
     names = [check_model_name(family)] if family else families(cfg)
     catalog = catalog_of(cfg)
@@ -201,19 +289,51 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
             status = "processed" if run_id else ("first" if index == 0 else "pending")
             releases.append({"family": name, "version": str(mv.version), "release": tags.get("theseus.release"),
                              "supersedes": str(versions[index - 1].version) if index else None,
-                             "created": int(mv.creation_timestamp or 0), "status": status, "summary_run": run_id})
+                             "created": int(mv.creation_timestamp or 0), "status": status, "summary_run": run_id,
+                             "url": _version_url(ui_url, f"{name}/{mv.version}")})
     releases.sort(key=lambda r: r["created"], reverse=True)
     releases = releases[:limit]
-    from mlflow.exceptions import MlflowException  # the registry answered: no such run (deleted, hand-edited tag)
-
     for r in releases:
-        if r["summary_run"]:
-            try:
-                summary = read_summary(cfg, r["summary_run"])
-                r["table"] = table(summary.get("methods") or [], summary["outcomes"])
-            except (TheseusError, MlflowException, KeyError, ValueError, OSError) as exc:
-                r["error"] = f"summary run {r['summary_run']} is unreadable: {exc}"
+        r.update(state=None, summary_runs=[], vectors=[])
+        if not r["summary_run"]:
+            continue
+        ids = summary_runs(cfg, r["family"], r["version"])
+        if r["summary_run"] not in ids:  # the marker names a run the search does not find: read it anyway
+            ids.append(r["summary_run"])
+        methods, outcomes, errors, read = latest_outcomes(cfg, ids)
+        if errors:
+            r["error"] = "; ".join(errors)
+        r["summary_runs"] = [{"run_id": i, "url": run_url(cfg, ui_url, i)} for i in reversed(read)]
+        r["summary_run_url"] = run_url(cfg, ui_url, r["summary_run"]) if r["summary_run"] in read else None
+        if outcomes:
+            r["table"] = table(methods, outcomes)
+            r["methods"] = methods
+            r["vectors"] = vector_rows(cfg, methods, outcomes, ui_url)
+            failed = sum(is_failure(o) for o in outcomes)
+            r["state"] = "failed" if failed else "success"
+            r["vectors_failed"] = failed
+            r["plot"] = f"plots/{r['family']}/{r['version']}/alpha-sweeps.png" if failed < len(outcomes) else None
     return releases
+
+
+def release_plot(cfg: WorkflowConfig, family: str, version: str, folder: Path) -> Path | None:
+    """The α-sweep PNG of every vector's latest outcome of ``family/version`` (what the view shows); None if none."""
+    _methods, outcomes, _errors, _read = latest_outcomes(cfg, summary_runs(cfg, family, version))
+    return outcomes_plot(f"{family}/{version}", outcomes, folder)
+
+
+def run_url(cfg: WorkflowConfig, ui_url: str | None, run_id: str | None) -> str | None:
+    if not ui_url or not run_id:
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{catalog_of(cfg).experiment_id()}/runs/{run_id}"
+
+
+def _version_url(ui_url: str | None, ref: str) -> str | None:
+    try:
+        parsed = parse_ref(ref)
+    except TheseusError:
+        return None
+    return f"{ui_url.rstrip('/')}/#/models/{parsed.name}/versions/{parsed.version}" if ui_url else None
 
 
 def mlflow_ui_links(cfg: WorkflowConfig, outcome: dict, ui_url: str | None) -> dict[str, str]:
