@@ -234,6 +234,10 @@ def test_port_task_logs_are_served_for_every_run(demo, ui):
     first_events, second_events = events[first["run_id"]], events[second["run_id"]]
     assert any(e.startswith("wrote full task vector") and "pad.safetensors" in e for e in first_events), first_events
     assert any("was already processed" in e for e in second_events), second_events  # the rerun's own log
+    # progress of the long step: each method k of n, each α with its val metric, with elapsed time
+    assert any(" method 1/" in e and ": transporting" in e for e in first_events), first_events
+    assert any(" method 1/" in e and " alpha 1/" in e and ": val " in e and e.endswith("s)") for e in first_events)
+    assert any("chosen on val" in e and "test" in e for e in first_events), first_events
     assert not any("Log file not found" in e for e in first_events + second_events)
     # the second run appended to nothing of the first: its file is byte for byte what it was
     assert demo["first_log"] and demo["first_log_path"].read_bytes() == demo["first_log"]
