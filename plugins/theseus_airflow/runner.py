@@ -200,10 +200,13 @@ def run_dag(dag_id: str, conf: dict | None = None, returns: tuple[str, ...] = ()
         consume_asset_triggers(dag_id)
     with task_logs_to_files():
         dr = dag.test(run_conf=conf or {})
-    tasks = sorted(({"task_id": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
-                     "state": str(ti.state), "try_number": ti.try_number, "pool": ti.pool, "queue": ti.queue,
-                     "log": str(task_log_path(ti)) if ti.try_number else None}
-                    for ti in dr.get_task_instances()), key=lambda t: (t["task_id"], t["map_index"]))
+    # run order: by start time (tasks that never started last), then task id and map index
+    instances = sorted(dr.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0,
+                                                                 ti.task_id, ti.map_index))
+    tasks = [{"task_id": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
+              "state": str(ti.state), "try_number": ti.try_number, "pool": ti.pool, "queue": ti.queue,
+              "log": str(task_log_path(ti)) if ti.try_number else None}
+             for ti in instances]
     report = DagRunReport(dag_id, dr.run_id, str(dr.state), tasks)
     for task_id in returns:
         report.returns[task_id] = _return_value(dag_id, dr.run_id, task_id)
@@ -231,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.__dict__, default=str))
     else:
         print(f"{report.dag_id} {report.run_id}: {report.state}")
-        for t in report.tasks:
-            label = t["label"] or (t["map_index"] if t["map_index"] >= 0 else "")
-            print(f"  {t['task_id']:<12} {label!s:<48} {t['state']:<15} try {t['try_number']}")
+        rows = [(t["task_id"], str(t["label"] or (t["map_index"] if t["map_index"] >= 0 else "")), t["state"],
+                 f"try {t['try_number']}") for t in report.tasks]
+        widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+        for row in rows:  # columns as wide as their widest cell, so every status lines up
+            print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
         logs = sorted({str(Path(t["log"]).parents[1]) for t in report.tasks if t["log"]})
         if logs:
             print(f"task logs (also in the Airflow UI): {os.path.commonpath(logs)}")
