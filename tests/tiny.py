@@ -75,7 +75,12 @@ def file_state(model: torch.nn.Module, tmp: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     d = save(model, tmp)
-    return load_file(str(d / "model.safetensors"))
+    state = load_file(str(d / "model.safetensors"))
+    if getattr(model.config, "tie_word_embeddings", False):
+        # A tied head is the embedding: drop it here as well, whether or not save_pretrained did (in one
+        # clean-clone suite run it kept lm_head.weight after earlier tests; the cause is still open).
+        state.pop("lm_head.weight", None)
+    return state
 
 
 def random_delta(state: dict[str, torch.Tensor], scale: float = 0.05, seed: int = 1) -> dict[str, torch.Tensor]:
