@@ -251,9 +251,13 @@ def _statistics_terms(stats, options: MapOptions) -> tuple[torch.Tensor, float, 
     return cross, sq_a, sq_b, gram_a
 
 
-def _polar_target(stats, options: MapOptions) -> torch.Tensor:
-    """The matrix whose polar factor is the map: the (centered) cross moment, whitened if asked."""
-    cross = _statistics_terms(stats, options)[0]
+def _polar_target(stats, options: MapOptions, cross: torch.Tensor | None = None) -> torch.Tensor:
+    """The matrix whose polar factor is the map: the (centered) cross moment, whitened if asked.
+
+    ``cross``: the centered cross moment when the caller has it already (``_statistics_terms``).
+    """
+    if cross is None:
+        cross = _statistics_terms(stats, options)[0]
     if not options.needs_gram:
         return cross
     gram_a, gram_b = stats.gram_a, stats.gram_b
@@ -290,7 +294,7 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
     if stats.rows < 2:
         raise InputError(f"space {source_key}: only {stats.rows} activation row(s); at least 2 are needed")
     cross, sq_a, sq_b, gram_a = _statistics_terms(stats, options)
-    target = _polar_target(stats, options)
+    target = _polar_target(stats, options, cross)
     data_only = polar_factor(target, options.rank_tol, fill=options.fill)
     polar, probe_filled = data_only, 0
     if probe_stats is not None and options.fill == "project":

@@ -103,10 +103,10 @@ def _complete_from_probes(
     # A space with fewer calibration rows than its width is read once per example (a pooled site): the
     # probes then need about two examples per unit of its width to determine it.
     pooled = [max(quality[r.key].width_a, quality[r.key].width_b) for r in requests if quality[r.key].underdetermined]
-    with_gram = True  # the probe prior is estimated whitened (maps.estimate_space_map)
     source_probe, target_probe = probes(2 * max(pooled, default=0))
     stats = collect_statistics(source_model, target_model, requests, source_probe, target_probe,
-                               layout=layout, batch_size=batch_size, device=device, with_gram=with_gram)
+                               layout=layout, batch_size=batch_size, device=device,
+                               with_gram=True)  # the probe prior is estimated whitened (maps)
     for request in requests:
         key = request.key
         maps[key], quality[key] = estimate_space_map(data_stats.pop(key), request.source_key, options,
