@@ -43,7 +43,7 @@ def gpt2_config(hidden: int = 32, layers: int = 2, heads: int = 4, inner: int | 
 def build(config: transformers.PretrainedConfig, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     cls = transformers.LlamaForCausalLM if config.model_type == "llama" else transformers.GPT2LMHeadModel
-    model = cls(config).eval()
+    model = tie_head(cls(config), config).eval()
     with torch.no_grad():  # larger weights than the default init, so every site carries signal
         for name, p in model.named_parameters():
             if p.dim() >= 2:
@@ -65,9 +65,19 @@ def with_state(config: transformers.PretrainedConfig, state: dict[str, torch.Ten
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert all(k == "lm_head.weight" for k in missing), missing
+    return tie_head(model, config).eval()
+
+
+def tie_head(model: torch.nn.Module, config: transformers.PretrainedConfig) -> torch.nn.Module:
+    """Tie the LM head to the input embedding ourselves when the config says so.
+
+    The oracles' tied cases rest on this: left to transformers, a clean-clone CI run built tied
+    configs with an untied, randomly initialised head, so A and B differed by that head alone.
+    """
     if config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
+        model.lm_head.weight = model.get_input_embeddings().weight
+        assert model.lm_head.weight is model.get_input_embeddings().weight
+    return model
 
 
 def file_state(model: torch.nn.Module, tmp: Path) -> dict[str, torch.Tensor]:
@@ -77,8 +87,7 @@ def file_state(model: torch.nn.Module, tmp: Path) -> dict[str, torch.Tensor]:
     d = save(model, tmp)
     state = load_file(str(d / "model.safetensors"))
     if getattr(model.config, "tie_word_embeddings", False):
-        # A tied head is the embedding: drop it here as well, whether or not save_pretrained did (in one
-        # clean-clone suite run it kept lm_head.weight after earlier tests; the cause is still open).
+        # A tied head is the embedding: drop it here as well, whether or not save_pretrained did.
         state.pop("lm_head.weight", None)
     return state
 
