@@ -20,19 +20,6 @@ def _stats(xa: torch.Tensor, xb: torch.Tensor, gram: bool = False) -> SpaceStati
     return s
 
 
-def _flipping_svd(generator: torch.Generator):
-    """An SVD that returns the triplets in reversed order with random joint sign flips: as valid as any."""
-
-    def svd(m, full_matrices=False):
-        u, s, vh = torch.linalg.svd(m, full_matrices=full_matrices)
-        k = s.shape[0]
-        signs = torch.where(torch.rand(k, generator=generator) < 0.5, -1.0, 1.0).to(u.dtype)
-        order = torch.arange(k - 1, -1, -1)
-        return (u[:, :k] * signs)[:, order], s[order], (vh[:k] * signs[:, None])[order]
-
-    return svd
-
-
 def _flipping_eigh(generator: torch.Generator):
     def eigh(m):
         vals, vecs = torch.linalg.eigh(m)
@@ -100,9 +87,53 @@ def test_polar_factor_invariant_to_decomposition_choices(monkeypatch, rows, fill
     x = torch.randn(rows, 9, generator=gen, dtype=torch.float64)
     cross = x.T @ (x @ torch.randn(9, 13, generator=gen, dtype=torch.float64))
     reference = polar_factor(cross, fill=fill).map
-    monkeypatch.setattr(maps_module, "_svd", _flipping_svd(torch.Generator().manual_seed(3)))
     monkeypatch.setattr(maps_module, "_eigh", _flipping_eigh(torch.Generator().manual_seed(4)))
     assert torch.allclose(polar_factor(cross, fill=fill).map, reference, atol=1e-9)
+
+
+def _svd_pad_fill(cross: torch.Tensor, rank_tol: float = 1e-6, seed: int = 0) -> torch.Tensor:
+    """The pad fill written directly with SVDs (the textbook form): the reference for both solvers."""
+    a, b = cross.shape
+    k = min(a, b)
+    u, s, vh = torch.linalg.svd(cross, full_matrices=False)
+    keep = s > rank_tol * s.max()
+    left, right = u[:, keep], vh[keep].T
+    result = left @ right.T
+    for stage in (0, 1):
+        if left.shape[1] >= k:
+            break
+        prior = pad_map(a, b) if stage == 0 else torch.randn(a, b, generator=torch.Generator().manual_seed(seed),
+                                                             dtype=torch.float64)
+        restricted = ((torch.eye(a, dtype=torch.float64) - left @ left.T) @ prior
+                      @ (torch.eye(b, dtype=torch.float64) - right @ right.T))
+        u2, s2, vh2 = torch.linalg.svd(restricted, full_matrices=False)
+        n = min(int((s2 > 1e-3 * s2.max()).sum()), k - left.shape[1])
+        result = result + u2[:, :n] @ vh2[:n]
+        left, right = torch.cat([left, u2[:, :n]], 1), torch.cat([right, vh2[:n].T], 1)
+    return result
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12), (16, 16)])
+@pytest.mark.parametrize("rank", [16, 5, 0])
+def test_pad_fill_from_eigendecompositions_equals_the_svd_form(shape, rank):
+    """Full rank, rank-deficient (prior fill) and empty statistics, widening, narrowing and square, with a
+    spread of singular values down to 1e-5 of the largest: the eigh route gives the SVD route's map to 1e-6
+    (squaring the condition costs that direction's precision, far below the 1e-2 relative noise a float32
+    statistic leaves at 1e-5 of the largest singular value), with rows orthonormal to rounding."""
+    gen = torch.Generator().manual_seed(12)
+    a, b = shape
+    r = min(rank, a, b)
+    scales = torch.logspace(0, -5, max(r, 1), dtype=torch.float64)[:r]
+    cross = (torch.linalg.qr(torch.randn(a, a, generator=gen, dtype=torch.float64))[0][:, :r] * scales
+             @ torch.linalg.qr(torch.randn(b, b, generator=gen, dtype=torch.float64))[0][:, :r].T)
+    result = polar_factor(cross, fill="pad")
+    assert result.data_rank == r and result.data_rank + result.prior_filled + result.seeded_filled == min(a, b)
+    torch.testing.assert_close(result.map, _svd_pad_fill(cross), atol=1e-6, rtol=0)
+    torch.testing.assert_close(polar_factor(cross, fill="pad", solver="svd").map, _svd_pad_fill(cross),
+                               atol=1e-12, rtol=0)
+    k = min(a, b)
+    gram = result.map @ result.map.T if a <= b else result.map.T @ result.map
+    torch.testing.assert_close(gram, torch.eye(k, dtype=torch.float64), atol=1e-9, rtol=0)
 
 
 def test_whitened_and_centered_maps_still_recover_a_permutation():
@@ -129,6 +160,8 @@ def test_quality_reports_residual_and_rank():
 def test_map_options_validate():
     with pytest.raises(ValueError, match="whiten_power"):
         MapOptions(whiten_power=0.7)
+    with pytest.raises(ValueError, match="solver must be one of eigh, svd"):
+        MapOptions(solver="qr")
 
 
 def test_data_free_maps_invariant_to_eigenvector_signs(tmp_path, monkeypatch):
@@ -136,7 +169,6 @@ def test_data_free_maps_invariant_to_eigenvector_signs(tmp_path, monkeypatch):
     case = tiny.Case(tmp_path, "llama", "widening")
     cfg = PrepareConfig(str(case.source), str(case.target), method="theseus-data-free", whiten_power=0.25)
     reference = api.prepare(cfg, tmp_path / "a.alignment")
-    monkeypatch.setattr(maps_module, "_svd", _flipping_svd(torch.Generator().manual_seed(7)))
     monkeypatch.setattr(maps_module, "_eigh", _flipping_eigh(torch.Generator().manual_seed(8)))
     flipped = api.prepare(cfg, tmp_path / "b.alignment")
     assert reference.maps.keys() == flipped.maps.keys() and len(reference.maps) > 10
@@ -157,3 +189,18 @@ def test_rank_tolerance_is_an_option_and_is_reported(tmp_path):
     assert hidden_loose["data_rank"] + hidden_loose["prior_filled"] + hidden_loose["seeded_filled"] == 64
     # identity data: the prior fills the rest with the identity too, so the map stays exact
     torch.testing.assert_close(loose.maps["layers.0.mlp_hidden"], torch.eye(64), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("tokens_in", "tokens", "layout"), [(197, 226, "cls_grid"), (197, 50, "cls_grid"),
+                                                             (20, 31, "sequence"), (31, 20, "sequence")])
+def test_token_resampling_as_one_matrix_equals_interpolating_the_activations(tokens_in, tokens, layout):
+    """ViT grids of another patch count and texts of another length: the cached resampling matrix gives
+    what interpolating each site's activations gave (CLS kept, bilinear grid; or linear)."""
+    from theseus_ops.transport import statistics
+
+    acts = torch.randn(3, tokens_in, 8, generator=torch.Generator().manual_seed(13))
+    direct = statistics._interpolate_tokens(acts, tokens, layout)
+    assert direct.shape == (3, tokens, 8)
+    torch.testing.assert_close(statistics._resample_tokens(acts, tokens, layout), direct, atol=1e-5, rtol=0)
+    if layout == "cls_grid":
+        assert torch.equal(statistics._resample_tokens(acts, tokens, layout)[:, 0], acts[:, 0])

@@ -252,7 +252,7 @@ def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVe
         "options": {"center": cfg.center, "whiten_power": cfg.whiten_power, "max_rows": cfg.max_rows,
                     "allow_partial": cfg.allow_partial, "gradfix_mode": cfg.gradfix_mode,
                     "gradfix_signs": cfg.gradfix_signs, "alignment": cfg.alignment, "rank_tol": cfg.rank_tol,
-                    "fill": cfg.fill},
+                    "fill": cfg.fill, "solver": cfg.solver},
         "parameters": _space_quality_lines(records, quality),
         "spaces": quality,
         **extra,

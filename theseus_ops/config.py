@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from theseus_ops.errors import InputError
 from theseus_ops.transport.maps import MapOptions
 from theseus_ops.transport.methods import get_method
-from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL
+from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, DEFAULT_SOLVER
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class PrepareConfig:
     probe_seed: int = 0
     rank_tol: float = DEFAULT_RANK_TOL
     fill: str = DEFAULT_FILL
+    solver: str = DEFAULT_SOLVER
 
     def __post_init__(self) -> None:
         info = get_method(self.method)
@@ -67,12 +68,13 @@ class PrepareConfig:
 
     @property
     def map_options(self) -> MapOptions:
-        return MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill)
+        return MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill,
+                          solver=self.solver)
 
     def provenance_options(self) -> dict:
         return {"method": self.method, "center": self.center, "whiten_power": self.whiten_power,
                 "max_rows": self.max_rows, "probe_seed": self.probe_seed, "rank_tol": self.rank_tol,
-                "fill": self.fill}
+                "fill": self.fill, "solver": self.solver}
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class TransportConfig:
     probe_seed: int = 0
     rank_tol: float = DEFAULT_RANK_TOL
     fill: str = DEFAULT_FILL
+    solver: str = DEFAULT_SOLVER
     gradfix_mode: str = "normal"
     gradfix_signs: str = "mean"
 
@@ -112,7 +115,8 @@ class TransportConfig:
         if info.needs_labels and not self.calibration.given:
             raise InputError(f"method {self.method} needs labeled examples: --calibration FILE with 'labels'")
         try:
-            MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill)
+            MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill,
+                          solver=self.solver)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
 
@@ -121,7 +125,7 @@ class TransportConfig:
             source_base=self.source_base, target_base=self.target_base, calibration=self.calibration,
             method=self.method, center=self.center, whiten_power=self.whiten_power, max_rows=self.max_rows,
             layer_map=self.layer_map, device=self.device, batch_size=self.batch_size, probe_seed=self.probe_seed,
-            rank_tol=self.rank_tol, fill=self.fill,
+            rank_tol=self.rank_tol, fill=self.fill, solver=self.solver,
         )
 
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from theseus_ops.errors import InputError
-from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, FILLS
+from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, DEFAULT_SOLVER, FILLS, SOLVERS
 
-# The decompositions, as module attributes so a test can swap in one with other sign/order choices.
-_svd = torch.linalg.svd
+# The decomposition, as a module attribute so a test can swap in one with other sign choices. Every map
+# is built from symmetric eigendecompositions; none needs an SVD.
 _eigh = torch.linalg.eigh
 
 # Singular values of the prior's restriction below this are treated as undetermined by the prior too.
@@ -46,6 +46,8 @@ class MapOptions:
         rank_tol: singular values under rank_tol·s_max count as undetermined by the data.
         fill: what the map does on undetermined directions: ``pad`` (the zero-pad prior; the default,
             not equivariant) or ``project`` (drop them, or complete them from probe inputs; equivariant).
+        solver: how the ``pad`` fill's polar factor is computed: ``eigh`` (fast) or ``svd`` (exact to
+            rounding on every direction); see ``tolerances.SOLVERS``.
     """
 
     center: bool = False
@@ -53,6 +55,7 @@ class MapOptions:
     whiten_eps: float = 1e-4
     rank_tol: float = DEFAULT_RANK_TOL
     fill: str = DEFAULT_FILL
+    solver: str = DEFAULT_SOLVER
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.whiten_power <= 0.5:
@@ -63,6 +66,8 @@ class MapOptions:
             raise ValueError(f"whiten_eps must be positive, got {self.whiten_eps}")
         if self.fill not in FILLS:
             raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
 
     @property
     def needs_gram(self) -> bool:
@@ -85,14 +90,8 @@ def pad_map(width_a: int, width_b: int, dtype: torch.dtype = torch.float64) -> t
     return torch.eye(width_a, width_b, dtype=dtype)
 
 
-def _complement(basis: torch.Tensor, dim: int) -> torch.Tensor:
-    """Projector onto the orthogonal complement of the columns of ``basis``: basis-choice invariant."""
-    eye = torch.eye(dim, dtype=basis.dtype, device=basis.device)
-    return eye - basis @ basis.T
-
-
 def polar_factor(cross: torch.Tensor, rank_tol: float = DEFAULT_RANK_TOL, seed: int = 0,
-                 fill: str = DEFAULT_FILL) -> PolarResult:
+                 fill: str = DEFAULT_FILL, solver: str = DEFAULT_SOLVER) -> PolarResult:
     """T (d_A × d_B) maximising tr(Tᵀ C) on the directions the data determines.
 
     Args:
@@ -101,6 +100,7 @@ def polar_factor(cross: torch.Tensor, rank_tol: float = DEFAULT_RANK_TOL, seed: 
         seed: seed of the last-resort Gaussian completion (``pad`` fill only).
         fill: ``project`` (equivariant; T is a partial isometry on the determined directions) or
             ``pad`` (semi-orthogonal, completed by the zero-pad prior).
+        solver: ``eigh`` or ``svd``, for the ``pad`` fill (``project`` is one eigendecomposition anyway).
 
     Returns:
         PolarResult; with ``pad`` T has full rank min(d_A, d_B), with ``project`` its rank is the data rank.
@@ -109,6 +109,10 @@ def polar_factor(cross: torch.Tensor, rank_tol: float = DEFAULT_RANK_TOL, seed: 
         return _projected_polar(cross, rank_tol)
     if fill != "pad":
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    if solver == "svd":
+        return _pad_filled_polar_svd(cross, rank_tol, seed)
+    if solver != "eigh":
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     return _pad_filled_polar(cross, rank_tol, seed)
 
 
@@ -162,31 +166,106 @@ def _projected_polar(cross: torch.Tensor, rank_tol: float, scale: float | None =
 
 
 def _pad_filled_polar(cross: torch.Tensor, rank_tol: float, seed: int) -> PolarResult:
-    """The ``pad`` fill: Procrustes on determined directions, then the zero-pad prior, then a seeded Gaussian."""
+    """The ``pad`` fill: Procrustes on determined directions, then the zero-pad prior, then a seeded Gaussian.
+
+    Everything comes from symmetric eigendecompositions of small Grams, never an SVD (a float64 SVD of
+    a 1536×2048 cross moment costs several times the eigendecomposition of its 1536×1536 Gram): the
+    polar factor on the determined directions is U_d·S_d⁻¹·U_dᵀ·C from the eigenpairs (U, S²) of the
+    smaller Gram C·Cᵀ, and each fill stage decomposes only the Gram of the prior restricted to the
+    directions still missing, which is (k − r)×(k − r) for a space of rank r out of k. Eigenvalues
+    are compared with the squared thresholds, so the determined set is the SVD's.
+    """
+    a, b = cross.shape
+    if a > b:  # work on the wide orientation; the priors are drawn in the caller's orientation
+        result = _pad_filled_polar_wide(cross.T, rank_tol, lambda stage: _prior(stage, a, b, cross, seed).T)
+        return dataclasses.replace(result, map=result.map.T)
+    return _pad_filled_polar_wide(cross, rank_tol, lambda stage: _prior(stage, a, b, cross, seed))
+
+
+def _prior(stage: int, a: int, b: int, like: torch.Tensor, seed: int) -> torch.Tensor:
+    """The fill's priors in order: the zero-pad embedding, then a seeded Gaussian."""
+    if stage == 0:
+        return pad_map(a, b, like.dtype).to(like.device)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(a, b, generator=gen, dtype=like.dtype).to(like.device)
+
+
+def _pad_filled_polar_wide(cross: torch.Tensor, rank_tol: float, prior_of) -> PolarResult:
+    """``_pad_filled_polar`` for a ≤ b: the map's rows are orthonormal, k = a."""
+    vals, vecs = _eigh(cross @ cross.T)
+    vals = vals.clamp_min(0.0)
+    top = float(vals.max()) if vals.numel() else 0.0
+    determined = vals > (rank_tol**2) * top if top > 0 else torch.zeros_like(vals, dtype=torch.bool)
+    rank = int(determined.sum())
+    left = vecs[:, determined]
+    right = (cross.T @ left) / vals[determined].sqrt()
+    result = left @ right.T
+    missing = vecs[:, ~determined]  # an orthonormal basis of what the map does not reach yet
+    filled = [0, 0]
+    for stage in (0, 1):
+        if missing.shape[1] == 0:
+            break
+        # The prior restricted to both complements, in the missing basis: Qᵀ P (I − R Rᵀ).
+        reduced = missing.T @ prior_of(stage)
+        reduced = reduced - (reduced @ right) @ right.T
+        mu, w = _eigh(reduced @ reduced.T)
+        mu = mu.clamp_min(0.0)
+        scale = float(mu.max()) if mu.numel() else 0.0
+        keep = mu > (_PRIOR_TOL**2) * scale if scale > 0 else torch.zeros_like(mu, dtype=torch.bool)
+        new_left = missing @ w[:, keep]
+        new_right = (reduced.T @ w[:, keep]) / mu[keep].sqrt()
+        result = result + new_left @ new_right.T
+        right = torch.cat([right, new_right], dim=1)
+        missing = missing @ w[:, ~keep]
+        filled[stage] = int(keep.sum())
+    return PolarResult(_orthonormal_rows(result), rank, filled[0], filled[1])
+
+
+# Newton–Schulz polishing stops once T·Tᵀ is the identity to this (float64 rounding is about 1e-15).
+_ORTHONORMAL_TOL = 1e-12
+
+
+def _orthonormal_rows(t: torch.Tensor, steps: int = 3) -> torch.Tensor:
+    """Polish a nearly semi-orthogonal T (a ≤ b) to rows orthonormal to float64 rounding.
+
+    An eigenvalue of C·Cᵀ carries an absolute error of about k·eps·λ_max, so a direction with
+    singular value s = 10⁻⁵·s_max gets 1/s wrong by about 10⁻⁶ relatively, and T·Tᵀ misses the
+    identity by that much. One Newton–Schulz step T ← T(3I − TᵀT)/2 squares the defect (two matrix
+    products, cheaper than the decomposition); it leaves an exactly orthogonal T unchanged.
+    """
+    if t.numel() == 0:
+        return t
+    eye = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
+    for _ in range(steps):
+        gram = t @ t.T
+        if float((gram - eye).abs().max()) <= _ORTHONORMAL_TOL:
+            break
+        t = 1.5 * t - 0.5 * (gram @ t)
+    return t
+
+
+def _pad_filled_polar_svd(cross: torch.Tensor, rank_tol: float, seed: int) -> PolarResult:
+    """The ``pad`` fill through SVDs: the decompositions of the cross moment and of each restricted prior."""
     a, b = cross.shape
     k = min(a, b)
-    u, s, vh = _svd(cross, full_matrices=False)
+    u, s, vh = torch.linalg.svd(cross, full_matrices=False)
     top = float(s.max()) if s.numel() else 0.0
     determined = s > rank_tol * top if top > 0 else torch.zeros_like(s, dtype=torch.bool)
     rank = int(determined.sum())
     left, right = u[:, determined], vh[determined].T
     result = left @ right.T
     filled = [0, 0]
+    eye_a = torch.eye(a, dtype=cross.dtype, device=cross.device)
+    eye_b = torch.eye(b, dtype=cross.dtype, device=cross.device)
     for stage in (0, 1):
         if left.shape[1] >= k:
             break
-        if stage == 0:
-            prior = pad_map(a, b, cross.dtype).to(cross.device)
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            prior = torch.randn(a, b, generator=gen, dtype=cross.dtype).to(cross.device)
-        restricted = _complement(left, a) @ prior @ _complement(right, b)
-        u2, s2, vh2 = _svd(restricted, full_matrices=False)
+        restricted = (eye_a - left @ left.T) @ _prior(stage, a, b, cross, seed) @ (eye_b - right @ right.T)
+        u2, s2, vh2 = torch.linalg.svd(restricted, full_matrices=False)
         order = torch.argsort(s2, descending=True, stable=True)
         u2, s2, vh2 = u2[:, order], s2[order], vh2[order]
         scale = float(s2[0]) if s2.numel() else 0.0
-        keep = int((s2 > _PRIOR_TOL * scale).sum()) if scale > 0 else 0
-        keep = min(keep, k - left.shape[1])
+        keep = min(int((s2 > _PRIOR_TOL * scale).sum()) if scale > 0 else 0, k - left.shape[1])
         result = result + u2[:, :keep] @ vh2[:keep]
         left = torch.cat([left, u2[:, :keep]], dim=1)
         right = torch.cat([right, vh2[:keep].T], dim=1)
@@ -295,7 +374,7 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
         raise InputError(f"space {source_key}: only {stats.rows} activation row(s); at least 2 are needed")
     cross, sq_a, sq_b, gram_a = _statistics_terms(stats, options)
     target = _polar_target(stats, options, cross)
-    data_only = polar_factor(target, options.rank_tol, fill=options.fill)
+    data_only = polar_factor(target, options.rank_tol, fill=options.fill, solver=options.solver)
     polar, probe_filled = data_only, 0
     if probe_stats is not None and options.fill == "project":
         # A ridge of 1e-4 of each Gram's trace (≥ 1e-4 of its top eigenvalue) bounds the noise below.

@@ -8,6 +8,7 @@ no activation leaves the device.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,12 +72,17 @@ class SpaceStatistics:
         )
 
     def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
-        """Add rows (float32 [n, d]); products in float32, accumulation in float64."""
+        """Add rows (float32 [n, d]); every reduction over a batch in float32, accumulation in float64.
+
+        A float32 reduction of a batch is as precise as the float32 product beside it (pairwise
+        summation), and asking torch for a float64 reduction of float32 rows converts every element
+        first: that cost the sums and norms more than the cross product itself.
+        """
         self.cross += (xa.T @ xb).double()
-        self.sum_a += xa.sum(0, dtype=torch.float64)
-        self.sum_b += xb.sum(0, dtype=torch.float64)
-        self.sq_a += torch.linalg.vector_norm(xa, dtype=torch.float64).square()
-        self.sq_b += torch.linalg.vector_norm(xb, dtype=torch.float64).square()
+        self.sum_a += xa.sum(0).double()
+        self.sum_b += xb.sum(0).double()
+        self.sq_a += torch.linalg.vector_norm(xa).double().square()
+        self.sq_b += torch.linalg.vector_norm(xb).double().square()
         if self.gram_a is not None and self.gram_b is not None:
             self.gram_a += (xa.T @ xa).double()
             self.gram_b += (xb.T @ xb).double()
@@ -139,7 +145,46 @@ def _select(value: torch.Tensor, site: ResolvedSite) -> torch.Tensor:
 
 
 def _resample_tokens(acts: torch.Tensor, tokens: int, layout: str) -> torch.Tensor:
-    """Resample the token axis of [B, T, d] to ``tokens``: CLS kept and grid bilinear, or linear."""
+    """Resample the token axis of [B, T, d] to ``tokens``: CLS kept and grid bilinear, or linear.
+
+    The resampling is linear in the tokens, so it is one [tokens, T] matrix (built once per shape by
+    resampling the identity) applied as a batched product: cheaper than interpolating every site's
+    activations, and the same numbers.
+    """
+    if layout == "cls_grid":
+        side_in, side_out = _grid_side(acts.shape[1]), _grid_side(tokens)
+        rows = _resampling_matrix(side_in, side_out, "grid", acts.dtype, str(acts.device))
+        grid = acts[:, 1:].reshape(acts.shape[0], side_in, side_in, acts.shape[2])
+        grid = torch.einsum("xj,byjd->byxd", rows, torch.einsum("yi,bijd->byjd", rows, grid))
+        return torch.cat([acts[:, :1], grid.reshape(acts.shape[0], side_out * side_out, acts.shape[2])], dim=1)
+    matrix = _resampling_matrix(acts.shape[1], tokens, layout, acts.dtype, str(acts.device))
+    return torch.matmul(matrix, acts)
+
+
+def _grid_side(tokens: int) -> int:
+    side = math.isqrt(max(tokens - 1, 0))
+    if tokens < 2 or side * side != tokens - 1:
+        raise InputError("vision token counts are not CLS plus a square patch grid; cannot resample")
+    return side
+
+
+@functools.lru_cache(maxsize=32)
+def _resampling_matrix(tokens_in: int, tokens: int, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """W [tokens, tokens_in] with out = W·acts: the interpolation applied to the identity.
+
+    ``grid``: the 1-D factor of the bilinear grid resampling (bilinear without antialiasing is the
+    same 1-D linear interpolation along each axis, align_corners=False).
+    """
+    eye = torch.eye(tokens_in, dtype=torch.float64)[None]  # one "input" whose channels are the tokens
+    if layout == "grid":
+        out = F.interpolate(eye, size=tokens, mode="linear", align_corners=False)[0].T
+    else:
+        out = _interpolate_tokens(eye, tokens, layout)[0]
+    return out.contiguous().to(dtype=dtype, device=device)
+
+
+def _interpolate_tokens(acts: torch.Tensor, tokens: int, layout: str) -> torch.Tensor:
+    """The interpolation itself, on [B, T, d]."""
     if layout == "cls_grid":
         cls, grid = acts[:, :1], acts[:, 1:]
         side_in, side_out = math.isqrt(grid.shape[1]), math.isqrt(tokens - 1)
