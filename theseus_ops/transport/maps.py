@@ -218,22 +218,25 @@ def _pad_filled_polar_wide(cross: torch.Tensor, rank_tol: float, prior_of) -> Po
         right = torch.cat([right, new_right], dim=1)
         missing = missing @ w[:, ~keep]
         filled[stage] = int(keep.sum())
-    return PolarResult(_orthonormal_rows(result), rank, filled[0], filled[1])
+    # an eigenvalue λ comes with an absolute error of about eps·λ_max, so 1/s is off by eps·λ_max/λ relatively
+    defect = 10 * torch.finfo(vals.dtype).eps * top / float(vals[determined].min()) if rank else 0.0
+    return PolarResult(_orthonormal_rows(result, defect), rank, filled[0], filled[1])
 
 
-# Newton–Schulz polishing stops once T·Tᵀ is the identity to this (float64 rounding is about 1e-15).
-_ORTHONORMAL_TOL = 1e-12
+# T·Tᵀ may miss the identity by this much: maps are stored in float32, whose rounding is 6e-8.
+_ORTHONORMAL_TOL = 1e-9
 
 
-def _orthonormal_rows(t: torch.Tensor, steps: int = 3) -> torch.Tensor:
-    """Polish a nearly semi-orthogonal T (a ≤ b) to rows orthonormal to float64 rounding.
+def _orthonormal_rows(t: torch.Tensor, predicted_defect: float, steps: int = 3) -> torch.Tensor:
+    """Polish a nearly semi-orthogonal T (a ≤ b) to orthonormal rows when its predicted defect is too large.
 
-    An eigenvalue of C·Cᵀ carries an absolute error of about k·eps·λ_max, so a direction with
-    singular value s = 10⁻⁵·s_max gets 1/s wrong by about 10⁻⁶ relatively, and T·Tᵀ misses the
-    identity by that much. One Newton–Schulz step T ← T(3I − TᵀT)/2 squares the defect (two matrix
-    products, cheaper than the decomposition); it leaves an exactly orthogonal T unchanged.
+    An eigenvalue of C·Cᵀ carries an absolute error of about eps·λ_max, so a direction with singular
+    value s = 10⁻⁵·s_max gets 1/s wrong by about 10⁻⁶ relatively, and T·Tᵀ misses the identity by
+    that much. One Newton–Schulz step T ← T(3I − TᵀT)/2 squares the defect (two matrix products,
+    cheaper than the decomposition); it leaves an exactly orthogonal T unchanged. A well-conditioned
+    space (predicted defect under the tolerance) skips even the check.
     """
-    if t.numel() == 0:
+    if t.numel() == 0 or predicted_defect <= _ORTHONORMAL_TOL:
         return t
     eye = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
     for _ in range(steps):
