@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from theseus_ops.demo.grow import head_rows, permutations, permutations_for, permute_state
+from theseus_ops.errors import InputError
 
 
 def permute_llama(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
@@ -170,6 +171,9 @@ def widen_residual_llama(state: dict[str, torch.Tensor], config, extra: int):
 
     d = config.hidden_size
     wide = d + extra
+    if wide % config.num_attention_heads:  # transformers validates it even when head_dim is explicit
+        raise InputError(f"widening the residual stream to {wide} channels: transformers needs a multiple of the "
+                         f"{config.num_attention_heads} attention heads")
     scale = math.sqrt(d / wide)
     head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
     new_config = transformers.LlamaConfig(**{**config.to_dict(), "hidden_size": wide, "head_dim": head_dim,
