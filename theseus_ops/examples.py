@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from theseus_ops.demo.grow import head_rows, permutations, permutations_for, permute_state
+from theseus_ops.errors import InputError
 
 
 def permute_llama(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
@@ -81,6 +82,123 @@ def widen_mlp_gpt2(state: dict[str, torch.Tensor], extra: int) -> dict[str, torc
         elif name.endswith("mlp.c_proj.weight"):
             out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
     return out
+
+
+def bert_permutations(config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """Residual, attention-head, MLP-unit and pooler-output permutations of a BERT encoder."""
+    gen = torch.Generator().manual_seed(seed)
+    d, heads = config.hidden_size, config.num_attention_heads
+    return {"resid": torch.randperm(d, generator=gen), "heads": torch.randperm(heads, generator=gen),
+            "mlp": torch.randperm(config.intermediate_size, generator=gen),
+            "pooler": torch.randperm(d, generator=gen)}
+
+
+def permute_bert(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """B = A with residual channels, heads, MLP units and pooler outputs permuted consistently.
+
+    LayerNorm averages over channels, so it commutes with a channel permutation; a classifier head
+    reads the permuted pooler output and writes labels unchanged, so logits are identical. Names may
+    carry the ``bert.`` prefix (a model with a head) or not (a bare ``BertModel``); buffers such as
+    ``embeddings.position_ids`` pass through.
+    """
+    perms = bert_permutations(config, seed)
+    pr, pm, pp = perms["resid"], perms["mlp"], perms["pooler"]
+    heads = head_rows(perms["heads"], config.hidden_size // config.num_attention_heads)
+    out = {}
+    for full, w in state.items():
+        name = full.removeprefix("bert.")
+        if name.startswith("embeddings.") and name.endswith("_embeddings.weight"):
+            out[full] = w[:, pr]
+        elif name.startswith("embeddings.LayerNorm") or name.endswith(("LayerNorm.weight", "LayerNorm.bias")):
+            out[full] = w[pr]
+        elif name.endswith(("query.weight", "key.weight", "value.weight")):
+            out[full] = w[heads][:, pr]
+        elif name.endswith(("query.bias", "key.bias", "value.bias")):
+            out[full] = w[heads]
+        elif name.endswith("attention.output.dense.weight"):
+            out[full] = w[pr][:, heads]
+        elif name.endswith("intermediate.dense.weight"):
+            out[full] = w[pm][:, pr]
+        elif name.endswith("intermediate.dense.bias"):
+            out[full] = w[pm]
+        elif name.endswith("output.dense.weight"):
+            out[full] = w[pr][:, pm]
+        elif name.endswith(("output.dense.bias", "attention.output.dense.bias")):
+            out[full] = w[pr]
+        elif name == "pooler.dense.weight":
+            out[full] = w[pp][:, pr]
+        elif name == "pooler.dense.bias":
+            out[full] = w[pp]
+        elif name == "classifier.weight":
+            out[full] = w[:, pp]
+        elif name in ("classifier.bias", "embeddings.position_ids", "embeddings.token_type_ids"):
+            out[full] = w
+        else:
+            raise AssertionError(f"unhandled {full}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def widen_mlp_bert(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """Extra MLP units with zero input weights, bias and output weights: GELU(0) = 0, so they are silent.
+
+    Only the MLP: widening BERT's residual stream is not function-preserving, because LayerNorm
+    subtracts the mean over all channels and zero channels shift it (RMSNorm only rescales, see
+    :func:`widen_residual_llama`).
+    """
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("intermediate.dense.weight"):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1], dtype=w.dtype)], 0)
+        elif name.endswith("intermediate.dense.bias"):
+            out[name] = torch.cat([w, torch.zeros(extra, dtype=w.dtype)])
+        elif name.endswith("output.dense.weight") and "attention" not in name:
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra, dtype=w.dtype)], 1)
+    return out
+
+
+def widen_residual_llama(state: dict[str, torch.Tensor], config, extra: int):
+    """``extra`` residual channels that stay exactly zero; returns ``(state, wider config)``.
+
+    Nothing writes the new channels (zero embedding columns, zero o_proj/down_proj rows) and nothing
+    reads them (zero q/k/v/gate/up/lm_head columns). RMSNorm divides by the root mean square over
+    all d + k channels, which zeros shrink by sqrt(d / (d + k)); scaling every norm weight by
+    sqrt(d / (d + k)) and ``rms_norm_eps`` by d / (d + k) compensates exactly:
+    rsqrt(ms·d/(d+k) + eps·d/(d+k)) = sqrt((d+k)/d)·rsqrt(ms + eps). Heads keep their ``head_dim``.
+    """
+    import math
+
+    import transformers
+
+    d = config.hidden_size
+    wide = d + extra
+    if wide % config.num_attention_heads:  # transformers validates it even when head_dim is explicit
+        raise InputError(f"widening the residual stream to {wide} channels: transformers needs a multiple of the "
+                         f"{config.num_attention_heads} attention heads")
+    scale = math.sqrt(d / wide)
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    new_config = transformers.LlamaConfig(**{**config.to_dict(), "hidden_size": wide, "head_dim": head_dim,
+                                             "rms_norm_eps": config.rms_norm_eps * d / wide})
+
+    def zero_cols(w):
+        return torch.cat([w, torch.zeros(w.shape[0], extra, dtype=w.dtype)], 1)
+
+    def zero_rows(w):
+        return torch.cat([w, torch.zeros(extra, w.shape[1], dtype=w.dtype)], 0)
+
+    out = {}
+    for name, w in state.items():
+        if name.endswith(("embed_tokens.weight", "lm_head.weight", "q_proj.weight", "k_proj.weight",
+                          "v_proj.weight", "gate_proj.weight", "up_proj.weight")):
+            out[name] = zero_cols(w)
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            out[name] = zero_rows(w)
+        elif name.endswith("norm.weight"):
+            out[name] = torch.cat([w * scale, torch.full((extra,), float(w.mean()) * scale, dtype=w.dtype)])
+        elif name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+            out[name] = w
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return out, new_config
 
 
 def _build(config, seed: int):
