@@ -128,9 +128,11 @@ def table(methods: list[str], outcomes: list[dict]) -> tuple[list[str], list[lis
                  f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])}" + (f" ({base_note})" if base_note else "")]
         for method in methods:
             r = o["methods"].get(method, {})
-            note = "; ".join(x for x in (f"α {r['alpha']:g}", tie_note(r["val"]) if "val" in r else "") if x)
-            cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} ({note})"
-                         if "val" in r else not_applicable(r.get("not_applicable", "")))
+            if "val" not in r:
+                cells.append(not_applicable(r.get("not_applicable", "")))
+                continue
+            note = "; ".join(x for x in (f"α {r['alpha']:g}", tie_note(r["val"])) if x)
+            cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} ({note})")
         reg = o["registered"]
         cells += [o["selected"], _fmt(o["selected_test"]), _fmt(o["general_loss_change"]), reg["model"] or "–",
                   round_numbers(reg["gate"] or "–").replace("|", "/")]
