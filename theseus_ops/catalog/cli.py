@@ -19,8 +19,9 @@ import json
 import logging
 import sys
 
-from theseus_ops.catalog.schema import PREFIX, ROLE, ROLES
+from theseus_ops.catalog.schema import PREFIX, ROLE, ROLES, evaluation_tags
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import KINDS
 from theseus_ops.service_errors import CatalogError
 
 log = logging.getLogger("theseus_ops")
@@ -73,6 +74,14 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    "e.g. s3://data/sst2?splits=train,validation,test")
     p.add_argument("--metric", required=True, help="the task metric's name, e.g. accuracy")
     p.add_argument("--format", choices=["full", "lora"], help="checked against the file (default: detected)")
+    p.add_argument("--task-kind", choices=list(KINDS), help="how the task is scored (default generation; "
+                   "see docs/evaluation.md)")
+    p.add_argument("--evaluator", metavar="MODULE:FUNCTION|ENTRY_POINT", help="user evaluator of a custom task")
+    p.add_argument("--chat-template", action="store_true", default=None,
+                   help="wrap generation prompts in the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="generation budget (default: the answer's length)")
+    p.add_argument("--general-dataset", metavar="URI", help="a second, untouched task of the same kind: its "
+                   "accuracy is the general-capability measure of classifiers")
 
     p = sub.add_parser("land", help="upload a base release into the landing zone (manifest last)")
     p.add_argument("--family", required=True)
@@ -161,6 +170,8 @@ def _execute(args: argparse.Namespace):
             version = str(found.version)
         reg = register.register_task_vector(
             catalog, args.name, args.path, task=args.task, base_model=args.base_model, base_version=version,
-            dataset=args.dataset, metric=args.metric, fmt=args.format)
+            dataset=args.dataset, metric=args.metric, fmt=args.format,
+            evaluation=evaluation_tags(args.task_kind, args.evaluator, args.chat_template, args.max_new_tokens,
+                                       args.general_dataset))
         return {"created": reg.created, **describe(reg.version)}
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the choices

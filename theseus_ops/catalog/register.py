@@ -28,6 +28,7 @@ from theseus_ops.catalog.schema import (
     ALIAS_CANDIDATE,
     ALIAS_CHAMPION,
     CONTENT_SHA256,
+    EVALUATION_FIELDS,
     IDEMPOTENCY_KEY,
     OPTIONS_SHA256,
     ROLE,
@@ -192,8 +193,14 @@ def register_landed_release(catalog: Catalog, zone: LandingZone, landed: LandedR
 # -- task vectors --------------------------------------------------------------------------------
 def register_task_vector(catalog: Catalog, name: str, path: str | Path, *, task: str, base_model: str,
                          base_version: str, dataset: str, metric: str, fmt: str | None = None,
-                         description: str | None = None, progress: Progress | None = None) -> Registration:
-    """Register a fine-tuned task vector (delta file or LoRA adapter dir) for a registered base version."""
+                         description: str | None = None, progress: Progress | None = None,
+                         evaluation: dict[str, str | None] | None = None) -> Registration:
+    """Register a fine-tuned task vector (delta file or LoRA adapter dir) for a registered base version.
+
+    ``evaluation``: how its task is scored, from :func:`~theseus_ops.catalog.schema.evaluation_tags`
+    (task kind, evaluator, chat template, generation budget, general-capability dataset); none
+    means a generation task (docs/evaluation.md).
+    """
     check_model_name(name)
     path = Path(path)
     base_ref = VersionRef(check_model_name(base_model), str(base_version))
@@ -203,8 +210,11 @@ def register_task_vector(catalog: Catalog, name: str, path: str | Path, *, task:
     detected = _check_vector_against_base(path, base, base_ref)
     if fmt is not None and fmt != detected:
         raise InputError(f"{path} is a {detected} task vector, not {fmt}")
+    unknown = sorted(set(evaluation or {}) - set(EVALUATION_FIELDS))
+    if unknown:
+        raise InputError(f"unknown evaluation tag(s) {', '.join(unknown)}; known: {', '.join(EVALUATION_FIELDS)}")
     tags = TaskVectorTags(task=task, base_model=base_ref.name, base_version=base_ref.version, format=detected,
-                          dataset=dataset, metric=metric).to_tags()
+                          dataset=dataset, metric=metric, **(evaluation or {})).to_tags()
     content = build_manifest(path).digest()
     identity = {ROLE: ROLE_TASK_VECTOR, "theseus.base_version": base_ref.version, "theseus.base_model": base_ref.name,
                 CONTENT_SHA256: content}
@@ -251,7 +261,7 @@ def register_transported_vector(catalog: Catalog, source_vector: VersionRef, tar
     tags = TaskVectorTags(task=source.task, base_model=target_base.name, base_version=target_base.version,
                           format=fmt, dataset=source.dataset, metric=source.metric,
                           transported_from=str(source_vector), method=method, alpha=repr(float(alpha)),
-                          alignment=alignment).to_tags()
+                          alignment=alignment, **source.evaluation_fields()).to_tags()
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
     mv, created = catalog.register_entry(name, path, tags, "task_vector",
                                          f"{source.task} task vector ported from {source_vector} by {method}",

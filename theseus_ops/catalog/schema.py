@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import CUSTOM, GENERATION, check_evaluator_name, check_kind
 from theseus_ops.service_errors import CatalogError
 
 PREFIX = "theseus."
@@ -117,6 +118,12 @@ class TaskVectorTags(_Tags):
     method: str | None = None
     alpha: str | None = None
     alignment: str | None = None
+    # how the task is scored (docs/evaluation.md); absent tags mean a generation task, as before
+    task_kind: str | None = None
+    evaluator: str | None = None  # module:function or an entry point (kind custom)
+    chat_template: str | None = None  # "true" | "false"
+    max_new_tokens: str | None = None
+    general_dataset: str | None = None  # URI of a second, untouched task (general capability)
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -128,10 +135,55 @@ class TaskVectorTags(_Tags):
         transported = (self.transported_from, self.method, self.alpha, self.alignment)
         if any(v is not None for v in transported) and not all(v is not None for v in transported):
             raise InputError("a transported task vector needs transported_from, method, alpha and alignment")
+        check_kind(self.kind)
+        if self.evaluator is not None:
+            check_evaluator_name(self.evaluator)
+        if (self.kind == CUSTOM) != (self.evaluator is not None):
+            raise InputError("a custom task kind and an evaluator go together (kind custom, evaluator "
+                             "module:function or an entry-point name)")
+        if self.chat_template not in (None, "true", "false"):
+            raise InputError(f"chat_template must be true or false, got {self.chat_template!r}")
+        if self.max_new_tokens is not None and (not self.max_new_tokens.isdigit() or int(self.max_new_tokens) < 1):
+            raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if self.general_dataset is not None:
+            check_uri(self.general_dataset, "general dataset")
 
     @property
     def base(self) -> VersionRef:
         return VersionRef(self.base_model, self.base_version)
+
+    @property
+    def kind(self) -> str:
+        """The task kind; a vector cataloged without one is a generation task."""
+        return self.task_kind or GENERATION
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return self.chat_template == "true"
+
+    @property
+    def new_tokens(self) -> int | None:
+        return None if self.max_new_tokens is None else int(self.max_new_tokens)
+
+    def evaluation_fields(self) -> dict[str, str | None]:
+        """The tags that say how the task is scored; a transported vector carries its source's."""
+        return {name: getattr(self, name) for name in EVALUATION_FIELDS}
+
+
+EVALUATION_FIELDS = ("task_kind", "evaluator", "chat_template", "max_new_tokens", "general_dataset")
+
+
+def evaluation_tags(task_kind: str | None = None, evaluator: str | None = None, chat_template: bool | None = None,
+                    max_new_tokens: int | None = None, general_dataset: str | None = None) -> dict[str, str | None]:
+    """Typed evaluation settings as the string fields of :class:`TaskVectorTags` (None: tag left out)."""
+    if chat_template is not None and not isinstance(chat_template, bool):
+        raise InputError(f"chat_template must be true or false, got {chat_template!r}")
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)):
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    return {"task_kind": task_kind, "evaluator": evaluator,
+            "chat_template": None if chat_template is None else str(chat_template).lower(),
+            "max_new_tokens": None if max_new_tokens is None else str(max_new_tokens),
+            "general_dataset": general_dataset}
 
 
 @dataclass(frozen=True)

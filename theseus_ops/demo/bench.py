@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from theseus_ops.demo import evaluate as ev
 from theseus_ops.demo.family import TARGETS, Family, build_family, ensure_references, family_config
 from theseus_ops.demo.skills import load_split
 from theseus_ops.errors import TheseusError
+from theseus_ops.evaluation import Candidate, NotApplicable, TaskConfig, score_at, sweep_and_select
+from theseus_ops.evaluation.generation import GenerationEvaluator
 from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.plots import SweepPanel, sweep_figure
 
 log = logging.getLogger("theseus_ops")
 METHODS = ("pad", "naive", "theseus", "theseus-data-free", "gradfix")
+SHOWN_VAL = ("exact_match", "token_accuracy")
 
 
 @dataclass(frozen=True)
@@ -41,22 +41,32 @@ class BenchConfig:
     family_overrides: dict = field(default_factory=dict, hash=False)
 
 
-class Scorer(ev.Scorer):
-    """The bench's scorer: a family release, byte encoding, LM loss on the family's held-out text."""
+class Release:
+    """One family release loaded once, with an evaluator per skill (its val/test rows, the family's held-out text)."""
 
-    def __init__(self, model_dir: Path, heldout: str) -> None:
-        super().__init__(ev.load_for_eval(model_dir)[0])
-        self.heldout = heldout
+    def __init__(self, fam: Family, release: str, splits: dict[str, tuple[list, list]]) -> None:
+        self.evaluators = {skill: GenerationEvaluator(TaskConfig(dataset=fam.task(skill), heldout=fam.heldout),
+                                                      rows={"val": val, "test": test}, report=lambda _m: None)
+                           for skill, (val, test) in splits.items()}
+        first = next(iter(self.evaluators.values()))
+        self.model = first.load(fam.model(release))
+        for evaluator in self.evaluators.values():
+            evaluator.attach(self.model, first.processor(self.model))
 
-    def score(self, delta: dict[str, torch.Tensor] | None, alpha: float, rows, with_loss: bool = False) -> dict:
-        out = super().score(delta, alpha, rows)
-        if with_loss:
-            out["lm_loss"] = self.general_loss(delta, alpha, self.heldout)
-        return out
+    def test_with_loss(self, skill: str, delta: dict | None, alpha: float) -> dict:
+        """Test scores of base + α·δ with the held-out LM loss beside them (the table's columns)."""
+        scores, general = score_at(self.evaluators[skill], self.model, delta, alpha, ["test"], general=True)
+        return {**scores["test"], "lm_loss": general.value}
+
+    def base(self, skill: str) -> Candidate:
+        """The release untouched on val and test, scored once for every task vector of the skill."""
+        evaluator = self.evaluators[skill]
+        return Candidate("base", 0.0, evaluator.score(self.model, "val"), evaluator.score(self.model, "test"),
+                         evaluator.general(self.model))
 
 
-def _key(s: dict) -> tuple[float, float]:
-    return (s["exact_match"], s["token_accuracy"])
+def _with_loss(candidate: Candidate) -> dict:
+    return {**candidate.test, "lm_loss": candidate.general.value} if candidate.general else dict(candidate.test)
 
 
 def _share(value: float, base: float, tuned: float) -> float | None:
@@ -87,35 +97,34 @@ def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out:
     return dest
 
 
-def _run_cell(fam: Family, scorer: Scorer, cfg: BenchConfig, target: str, skill: str, tv: Path, label: str,
-              val, test, base_val: dict, base_test: dict, out: Path, alignments: dict) -> dict:
-    """All methods for one (target, task vector): α sweep on val, test at the chosen α."""
-    cell: dict = {"target": target, "task": label, "methods": {}}
-    cell["methods"]["base"] = {"alpha": 0.0, "val": base_val, "test": base_test, "sweep": []}
-    for method in cfg.methods:
-        t0 = time.perf_counter()
+def _run_cell(fam: Family, release: Release, cfg: BenchConfig, target: str, skill: str, tv: Path, label: str,
+              base: Candidate, out: Path, alignments: dict) -> dict:
+    """All methods for one (target, task vector), through the evaluation package's sweep-and-select."""
+    def delta_of(method: str):
         try:
             path = _transport(fam, target, method, tv, skill, out / target / label, alignments)
         except TheseusError as exc:
-            cell["methods"][method] = {"not_applicable": str(exc).splitlines()[0]}
+            return NotApplicable(method, str(exc).splitlines()[0])
+        return dense_deltas(path, fam.model(target))
+
+    selection = sweep_and_select(release.evaluators[skill], release.model, cfg.methods, cfg.alphas, delta_of,
+                                 base=base)
+    cell: dict = {"target": target, "task": label, "methods": {}}
+    cell["methods"]["base"] = {"alpha": 0.0, "val": base.val, "test": _with_loss(base), "sweep": []}
+    for method, r in selection.methods.items():
+        if isinstance(r, NotApplicable):
+            cell["methods"][method] = r.as_dict()
             continue
-        delta = dense_deltas(path, fam.model(target))
-        transport_s = time.perf_counter() - t0
-        sweep = [{"alpha": a, **scorer.score(delta, a, val)} for a in cfg.alphas]
-        best = max(sweep, key=lambda s: (*_key(s), -s["alpha"]))
-        test_score = scorer.score(delta, best["alpha"], test, with_loss=True)
-        chosen = {k: best[k] for k in ("exact_match", "token_accuracy")}
-        cell["methods"][method] = {"alpha": best["alpha"], "val": chosen,
-                                   "test": test_score, "sweep": sweep, "transport_seconds": round(transport_s, 3),
-                                   "eval_seconds": round(time.perf_counter() - t0 - transport_s, 3)}
+        cell["methods"][method] = {"alpha": r.alpha, "val": {k: r.val[k] for k in SHOWN_VAL}, "test": _with_loss(r),
+                                   "sweep": [p.as_dict() for p in r.sweep], "transport_seconds": r.transport_seconds,
+                                   "eval_seconds": r.eval_seconds}
     ref = fam.reference(target, skill)
     if ref.is_file():
-        tuned = dense_deltas(ref, fam.model(target))
-        cell["methods"]["finetuned"] = {"alpha": 1.0, "test": scorer.score(tuned, 1.0, test, with_loss=True),
-                                        "upper_bound": True}
-    candidates = {m: r for m, r in cell["methods"].items() if "val" in r}
-    cell["selected"] = max(candidates, key=lambda m: (*_key(candidates[m]["val"]), m == "base"))
+        cell["methods"]["finetuned"] = {"alpha": 1.0, "upper_bound": True, "test": release.test_with_loss(
+            skill, dense_deltas(ref, fam.model(target)), 1.0)}
+    cell["selected"] = selection.selected
     tuned = cell["methods"].get("finetuned", {}).get("test")
+    base_test = cell["methods"]["base"]["test"]
     for r in cell["methods"].values():
         if "test" in r and tuned:
             r["recovered"] = _share(r["test"]["exact_match"], base_test["exact_match"], tuned["exact_match"])
@@ -135,7 +144,6 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
     t0 = time.perf_counter()
     reference_timings = ensure_references(fam, progress)
     reference_s = time.perf_counter() - t0
-    heldout = fam.heldout.read_text()
     started = time.perf_counter()
     splits = {s: (load_split(fam.task(s), "val")[: cfg.val_limit], load_split(fam.task(s), "test")[: cfg.test_limit])
               for s in fam_cfg.skills}
@@ -144,28 +152,25 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
                                 "build_or_load_seconds": round(build_s, 2), "timings": fam.info.get("timings"),
                                 "reference_seconds": round(reference_s, 2), "reference_timings": reference_timings},
                      "alphas": list(cfg.alphas), "source": {}, "cells": []}
-    source = Scorer(fam.model("v1"), heldout)
-    for skill, (_val, test) in splits.items():
+    source = Release(fam, "v1", splits)
+    for skill in splits:
         tuned = dense_deltas(fam.task_vector(skill), fam.model("v1"))
-        results["source"][skill] = {"v1": source.score(None, 0, test, with_loss=True),
-                                    "v1_finetuned": source.score(tuned, 1.0, test, with_loss=True)}
-        for lora_skill in fam_cfg.lora_skills:
-            if lora_skill == skill:
-                results["source"][f"{skill}-lora"] = {"v1_finetuned": source.score(
-                    dense_deltas(fam.lora(skill), fam.model("v1")), 1.0, test, with_loss=True)}
+        results["source"][skill] = {"v1": source.test_with_loss(skill, None, 0.0),
+                                    "v1_finetuned": source.test_with_loss(skill, tuned, 1.0)}
+        if skill in fam_cfg.lora_skills:
+            results["source"][f"{skill}-lora"] = {"v1_finetuned": source.test_with_loss(
+                skill, dense_deltas(fam.lora(skill), fam.model("v1")), 1.0)}
     for target in cfg.targets:
-        scorer = Scorer(fam.model(target), heldout)
+        release = Release(fam, target, splits)
         alignments: dict = {}
-        for skill, (val, test) in splits.items():
-            base_val = scorer.score(None, 0, val)
-            base_test = scorer.score(None, 0, test, with_loss=True)
+        for skill in splits:
+            base = release.base(skill)
             tvs = [(skill, fam.task_vector(skill))]
             if skill in fam_cfg.lora_skills:
                 tvs.append((f"{skill}-lora", fam.lora(skill)))
             for label, tv in tvs:
                 t0 = time.perf_counter()
-                cell = _run_cell(fam, scorer, cfg, target, skill, tv, label, val, test, base_val, base_test,
-                                 out / "transported", alignments)
+                cell = _run_cell(fam, release, cfg, target, skill, tv, label, base, out / "transported", alignments)
                 cell["seconds"] = round(time.perf_counter() - t0, 2)
                 results["cells"].append(cell)
                 progress(f"bench: {target} {label}: selected {cell['selected']} ({cell['seconds']:.1f}s)")

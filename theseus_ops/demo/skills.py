@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import SPLITS
+from theseus_ops.evaluation.data import load_prompt_answer, parse_prompt_answer
 
-SPLITS = ("train", "val", "test")
+__all__ = ["GENERATORS", "SPLITS", "SkillSpec", "generate", "load_split", "parse_split", "pretraining_examples",
+           "render", "split_of", "write_task"]
 LETTERS = string.ascii_lowercase
 
 
@@ -123,37 +126,7 @@ def write_task(directory: Path, skill: str, spec: SkillSpec) -> Path:
 
 def load_split(task_dir: str | Path, split: str) -> list[tuple[str, str]]:
     """Read and validate one split: every line a JSON object with non-empty string prompt and answer."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; use one of {list(SPLITS)}")
-    path = Path(task_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise InputError(f"task split {path} does not exist")
-    return parse_split(path.read_bytes(), str(path))
+    return load_prompt_answer(task_dir, split)
 
 
-def parse_split(data: bytes, where: str) -> list[tuple[str, str]]:
-    """The rows of a JSONL split; lines end at ``\n`` only (JSON strings may hold U+2028 and the like)."""
-    rows: list[tuple[str, str]] = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{where}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
-                             f"{exc.start + 1})") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except RecursionError:
-            raise InputError(f"{where}:{number}: not valid JSON (nested too deeply)") from None
-        except ValueError as exc:
-            raise InputError(f"{where}:{number}: not valid JSON ({exc})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
-                row.get("answer"), str):
-            raise InputError(f"{where}:{number}: each line must be an object with string 'prompt' and 'answer'")
-        if not row["prompt"] or not row["answer"]:
-            raise InputError(f"{where}:{number}: 'prompt' and 'answer' must be non-empty")
-        rows.append((row["prompt"], row["answer"]))
-    if not rows:
-        raise InputError(f"{where}: the split is empty")
-    return rows
+parse_split = parse_prompt_answer  # the JSONL reader of prompt/answer rows (theseus_ops.evaluation.data)

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from theseus_ops.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, encode_bytes
+from theseus_ops.evaluation.batches import prompt_answer_batch
 from theseus_ops.progress import Ticker
 
 
@@ -144,15 +145,7 @@ def window_data(windows: list[str], length: int) -> dict[str, torch.Tensor]:
 
 def example_data(rows: list[tuple[str, str]], length: int | None = None) -> dict[str, torch.Tensor]:
     """Skill rows: prompt + answer, right-padded; labels only on the answer (what the task asks)."""
-    encoded = [(encode_bytes(p), encode_bytes(a)) for p, a in rows]
-    length = length or max(len(p) + len(a) for p, a in encoded)
-    ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    for i, (p, a) in enumerate(encoded):
-        seq = (p + a)[:length]
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(p): len(seq)] = torch.tensor(seq[len(p):])
-    return {"input_ids": ids, "attention_mask": (ids != PAD_ID).long(), "labels": labels}
+    return prompt_answer_batch([(encode_bytes(p), encode_bytes(a)) for p, a in rows], PAD_ID, length)
 
 
 def state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,68 +1,75 @@
-"""Scoring a target base plus α·τ on a task split, with the target's own tokenizer, without writing models.
+"""The workflow's side of evaluation: a task vector's catalog tags to a task config and a local dataset.
 
-Reuses the demo harness's metrics (``theseus_ops.demo.evaluate``: greedy exact match, teacher-forced
-answer-token accuracy, held-out LM loss); only the encoding comes from the model directory's
-tokenizer, which for the demo's byte-level tokenizer gives exactly the demo's ids.
+Scoring itself is :mod:`theseus_ops.evaluation`; this module only resolves what the catalog says
+(through :class:`~theseus_ops.catalog.schema.TaskVectorTags`, never raw tag strings) into a
+validated :class:`~theseus_ops.evaluation.TaskConfig` whose files are on this worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-import torch
-
-from theseus_ops.demo.evaluate import Scorer
+from theseus_ops.catalog.schema import TaskVectorTags
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import (
+    CLASSIFICATION,
+    GENERATION,
+    IMAGE_CLASSIFICATION,
+    PERPLEXITY,
+    SPLITS,
+    TaskConfig,
+)
+from theseus_ops.evaluation.loading import load_tokenizer
 
-Encoder = Callable[[str], list[int]]
+__all__ = ["HELDOUT_FILE", "dataset_dir", "load_tokenizer", "task_config"]
 
-
-def load_tokenizer(model_dir: str | Path):
-    """The model directory's own tokenizer; a base without one cannot be calibrated or scored."""
-    import transformers
-
-    from theseus_ops.io.models import check_tokenizer_fits, read_config
-
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as exc:  # transformers raises many kinds; the user gets one line
-        raise InputError(f"{model_dir}: cannot load its tokenizer ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    check_tokenizer_fits(tokenizer, read_config(Path(model_dir)), model_dir)
-    return tokenizer
+HELDOUT_FILE = "heldout.txt"  # the general-capability text of LM tasks, beside the splits
 
 
-def encoder_of(tokenizer) -> Encoder:
-    """Text to ids with no special tokens, so prompt and answer ids concatenate like the demo's bytes."""
-    return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _split_present(path: Path, kind: str, split: str) -> bool:
+    if kind in (GENERATION, CLASSIFICATION):
+        return (path / f"{split}.jsonl").is_file()
+    if kind == PERPLEXITY:
+        return (path / f"{split}.txt").is_file()
+    if kind == IMAGE_CLASSIFICATION:
+        return (path / f"{split}.safetensors").is_file() or (path / split).is_dir()
+    return True  # a custom evaluator reads its own files
 
 
-def calibration_tensors(rows: list[tuple[str, str]], encode: Encoder, pad_id: int) -> dict[str, torch.Tensor]:
-    """Prompt+answer rows, right-padded, labels on the answer only (as ``demo.train.example_data``)."""
-    encoded = [(encode(p), encode(a)) for p, a in rows]
-    length = max(len(p) + len(a) for p, a in encoded)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (p, a) in enumerate(encoded):
-        seq = p + a
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        labels[i, len(p): len(seq)] = torch.tensor(a)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+def _split_name(kind: str, split: str) -> str:
+    return {PERPLEXITY: f"{split}.txt", IMAGE_CLASSIFICATION: f"{split}.safetensors or {split}/"}.get(
+        kind, f"{split}.jsonl")
 
 
-def target_scorer(model_dir: str | Path) -> Scorer:
-    """A scorer for a base model on the CPU, encoding with the model's own tokenizer."""
-    import transformers
+def dataset_dir(uri: str, kind: str = GENERATION) -> Path:
+    """The local task directory a dataset URI names, with every split a ``kind`` task needs.
 
-    encode = encoder_of(load_tokenizer(model_dir))
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(model_dir), local_files_only=True, dtype=torch.float32).eval()
-    except Exception as exc:
-        raise InputError(f"{model_dir}: cannot load ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    return Scorer(model, encode)
+    Only ``file://DIR`` is supported so far.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise InputError(f"dataset {uri}: only file://DIR task directories are supported by the workflow")
+    path = Path(unquote(parsed.netloc + parsed.path))
+    if not path.is_dir():
+        raise InputError(f"dataset {uri}: directory {path} does not exist")
+    missing = [s for s in SPLITS if not _split_present(path, kind, s)]
+    if missing:
+        raise InputError(f"dataset {uri}: missing split file(s) {', '.join(_split_name(kind, s) for s in missing)}")
+    return path
+
+
+def task_config(tags: TaskVectorTags, batch_size: int | None = None) -> TaskConfig:
+    """How the workflow scores a task vector's task, its datasets checked on this worker.
+
+    The held-out text of LM tasks is ``heldout.txt`` in the dataset directory, when there is one; a
+    general dataset (``theseus.general_dataset``) is a second task of the same kind, scored on test.
+    """
+    data = dataset_dir(tags.dataset, tags.kind)
+    heldout = data / HELDOUT_FILE
+    general = None if tags.general_dataset is None else dataset_dir(tags.general_dataset, tags.kind)
+    extra = {} if batch_size is None else {"batch_size": batch_size}
+    return TaskConfig(kind=tags.kind, metric=tags.metric, dataset=data,
+                      heldout=heldout if heldout.is_file() else None, general_task=general,
+                      chat_template=tags.uses_chat_template, max_new_tokens=tags.new_tokens,
+                      evaluator=tags.evaluator, **extra)

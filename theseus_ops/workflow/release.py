@@ -16,8 +16,8 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from safetensors.torch import save_file
 
@@ -33,14 +33,16 @@ from theseus_ops.catalog import (
 from theseus_ops.catalog.client import check_model_name
 from theseus_ops.catalog.schema import ROLE, ROLE_BASE, ROLE_TASK_VECTOR
 from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
-from theseus_ops.demo.skills import SPLITS, load_split
 from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.evaluation import NotApplicable, Selection, TaskConfig, evaluator_for, sweep_and_select
+from theseus_ops.evaluation.config import resolve_metric
+from theseus_ops.evaluation.protocol import Evaluator
 from theseus_ops.io.atomic import normalize_modes, temp_file
 from theseus_ops.io.calibration import fingerprint
 from theseus_ops.io.models import inspect_model_dir
 from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.workflow.config import WorkflowConfig
-from theseus_ops.workflow.evaluation import calibration_tensors, encoder_of, load_tokenizer, target_scorer
+from theseus_ops.workflow.evaluation import dataset_dir, task_config  # noqa: F401 - dataset_dir: re-exported
 from theseus_ops.workflow.reconcile import base_versions, catalog_of
 from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
@@ -49,7 +51,6 @@ WORKFLOW_FORMAT = "theseus-workflow/1"
 OUTCOME_KEY_TAG = "theseus.outcome_key"
 OUTCOME_FILE = "outcome.json"
 ALIGNED = ("theseus", "theseus-data-free")
-METRICS = {"exact_match": "exact_match", "accuracy": "exact_match", "token_accuracy": "token_accuracy"}
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -59,20 +60,6 @@ def parse_ref(ref: str) -> VersionRef:
     if not sep or not name or not version.isdigit():
         raise InputError(f"{ref!r} is not a registry reference of the form name/version")
     return VersionRef(check_model_name(name), version)
-
-
-def dataset_dir(uri: str) -> Path:
-    """The local task directory a ``theseus.dataset`` URI names; only ``file://DIR`` is supported so far."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "file":
-        raise InputError(f"dataset {uri}: only file://DIR task directories are supported by the workflow")
-    path = Path(unquote(parsed.netloc + parsed.path))
-    if not path.is_dir():
-        raise InputError(f"dataset {uri}: directory {path} does not exist")
-    missing = [s for s in SPLITS if not (path / f"{s}.jsonl").is_file()]
-    if missing:
-        raise InputError(f"dataset {uri}: missing split file(s) {', '.join(f'{s}.jsonl' for s in missing)}")
-    return path
 
 
 def _sha(payload: object) -> str:
@@ -202,14 +189,18 @@ def vector_plot(outcome: dict, folder: Path) -> Path | None:
 
 
 # -- process_task_vector ---------------------------------------------------------------------------
-def _calibration(cfg: WorkflowConfig, pair: dict, rows: list[tuple[str, str]]) -> tuple[CalibrationSpec, str]:
-    """Train prompts+answers encoded by each base's own tokenizer, saved once per fingerprint."""
-    rows = rows[: cfg.calibration_rows]
+def _calibration(cfg: WorkflowConfig, pair: dict, evaluator: Evaluator) -> tuple[CalibrationSpec, str]:
+    """Train inputs encoded by each base's own tokenizer or processor, saved once per fingerprint.
+
+    A task whose evaluator cannot encode calibration inputs gets none: the methods that align on
+    data are then not applicable to it.
+    """
     sides = {}
     for side in ("source", "target"):
-        tok = load_tokenizer(pair[side]["dir"])
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        sides[side] = calibration_tensors(rows, encoder_of(tok), pad)
+        tensors = evaluator.calibration(pair[side]["dir"], cfg.calibration_rows)
+        if tensors is None:
+            return CalibrationSpec(), ""
+        sides[side] = tensors
     prints = {side: fingerprint(t) for side, t in sides.items()}
     fp = _sha(prints)
     folder = cfg.work_dir / "calibration"
@@ -263,11 +254,6 @@ def _transport(cfg: WorkflowConfig, pair: dict, method: str, tv_path: Path, spec
     return dest, alignment_uri
 
 
-def _rank(score: dict, primary: str) -> tuple[float, float]:
-    secondary = "token_accuracy" if primary == "exact_match" else "exact_match"
-    return (score[primary], score[secondary])
-
-
 def _recorded_outcome(catalog: Catalog, key: str) -> dict | None:
     run = find_finished_run(catalog, OUTCOME_KEY_TAG, key)
     if run is None:
@@ -277,11 +263,76 @@ def _recorded_outcome(catalog: Catalog, key: str) -> dict | None:
     return {**outcome, "reused": True, "outcome_run": run.info.run_id}
 
 
+def _evaluate(cfg: WorkflowConfig, pair: dict, ref: VersionRef, config: TaskConfig, tv_path: Path,
+              scratch: Path, started: float) -> tuple[Selection, dict[str, tuple[Path, str]], str]:
+    """Transport with every method and sweep-and-select on the target loaded once; (selection, paths, cal fp)."""
+    evaluator = evaluator_for(config, report=lambda m: log.info("%s: %s", ref, m))
+    spec, cal_fp = _calibration(cfg, pair, evaluator)
+    model = evaluator.load(pair["target"]["dir"])
+    paths: dict[str, tuple[Path, str]] = {}
+
+    def delta_of(method: str):
+        try:
+            paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported")
+        except TheseusError as exc:
+            log.info("%s is not applicable to %s -> %s: %s", method, pair["source"]["version"],
+                     pair["target"]["version"], exc)
+            return NotApplicable(method, str(exc).splitlines()[0])
+        return dense_deltas(paths[method][0], pair["target"]["dir"])
+
+    selection = sweep_and_select(evaluator, model, cfg.methods, cfg.alphas, delta_of,
+                                 report=lambda m: log.info("%s: %s (%.1fs)", ref, m, time.perf_counter() - started))
+    return selection, paths, cal_fp
+
+
+def _register(cfg: WorkflowConfig, catalog: Catalog, pair: dict, ref: VersionRef, target_ref: VersionRef,
+              selection: Selection, paths: dict[str, tuple[Path, str]], cal_fp: str, scratch: Path) -> dict:
+    """Register the selected vector and its merged model (gated); nothing when the base was kept."""
+    registered: dict = {"task_vector": None, "model": None, "gate": None, "candidate": False, "champion": False}
+    if selection.selected == "base":
+        return registered
+    chosen, metric = selection.chosen, selection.metric
+    path, alignment_uri = paths[selection.selected]
+    options = {"workflow": WORKFLOW_FORMAT,
+               "calibration_sha256": cal_fp if selection.selected in ("theseus", "gradfix") else None}
+    vec = register_transported_vector(catalog, ref, target_ref, path, method=selection.selected, alpha=chosen.alpha,
+                                      alignment=alignment_uri, options=options)
+    model_dir = api.apply_task_vector(pair["target"]["dir"], path, chosen.alpha, scratch / "model")
+    evaluation = Evaluation(val_metric=chosen.val[metric], test_metric=chosen.test[metric],
+                            base_test_metric=selection.base.test[metric], general_loss=chosen.general_loss,
+                            base_general_loss=selection.base.general_loss)
+    gate = replace(cfg.gate, higher_is_better=selection.higher_is_better)  # the metric's direction decides
+    model = register_transported_model(catalog, f"{ref.name}{cfg.serving_suffix}", model_dir, source_vector=ref,
+                                       target_base=target_ref, method=selection.selected, alpha=chosen.alpha,
+                                       evaluation=evaluation, gate=gate, options=options)
+    gate_tag = model.version.tags.get("theseus.gate")
+    return {"task_vector": str(vec.ref), "model": str(model.ref), "gate": gate_tag,
+            "candidate": bool(gate_tag and gate_tag.startswith("passed")),
+            "champion": bool(model.decision and model.decision.champion)}
+
+
+def outcome_of(selection: Selection, config: TaskConfig) -> dict:
+    """The recorded shape of a selection: ``base``, ``methods`` (each at its α, or not applicable), the choice."""
+    sel = selection.chosen
+    base = selection.base
+    general = sel.general or base.general
+    return {
+        "metric": selection.metric, "tie_metric": selection.tie_metric, "kind": config.kind,
+        "general_metric": None if general is None else general.name,
+        "base": base.as_dict(), "methods": {m: r.as_dict() for m, r in selection.methods.items()},
+        "selected": selection.selected, "selected_alpha": sel.alpha, "selected_test": sel.test[selection.metric],
+        "base_test": base.test[selection.metric],
+        "general_loss_change": (None if sel.general_loss is None or base.general_loss is None
+                                else sel.general_loss - base.general_loss),
+    }
+
+
 def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
     """Port one task vector with every configured method, evaluate, select, register; returns the outcome.
 
     Raises on any error of this vector (the DAG maps one task per vector and catches per task);
-    a method that does not apply to the pair is recorded as ``not_applicable`` instead.
+    a method that does not apply to the pair is recorded as ``not_applicable`` instead. The task's
+    kind, metric and dataset come from the vector's catalog tags (docs/evaluation.md).
     """
     started = time.perf_counter()
     source_ref, target_ref = _refs(pair)
@@ -294,10 +345,10 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
     target_tags = catalog.get_version(target_ref, "base release").tags or {}
     if target_tags.get(ROLE) != ROLE_BASE or target_tags.get("theseus.sha256") != pair["target"]["sha256"]:
         raise InputError(f"target {target_ref} is not the base release the pair was resolved for")
-    primary = METRICS.get(tags.metric)
-    if primary is None:
-        raise InputError(f"task vector {ref}: metric {tags.metric!r} is not one the workflow measures "
-                         f"({', '.join(sorted(METRICS))})")
+    try:
+        resolve_metric(tags.kind, tags.metric)
+    except InputError as exc:
+        raise InputError(f"task vector {ref}: {exc}") from None
     key = _sha({"format": WORKFLOW_FORMAT, "source_vector": str(ref), "target_base": str(target_ref),
                 "target_sha256": pair["target"]["sha256"], "options": cfg.fingerprint_options()})
     recorded = _recorded_outcome(catalog, key)
@@ -305,96 +356,27 @@ def process_task_vector(cfg: WorkflowConfig, pair: dict, tv_ref: str) -> dict:
         log.info("%s -> %s was already processed (run %s)", ref, target_ref, recorded["outcome_run"])
         return recorded
 
-    data_dir = dataset_dir(tags.dataset)
-    splits = {s: load_split(data_dir, s) for s in SPLITS}
-    heldout_path = data_dir / "heldout.txt"
-    heldout = heldout_path.read_text(encoding="utf-8", errors="replace") if heldout_path.is_file() else None
-
+    config = task_config(tags)
     scratch = cfg.work_dir / "runs" / key[:16]
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     tv_path = Path(catalog.download(ref, scratch / "source-vector"))
-    spec, cal_fp = _calibration(cfg, pair, splits["train"])
-
-    scorer = target_scorer(pair["target"]["dir"])
-    base_val = scorer.score(None, 0.0, splits["val"])
-    base = {"alpha": 0.0, "val": base_val, "test": scorer.score(None, 0.0, splits["test"]),
-            "general_loss": scorer.general_loss(None, 0.0, heldout) if heldout is not None else None}
-    methods: dict[str, dict] = {}
-    paths: dict[str, tuple[Path, str]] = {}
-    log.info("%s -> %s: base val %s %.3f (%.1fs)", ref, target_ref, primary, base_val[primary],
-             time.perf_counter() - started)
-    for k, method in enumerate(cfg.methods, 1):
-        t0 = time.perf_counter()
-        log.info("%s: method %d/%d %s: transporting", ref, k, len(cfg.methods), method)
-        try:
-            paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported")
-        except TheseusError as exc:
-            methods[method] = {"not_applicable": str(exc).splitlines()[0]}
-            log.info("%s is not applicable to %s -> %s: %s", method, source_ref, target_ref, exc)
-            continue
-        delta = dense_deltas(paths[method][0], pair["target"]["dir"])
-        sweep = []
-        for j, a in enumerate(cfg.alphas, 1):
-            sweep.append({"alpha": a, **scorer.score(delta, a, splits["val"])})
-            log.info("%s: method %d/%d %s: alpha %d/%d = %g: val %s %.3f (%.1fs)", ref, k, len(cfg.methods),
-                     method, j, len(cfg.alphas), a, primary, sweep[-1][primary], time.perf_counter() - started)
-        best = max(sweep, key=lambda s: (*_rank(s, primary), -s["alpha"]))
-        methods[method] = {
-            "alpha": best["alpha"],
-            "val": {k: best[k] for k in ("exact_match", "token_accuracy", "examples")},
-            "test": scorer.score(delta, best["alpha"], splits["test"]),
-            "general_loss": scorer.general_loss(delta, best["alpha"], heldout) if heldout is not None else None,
-            "sweep": sweep,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        log.info("%s: method %d/%d %s: alpha %g chosen on val (%s %.3f), test %.3f, %.1fs", ref, k, len(cfg.methods),
-                 method, best["alpha"], primary, best[primary], methods[method]["test"][primary],
-                 methods[method]["seconds"])
-    candidates = {"base": base, **{m: r for m, r in methods.items() if "val" in r}}
-    selected = max(candidates, key=lambda m: (*_rank(candidates[m]["val"], primary), m == "base"))
-    log.info("%s: selected %s on val (%s %.3f) after %.1fs", ref, selected, primary,
-             candidates[selected]["val"][primary], time.perf_counter() - started)
-
-    registered: dict = {"task_vector": None, "model": None, "gate": None, "candidate": False, "champion": False}
-    if selected != "base":
-        chosen = methods[selected]
-        path, alignment_uri = paths[selected]
-        options = {"workflow": WORKFLOW_FORMAT,
-                   "calibration_sha256": cal_fp if selected in ("theseus", "gradfix") else None}
-        vec = register_transported_vector(catalog, ref, target_ref, path, method=selected, alpha=chosen["alpha"],
-                                          alignment=alignment_uri, options=options)
-        model_dir = api.apply_task_vector(pair["target"]["dir"], path, chosen["alpha"], scratch / "model")
-        evaluation = Evaluation(val_metric=chosen["val"][primary], test_metric=chosen["test"][primary],
-                                base_test_metric=base["test"][primary], general_loss=chosen["general_loss"],
-                                base_general_loss=base["general_loss"])
-        model = register_transported_model(catalog, f"{ref.name}{cfg.serving_suffix}", model_dir, source_vector=ref,
-                                           target_base=target_ref, method=selected, alpha=chosen["alpha"],
-                                           evaluation=evaluation, gate=cfg.gate, options=options)
-        gate_tag = model.version.tags.get("theseus.gate")
-        registered = {"task_vector": str(vec.ref), "model": str(model.ref), "gate": gate_tag,
-                      "candidate": bool(gate_tag and gate_tag.startswith("passed")),
-                      "champion": bool(model.decision and model.decision.champion)}
-
-    sel = candidates[selected]
+    selection, paths, cal_fp = _evaluate(cfg, pair, ref, config, tv_path, scratch, started)
+    registered = _register(cfg, catalog, pair, ref, target_ref, selection, paths, cal_fp, scratch)
     outcome = {
-        "vector": str(ref), "task": tags.task, "metric": primary, "dataset": tags.dataset,
-        "source_base": str(source_ref), "target_base": str(target_ref),
-        "base": base, "methods": methods, "selected": selected,
-        "selected_alpha": sel["alpha"], "selected_test": sel["test"][primary],
-        "base_test": base["test"][primary],
-        "general_loss_change": (None if sel["general_loss"] is None or base["general_loss"] is None
-                                else sel["general_loss"] - base["general_loss"]),
+        "vector": str(ref), "task": tags.task, "dataset": tags.dataset,
+        "source_base": str(source_ref), "target_base": str(target_ref), **outcome_of(selection, config),
         "registered": registered, "outcome_key": key, "reused": False,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    primary = selection.metric
     plots = [vector_plot(outcome, scratch)]
     run_id = log_run(catalog, f"outcome-{ref.name}-{ref.version}-to-{target_ref.name}-{target_ref.version}",
-                      {OUTCOME_KEY_TAG: key, "theseus.source_vector": str(ref), "theseus.target_base": str(target_ref),
-                       "theseus.selected": selected},
-                      {OUTCOME_FILE: json.dumps(outcome, indent=2)},
-                      outcome_metrics(outcome), files=[p for p in plots if p is not None],
-                      params={**config_params(cfg, source_ref, target_ref), "source_vector": str(ref),
-                              "task": tags.task, "metric": primary})
+                     {OUTCOME_KEY_TAG: key, "theseus.source_vector": str(ref), "theseus.target_base": str(target_ref),
+                      "theseus.selected": selection.selected},
+                     {OUTCOME_FILE: json.dumps(outcome, indent=2)},
+                     outcome_metrics(outcome), files=[p for p in plots if p is not None],
+                     params={**config_params(cfg, source_ref, target_ref), "source_vector": str(ref),
+                             "task": tags.task, "metric": primary})
     shutil.rmtree(scratch, ignore_errors=True)
     return {**outcome, "outcome_run": run_id}

@@ -101,6 +101,13 @@ def collect_outcomes(cfg: WorkflowConfig, pair: dict, vectors: list[str], outcom
 
 
 # -- tables and plots -----------------------------------------------------------------------------
+def _tie_metric(outcome: dict) -> str | None:
+    """The metric that broke ties on the task metric; outcomes recorded before it was stored are generation's."""
+    if "tie_metric" in outcome:
+        return outcome["tie_metric"]
+    return "token_accuracy" if outcome["metric"] == "exact_match" else "exact_match"
+
+
 def table(methods: list[str], outcomes: list[dict]) -> tuple[list[str], list[list[str]], list[tuple[str, str]]]:
     """(header, rows, failures): base and each method as val/test at its α, the selection, what was registered."""
     head = ["vector", "task", "metric", "base val/test", *[f"{m} val/test (α)" for m in methods],
@@ -111,13 +118,21 @@ def table(methods: list[str], outcomes: list[dict]) -> tuple[list[str], list[lis
             failed.append((o.get("vector", "?"), str(o.get("error", NO_OUTCOME)).splitlines()[0]))
             continue
         m = o["metric"]
-        tie = "token_accuracy" if m == "exact_match" else "exact_match"  # the tie-breaker, shown on val
+        tie = _tie_metric(o)  # the tie-breaker, shown on val
+
+        def tie_note(val: dict, tie: str | None = tie) -> str:
+            return f"val {tie} {_fmt(val[tie])}" if tie and tie in val else ""
+
+        base_note = tie_note(o["base"]["val"])
         cells = [o["vector"], o["task"], m,
-                 f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])} (val {tie} {_fmt(o['base']['val'][tie])})"]
+                 f"{_fmt(o['base']['val'][m])}/{_fmt(o['base']['test'][m])}" + (f" ({base_note})" if base_note else "")]
         for method in methods:
             r = o["methods"].get(method, {})
-            cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} (α {r['alpha']:g}; val {tie} {_fmt(r['val'][tie])})"
-                         if "val" in r else not_applicable(r.get("not_applicable", "")))
+            if "val" not in r:
+                cells.append(not_applicable(r.get("not_applicable", "")))
+                continue
+            note = "; ".join(x for x in (f"α {r['alpha']:g}", tie_note(r["val"])) if x)
+            cells.append(f"{_fmt(r['val'][m])}/{_fmt(r['test'][m])} ({note})")
         reg = o["registered"]
         cells += [o["selected"], _fmt(o["selected_test"]), _fmt(o["general_loss_change"]), reg["model"] or "–",
                   round_numbers(reg["gate"] or "–").replace("|", "/")]
