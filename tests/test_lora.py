@@ -15,10 +15,7 @@ from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.io.task_vectors import read_task_vector, write_task_vector
 from theseus_ops.transport.task_vector import TaskVector
 
-MODULES = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-}
+MODULES = {family: list(kit.lora) for family, kit in tiny.KITS.items()}
 
 
 def make_adapter(case: tiny.Case, path) -> None:
@@ -35,7 +32,8 @@ def dense_of(tv: TaskVector, family: str) -> dict[str, torch.Tensor]:
     return {name: f.dense().T if family == "gpt2" else f.dense() for name, f in tv.lora.items()}
 
 
-@pytest.mark.parametrize("family,oracle", [("llama", "permutation"), ("gpt2", "widening"), ("llama", "widening")])
+@pytest.mark.parametrize("family,oracle", [("llama", "permutation"), ("gpt2", "widening"), ("llama", "widening"),
+                                           ("mistral", "permutation"), ("xlm-roberta", "permutation")])
 def test_lora_transport_is_factored_dense_equal_and_loads_in_peft(tmp_path, family, oracle):
     case = tiny.Case(tmp_path, family, oracle)
     make_adapter(case, tmp_path / "adapter")

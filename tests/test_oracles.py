@@ -23,7 +23,7 @@ def run(case: tiny.Case, method: str = "theseus", **kwargs) -> tuple[dict, dict]
     return load_file(str(out)), report
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "xlm-roberta"])
 @pytest.mark.parametrize("oracle", ORACLES)
 def test_theseus_passes_oracle(tmp_path, family, oracle):
     case = tiny.Case(tmp_path, family, oracle)

@@ -7,6 +7,8 @@ units whose input and output weights are zero (same function, wider).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,10 +16,19 @@ import transformers
 from safetensors.torch import save_file
 
 from theseus_ops.examples import (
+    permute_bert_like,
+    permute_decoder,
+    permute_distilbert,
     permute_gpt2,
+    permute_gpt_neox,
     permute_llama,
+    permute_phi3,
+    widen_mlp_bert_like,
+    widen_mlp_distilbert,
     widen_mlp_gpt2,
+    widen_mlp_gpt_neox,
     widen_mlp_llama,
+    widen_mlp_phi3,
 )
 
 VOCAB = 64
@@ -40,16 +51,125 @@ def gpt2_config(hidden: int = 32, layers: int = 2, heads: int = 4, inner: int | 
     )
 
 
+_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_DECODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=VOCAB, max_position_embeddings=128, **_IDS)
+_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB, num_labels=3)
+
+
+def mistral_config(inter: int = 64, tie: bool = False) -> transformers.MistralConfig:
+    return transformers.MistralConfig(intermediate_size=inter, tie_word_embeddings=tie, sliding_window=16, **_DECODER)
+
+
+def xlm_roberta_config(inter: int = 64, tie: bool = False) -> transformers.XLMRobertaConfig:
+    """XLM-R with a classification head (no MLM head, so nothing to tie)."""
+    return transformers.XLMRobertaConfig(intermediate_size=inter, max_position_embeddings=66, bos_token_id=0,
+                                         pad_token_id=1, eos_token_id=2, **_ENCODER)
+
+
+def phi3_config(inter: int = 64, tie: bool = False) -> transformers.Phi3Config:
+    """Phi-3 with grouped-query attention (unequal fused q/k/v parts) and partial rotary (half of head_dim)."""
+    return transformers.Phi3Config(intermediate_size=inter, tie_word_embeddings=tie, partial_rotary_factor=0.5,
+                                   **_DECODER)
+
+
+def gpt_neox_config(inter: int = 64, tie: bool = False) -> transformers.GPTNeoXConfig:
+    """Pythia's layout: parallel attention and MLP, rotary on a quarter of head_dim, untied head."""
+    return transformers.GPTNeoXConfig(hidden_size=32, intermediate_size=inter, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=128,
+                                      rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=tie, **_IDS)
+
+
+def distilbert_config(inter: int = 64, tie: bool = False) -> transformers.DistilBertConfig:
+    return transformers.DistilBertConfig(dim=32, hidden_dim=inter, n_layers=2, n_heads=4, vocab_size=VOCAB,
+                                         max_position_embeddings=64, num_labels=3, pad_token_id=0)
+
+
+def qwen3_config(inter: int = 64, tie: bool = False) -> transformers.Qwen3Config:
+    return transformers.Qwen3Config(intermediate_size=inter, head_dim=8, tie_word_embeddings=tie, **_DECODER)
+
+
+def gemma2_config(inter: int = 64, tie: bool = True) -> transformers.Gemma2Config:
+    """Gemma 2 as released: tied head, sandwich norms, √d-scaled embeddings, a sliding-window layer."""
+    return transformers.Gemma2Config(intermediate_size=inter, head_dim=8, tie_word_embeddings=True, sliding_window=8,
+                                     **_DECODER)
+
+
+def gemma3_config(inter: int = 64, tie: bool = True) -> transformers.Gemma3TextConfig:
+    """Gemma 3 text: as Gemma 2 plus q_norm/k_norm; one sliding and one full-attention layer (two RoPE bases)."""
+    return transformers.Gemma3TextConfig(intermediate_size=inter, head_dim=8, tie_word_embeddings=True,
+                                         sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                                         **_DECODER)
+
+
+@dataclass(frozen=True)
+class Kit:
+    """How to build one family's tiny models and its function-preserving transforms.
+
+    ``config(inter, tie)``: the config with MLP width ``inter``; ``permute(state, config)``; ``widen(state, extra)``
+    adds ``extra`` silent MLP units; ``inter`` is the source's MLP width; ``lora`` the adapter's target modules.
+    ``rows``: calibration examples. A classifier's head reads one pooled row per example, so its spaces
+    need at least their width in examples to be determined (fewer leave float noise to decide directions).
+    """
+
+    config: Callable[..., transformers.PretrainedConfig]
+    permute: Callable
+    widen: Callable
+    inter: int = 64
+    lora: tuple[str, ...] = ()
+    rows: int = 16
+
+
+_LLAMA_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
+KITS: dict[str, Kit] = {
+    "llama": Kit(lambda inter=64, tie=False: llama_config(inter=inter, tie=tie), permute_llama, widen_mlp_llama,
+                 lora=_LLAMA_LORA),
+    "gpt2": Kit(lambda inter=None, tie=False: gpt2_config(inner=inter), permute_gpt2, widen_mlp_gpt2, inter=128,
+                lora=("c_attn", "c_proj", "c_fc")),
+    "mistral": Kit(mistral_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
+    "xlm-roberta": Kit(xlm_roberta_config, permute_bert_like, widen_mlp_bert_like,
+                       lora=("query", "key", "value", "dense"), rows=48),
+    "phi3": Kit(phi3_config, permute_phi3, widen_mlp_phi3, lora=("qkv_proj", "o_proj", "gate_up_proj", "down_proj",
+                                                                 "embed_tokens")),
+    "gpt_neox": Kit(gpt_neox_config, permute_gpt_neox, widen_mlp_gpt_neox,
+                    lora=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
+    "distilbert": Kit(distilbert_config, permute_distilbert, widen_mlp_distilbert,
+                      lora=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"), rows=48),
+    "qwen3": Kit(qwen3_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
+    "gemma2": Kit(gemma2_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
+    "gemma3": Kit(gemma3_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
+}
+
+MODEL_CLASSES = {
+    "llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel", "mistral": "MistralForCausalLM",
+    "xlm-roberta": "XLMRobertaForSequenceClassification", "phi3": "Phi3ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM", "distilbert": "DistilBertForSequenceClassification",
+    "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+}
+# Checkpoint names that transformers 5 loads under another module name.
+LOAD_ALIASES = {"embed_out.weight": "lm_head.weight"}
+
+
+# LayerNorm biases of the post-norm encoders (mean, std). A LayerNorm's output lies in the affine hyperplane
+# y·γ⁻¹ = Σβ/γ. With zero-mean biases that offset is near zero, so the direction γ⁻¹ of every space the
+# LayerNorm feeds has ~1e-3 of the activations' scale (1e-6 of the cross moment's): below rank_tol, its
+# sign is left to the pad prior, which is not equivariant, and the permutation oracle fails at ~1e-2.
+# Biases with a clear mean (as trained encoders' often have) offset the hyperplane and determine it.
+ENCODER_NORM_BIAS = (0.5, 0.3)
+_ENCODERS = ("xlm-roberta", "distilbert")
+
+
 def build(config: transformers.PretrainedConfig, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cls = transformers.LlamaForCausalLM if config.model_type == "llama" else transformers.GPT2LMHeadModel
+    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
     model = tie_head(cls(config), config).eval()
+    norm_bias = ENCODER_NORM_BIAS if config.model_type in _ENCODERS else (0.0, 0.05)
     with torch.no_grad():  # larger weights than the default init, so every site carries signal
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0, 0.15)
             elif "bias" in name:
-                p.normal_(0, 0.05)
+                p.normal_(*(norm_bias if "norm" in name.lower() else (0.0, 0.05)))
             else:
                 p.copy_(1 + 0.1 * torch.randn_like(p))
     return model
@@ -62,7 +182,7 @@ def save(model: torch.nn.Module, path: Path) -> Path:
 
 def with_state(config: transformers.PretrainedConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     model = build(config, seed=123)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict({LOAD_ALIASES.get(k, k): v for k, v in state.items()}, strict=False)
     assert not unexpected, unexpected
     assert all(k == "lm_head.weight" for k in missing), missing
     return tie_head(model, config).eval()
@@ -74,9 +194,10 @@ def tie_head(model: torch.nn.Module, config: transformers.PretrainedConfig) -> t
     The oracles' tied cases rest on this: left to transformers, a clean-clone CI run built tied
     configs with an untied, randomly initialised head, so A and B differed by that head alone.
     """
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.get_input_embeddings().weight
-        assert model.lm_head.weight is model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if getattr(config, "tie_word_embeddings", False) and head is not None:
+        head.weight = model.get_input_embeddings().weight
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     return model
 
 
@@ -86,7 +207,7 @@ def file_state(model: torch.nn.Module, tmp: Path) -> dict[str, torch.Tensor]:
 
     d = save(model, tmp)
     state = load_file(str(d / "model.safetensors"))
-    if getattr(model.config, "tie_word_embeddings", False):
+    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
         # A tied head is the embedding: drop it here as well, whether or not save_pretrained did.
         state.pop("lm_head.weight", None)
     return state
@@ -137,8 +258,8 @@ class Case:
     def __init__(self, root: Path, family: str, oracle: str, tie: bool = False, seed: int = 0) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root, self.family, self.oracle = root, family, oracle
-        llama = family == "llama"
-        self.config_a = llama_config(tie=tie) if llama else gpt2_config()
+        kit = KITS[family]
+        self.config_a = kit.config(tie=tie)
         model_a = build(self.config_a, seed)
         self.state_a = file_state(model_a, root / "A")
         self.source = root / "A"
@@ -146,17 +267,17 @@ class Case:
             self.config_b, self.state_b = self.config_a, self.state_a
         elif oracle == "permutation":
             self.config_b = self.config_a
-            self.state_b = (permute_llama if llama else permute_gpt2)(self.state_a, self.config_a)
+            self.state_b = kit.permute(self.state_a, self.config_a)
         elif oracle == "widening":
-            self.config_b = llama_config(inter=96, tie=tie) if llama else gpt2_config(inner=160)
-            self.state_b = (widen_mlp_llama if llama else widen_mlp_gpt2)(self.state_a, 32)
+            self.config_b = kit.config(inter=kit.inter + 32, tie=tie)
+            self.state_b = kit.widen(self.state_a, 32)
         else:
             raise ValueError(oracle)
         self.target = root / "B"
         save(with_state(self.config_b, self.state_b), self.target)
         self.delta = random_delta(self.state_a, seed=seed + 1)
         self.task_vector = save_delta(self.delta, root / "tv.safetensors")
-        self.calibration = calibration(root / "calibration.safetensors")
+        self.calibration = calibration(root / "calibration.safetensors", rows=kit.rows)
 
     def error(self, delta_b: dict[str, torch.Tensor], alpha: float = 1.0) -> float:
         """Relative logits error of B + α·τ_B against A + α·τ_A on fresh inputs."""

@@ -199,6 +199,210 @@ def widen_residual_llama(state: dict[str, torch.Tensor], config, extra: int):
         else:
             raise AssertionError(f"unhandled {name}")
     return out, new_config
+def _perms(hidden: int, intermediate: int, heads: int, kv: int, head_dim: int, seed: int) -> dict[str, torch.Tensor]:
+    """The permutations plus the weight rows of the query heads and the kv heads they imply."""
+    perms = permutations_for(hidden, intermediate, heads, kv, seed)
+    return {**perms, "q_rows": head_rows(perms["q_heads"], head_dim), "kv_rows": head_rows(perms["kv_heads"], head_dim)}
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def permute_decoder(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """Llama-layout decoders (Mistral, Qwen2/3, Gemma 2/3): residual channels, kv-head groups, query
+    heads within groups and MLP units permuted.
+
+    The per-head ``q_norm``/``k_norm`` weights stay as they are: every head shares them, so a head
+    permutation leaves them alone. Gemma's pre/post feed-forward and post-attention norms act on the
+    residual, like every other norm.
+    """
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    p = _perms(config.hidden_size, config.intermediate_size, config.num_attention_heads, kv, _head_dim(config), seed)
+    pr, pm, qrows, kvrows = p["resid"], p["mlp"], p["q_rows"], p["kv_rows"]
+    out = {}
+    for name, w in state.items():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            out[name] = w
+        elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            out[name] = w[:, pr]
+        elif name.endswith("q_proj.weight"):
+            out[name] = w[qrows][:, pr]
+        elif name.endswith("q_proj.bias"):
+            out[name] = w[qrows]
+        elif name.endswith(("k_proj.weight", "v_proj.weight")):
+            out[name] = w[kvrows][:, pr]
+        elif name.endswith(("k_proj.bias", "v_proj.bias")):
+            out[name] = w[kvrows]
+        elif name.endswith("o_proj.weight"):
+            out[name] = w[pr][:, qrows]
+        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
+            out[name] = w[pm][:, pr]
+        elif name.endswith("down_proj.weight"):
+            out[name] = w[pr][:, pm]
+        elif name.endswith(("norm.weight", "o_proj.bias")):
+            out[name] = w[pr]
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def permute_phi3(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """Phi-3: as ``permute_decoder``, through the fused ``qkv_proj`` ([q | k | v] rows, q with all heads,
+    k and v with the kv heads) and ``gate_up_proj`` ([gate | up] rows)."""
+    h, kv, hd = config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
+    inter = config.intermediate_size
+    p = _perms(config.hidden_size, inter, h, kv, hd, seed)
+    pr, pm = p["resid"], p["mlp"]
+    qkv = torch.cat([p["q_rows"], h * hd + p["kv_rows"], (h + kv) * hd + p["kv_rows"]])
+    gate_up = torch.cat([pm, inter + pm])
+    out = {}
+    for name, w in state.items():
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            out[name] = w[:, pr]
+        elif name.endswith("qkv_proj.weight"):
+            out[name] = w[qkv][:, pr]
+        elif name.endswith("o_proj.weight"):
+            out[name] = w[pr][:, p["q_rows"]]
+        elif name.endswith("gate_up_proj.weight"):
+            out[name] = w[gate_up][:, pr]
+        elif name.endswith("down_proj.weight"):
+            out[name] = w[pr][:, pm]
+        elif name.endswith("norm.weight"):
+            out[name] = w[pr]
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def widen_mlp_phi3(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """Silent extra MLP units in both halves of the fused ``gate_up_proj``."""
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("gate_up_proj.weight"):
+            gate, up = w.chunk(2, dim=0)
+            pad = torch.zeros(extra, w.shape[1])
+            out[name] = torch.cat([gate, pad, up, pad], 0)
+        elif name.endswith("down_proj.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
+    return out
+
+
+def permute_gpt_neox(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """GPT-NeoX / Pythia: ``query_key_value`` holds [q_h, k_h, v_h] per head h, so a head permutation
+    moves whole 3·head_dim row groups; ``dense`` reads the heads' outputs head-major."""
+    h, hd = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    p = _perms(config.hidden_size, config.intermediate_size, h, h, hd, seed)
+    pr, pm = p["resid"], p["mlp"]
+    qkv = head_rows(p["q_heads"], 3 * hd)
+    out = {}
+    for name, w in state.items():
+        if name.endswith(("embed_in.weight", "embed_out.weight")):
+            out[name] = w[:, pr]
+        elif name.endswith("query_key_value.weight"):
+            out[name] = w[qkv][:, pr]
+        elif name.endswith("query_key_value.bias"):
+            out[name] = w[qkv]
+        elif name.endswith("attention.dense.weight"):
+            out[name] = w[pr][:, p["q_rows"]]
+        elif name.endswith("dense_h_to_4h.weight"):
+            out[name] = w[pm][:, pr]
+        elif name.endswith("dense_h_to_4h.bias"):
+            out[name] = w[pm]
+        elif name.endswith("dense_4h_to_h.weight"):
+            out[name] = w[pr][:, pm]
+        elif name.endswith((".bias", "layernorm.weight", "layer_norm.weight")):
+            out[name] = w[pr]
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def widen_mlp_gpt_neox(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("dense_h_to_4h.weight"):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
+        elif name.endswith("dense_h_to_4h.bias"):
+            out[name] = torch.cat([w, torch.zeros(extra)])
+        elif name.endswith("dense_4h_to_h.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
+    return out
+
+
+# Post-norm encoders: (suffix, rows, columns) for each weight; "heads" are the attention heads' rows.
+_BERT_LIKE = (
+    ("attention.self.query.weight", "heads", "resid"), ("attention.self.key.weight", "heads", "resid"),
+    ("attention.self.value.weight", "heads", "resid"), ("attention.self.query.bias", "heads", None),
+    ("attention.self.key.bias", "heads", None), ("attention.self.value.bias", "heads", None),
+    ("attention.output.dense.weight", "resid", "heads"), ("intermediate.dense.weight", "mlp", "resid"),
+    ("intermediate.dense.bias", "mlp", None), ("output.dense.weight", "resid", "mlp"),
+    ("classifier.dense.weight", None, "resid"), ("pooler.dense.weight", None, "resid"),
+    ("classifier.dense.bias", None, None), ("pooler.dense.bias", None, None), ("out_proj.weight", None, None),
+    ("out_proj.bias", None, None), ("classifier.weight", None, None), ("classifier.bias", None, None),
+    ("embeddings.weight", None, "resid"), ("LayerNorm.weight", "resid", None), ("LayerNorm.bias", "resid", None),
+    ("dense.bias", "resid", None),
+)
+_DISTILBERT = (
+    ("q_lin.weight", "heads", "resid"), ("k_lin.weight", "heads", "resid"), ("v_lin.weight", "heads", "resid"),
+    ("q_lin.bias", "heads", None), ("k_lin.bias", "heads", None), ("v_lin.bias", "heads", None),
+    ("out_lin.weight", "resid", "heads"), ("out_lin.bias", "resid", None), ("lin1.weight", "mlp", "resid"),
+    ("lin1.bias", "mlp", None), ("lin2.weight", "resid", "mlp"), ("lin2.bias", "resid", None),
+    ("pre_classifier.weight", None, "resid"), ("pre_classifier.bias", None, None),
+    ("classifier.weight", None, None), ("classifier.bias", None, None),
+    ("embeddings.weight", None, "resid"), ("LayerNorm.weight", "resid", None), ("LayerNorm.bias", "resid", None),
+    ("layer_norm.weight", "resid", None), ("layer_norm.bias", "resid", None),
+)
+
+
+def _permute_by_table(state: dict[str, torch.Tensor], table, perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, w in state.items():
+        rows, cols = next(((r, c) for suffix, r, c in table if name.endswith(suffix)), ("?", "?"))
+        if rows == "?":
+            raise AssertionError(f"unhandled {name}")
+        w = w[perms[rows]] if rows else w
+        out[name] = (w[:, perms[cols]] if cols else w).contiguous()
+    return out
+
+
+def permute_bert_like(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """BERT / RoBERTa / XLM-R encoders: residual channels, heads (q, k, v alike) and MLP units; the
+    classification head's input columns follow the residual, its own units stay."""
+    h = config.num_attention_heads
+    p = _perms(config.hidden_size, config.intermediate_size, h, h, config.hidden_size // h, seed)
+    return _permute_by_table(state, _BERT_LIKE, {"resid": p["resid"], "mlp": p["mlp"], "heads": p["q_rows"]})
+
+
+def widen_mlp_bert_like(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("intermediate.dense.weight"):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
+        elif name.endswith("intermediate.dense.bias"):
+            out[name] = torch.cat([w, torch.zeros(extra)])
+        elif name.endswith("output.dense.weight") and not name.endswith("attention.output.dense.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
+    return out
+
+
+def permute_distilbert(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """DistilBERT: as ``permute_bert_like``, under its own names (q_lin, ffn.lin1, sa_layer_norm...)."""
+    h = config.n_heads
+    p = _perms(config.dim, config.hidden_dim, h, h, config.dim // h, seed)
+    return _permute_by_table(state, _DISTILBERT, {"resid": p["resid"], "mlp": p["mlp"], "heads": p["q_rows"]})
+
+
+def widen_mlp_distilbert(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("ffn.lin1.weight"):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1])], 0)
+        elif name.endswith("ffn.lin1.bias"):
+            out[name] = torch.cat([w, torch.zeros(extra)])
+        elif name.endswith("ffn.lin2.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra)], 1)
+    return out
 
 
 def _build(config, seed: int):
