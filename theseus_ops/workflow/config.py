@@ -30,7 +30,8 @@ class WorkflowConfig:
     gradfix on a wider target) is recorded as not applicable, not as an error. ``alphas``: the grid
     swept on val to pick each method's scale. ``calibration_rows``: train rows used to align and for
     gradfix's labels (the first N, so reruns see the same rows). ``device``: transport/prepare
-    device; evaluation runs on the CPU.
+    device; scoring runs on ``$THESEUS_DEVICE`` too, but defaults to the CPU
+    (:func:`theseus_ops.evaluation.eval_device`).
 
     Env defaults (:meth:`from_env`): the catalog's, storage's and gate's own, plus
     ``THESEUS_WORK_DIR`` (``.theseus/work``), ``THESEUS_METHODS`` and ``THESEUS_ALPHAS`` (comma
