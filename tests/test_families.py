@@ -23,7 +23,8 @@ def _raw(name: str) -> dict:
 
 def test_every_family_file_loads():
     names = {f.name for f in all_families()}
-    assert names == {"bert", "clip_vision", "gpt2", "llama", "roberta", "vit"}
+    assert names == {"bert", "clip_vision", "distilbert", "gemma2", "gemma3", "gpt2", "gpt_neox", "llama", "phi3",
+                     "qwen3", "roberta", "vit"}
     for fam in all_families():
         assert fam.parameters and fam.global_sites
 

@@ -1,5 +1,6 @@
 """The oracles of docs/method.md, judged on full-model logits: identity, consistent permutation of
-residual channels, heads and MLP units, and silent MLP widening, on GPT-2 and Llama."""
+residual channels, heads and MLP units, and silent MLP widening, on every family's tiny model (the
+data-free rows of the new families are in test_new_families.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def run(case: tiny.Case, method: str = "theseus", **kwargs) -> tuple[dict, dict]
     return load_file(str(out)), report
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "xlm-roberta"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert",
+                                    "qwen3", "gemma2", "gemma3"])
 @pytest.mark.parametrize("oracle", ORACLES)
 def test_theseus_passes_oracle(tmp_path, family, oracle):
     case = tiny.Case(tmp_path, family, oracle)

@@ -73,8 +73,13 @@ def phi3_config(inter: int = 64, tie: bool = False) -> transformers.Phi3Config:
                                    **_DECODER)
 
 
-def gpt_neox_config(inter: int = 64, tie: bool = False) -> transformers.GPTNeoXConfig:
-    """Pythia's layout: parallel attention and MLP, rotary on a quarter of head_dim, untied head."""
+def gpt_neox_config(inter: int = 48, tie: bool = False) -> transformers.GPTNeoXConfig:
+    """Pythia's layout: parallel attention and MLP, rotary on a quarter of head_dim, untied head.
+
+    The MLP is narrower than the vocabulary: layer 0's MLP runs in parallel with attention, so it reads
+    token embeddings alone and its units span at most as many directions as there are distinct tokens
+    (61 in the calibration); a wider one leaves directions that no input determines.
+    """
     return transformers.GPTNeoXConfig(hidden_size=32, intermediate_size=inter, num_hidden_layers=2,
                                       num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=128,
                                       rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=tie, **_IDS)
@@ -121,6 +126,9 @@ class Kit:
 
 
 _LLAMA_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
+# Gemma ties its head to the embedding: PEFT's embedding adapter leaves the tied head alone while a merged delta
+# moves both, so an adapted and a merged Gemma differ by construction. Its adapters skip the embedding.
+_GEMMA_LORA = _LLAMA_LORA[:-1]
 KITS: dict[str, Kit] = {
     "llama": Kit(lambda inter=64, tie=False: llama_config(inter=inter, tie=tie), permute_llama, widen_mlp_llama,
                  lora=_LLAMA_LORA),
@@ -131,13 +139,13 @@ KITS: dict[str, Kit] = {
                        lora=("query", "key", "value", "dense"), rows=48),
     "phi3": Kit(phi3_config, permute_phi3, widen_mlp_phi3, lora=("qkv_proj", "o_proj", "gate_up_proj", "down_proj",
                                                                  "embed_tokens")),
-    "gpt_neox": Kit(gpt_neox_config, permute_gpt_neox, widen_mlp_gpt_neox,
+    "gpt_neox": Kit(gpt_neox_config, permute_gpt_neox, widen_mlp_gpt_neox, inter=48,
                     lora=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
     "distilbert": Kit(distilbert_config, permute_distilbert, widen_mlp_distilbert,
                       lora=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"), rows=48),
     "qwen3": Kit(qwen3_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
-    "gemma2": Kit(gemma2_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
-    "gemma3": Kit(gemma3_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
+    "gemma2": Kit(gemma2_config, permute_decoder, widen_mlp_llama, lora=_GEMMA_LORA),
+    "gemma3": Kit(gemma3_config, permute_decoder, widen_mlp_llama, lora=_GEMMA_LORA),
 }
 
 MODEL_CLASSES = {
@@ -278,6 +286,12 @@ class Case:
         self.delta = random_delta(self.state_a, seed=seed + 1)
         self.task_vector = save_delta(self.delta, root / "tv.safetensors")
         self.calibration = calibration(root / "calibration.safetensors", rows=kit.rows)
+
+    def base_error(self) -> float:
+        """Relative logits error of base B against base A: ~0 when the transform keeps the function."""
+        ids = torch.randint(3, VOCAB, (4, 20), generator=torch.Generator().manual_seed(99))
+        return relative_error(logits(with_state(self.config_b, self.state_b), ids),
+                              logits(with_state(self.config_a, self.state_a), ids))
 
     def error(self, delta_b: dict[str, torch.Tensor], alpha: float = 1.0) -> float:
         """Relative logits error of B + α·τ_B against A + α·τ_A on fresh inputs."""

@@ -79,6 +79,8 @@ class ModelPair:
 def open_pair(source_base: str, target_base: str, layer_map: str) -> ModelPair:
     source, target = inspect_model_dir(source_base), inspect_model_dir(target_base)
     family = same_family(source.model_type, target.model_type)
+    family.check_config(source.config, f"{source.path}/config.json")
+    family.check_config(target.config, f"{target.path}/config.json")
     lm = build_layer_map(layer_map, source.num_layers, target.num_layers)
     if lm.unmapped_targets:
         log.warning("target layers without a source layer (they receive no update): %s", lm.unmapped_targets)
@@ -133,7 +135,8 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     source_model = load_model(pair.source, device)
     target_model = load_model(pair.target, device)
     wanted = keys if keys is not None else all_space_keys(pair.family, pair.layer_map)
-    requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix)
+    requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
+                              pair.source.config, pair.target.config)
     present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
     skipped = [r.key for r in requests
                if r.source.module_in(present_a) is None or r.target.module_in(present_b) is None]
@@ -370,7 +373,8 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     tv, tv_path = _load_task_vector(cfg, pair)
     if tv.kind == "lora" and not method.supports_lora:
         raise InputError(f"method {cfg.method} does not support LoRA adapters")
-    plans = plan_transport(pair.family, tv.names(), pair.target.shapes, pair.layer_map, pair.target_prefix)
+    plans = plan_transport(pair.family, tv.names(), pair.target.shapes, pair.layer_map, pair.target_prefix,
+                           pair.source.config, pair.target.config)
     if method.same_shape_only:
         check_same_shapes(cfg.method, plans, pair.source.shapes, pair.layer_map.kind,
                           pair.source.num_layers, pair.target.num_layers)

@@ -247,6 +247,68 @@ def permute_decoder(state: dict[str, torch.Tensor], config, seed: int = 5) -> di
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def quarter_turns(head_dim: int, seed: int = 3) -> torch.Tensor:
+    """R (head_dim × head_dim): each rotary pair (i, i + head_dim/2) turned by a random multiple of 90°.
+
+    A 2-D rotation commutes with RoPE's rotation of the pair, and a quarter turn is a signed permutation,
+    so it also commutes with a per-coordinate norm weight (which it permutes): applied to every head's
+    queries and keys alike it keeps the function, whatever q_norm/k_norm hold.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    half = head_dim // 2
+    angle = torch.randint(0, 4, (half,), generator=gen).double() * (torch.pi / 2)
+    cos, sin = torch.cos(angle).round(), torch.sin(angle).round()
+    r = torch.zeros(head_dim, head_dim, dtype=torch.float64)
+    i = torch.arange(half)
+    r[i, i], r[i + half, i + half] = cos, cos
+    r[i, i + half], r[i + half, i] = sin, -sin
+    return r
+
+
+def rotate_head_pairs(state: dict[str, torch.Tensor], config, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    """B = A with every head's queries and keys (and the q_norm/k_norm weights) expressed through R:
+    q_B = q_A R per head, so W_B = Rᵀ W_A per head block and w_B = (R∘R)ᵀ w_A (see ``quarter_turns``)."""
+    hd = _head_dim(config)
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            blocks = w.double().reshape(-1, hd, w.shape[1])
+            out[name] = torch.einsum("ji,hjd->hid", r, blocks).reshape(w.shape).to(w.dtype).contiguous()
+        elif name.endswith(("q_norm.weight", "k_norm.weight")):
+            out[name] = ((r * r).T @ w.double()).to(w.dtype)
+    return out
+
+
+def widen_residual_gemma(state: dict[str, torch.Tensor], config, hidden: int):
+    """Gemma with ``hidden`` residual channels computing the same function; returns (state, config).
+
+    The new channels are written by nothing (zero embedding columns, zero o_proj/down_proj rows). Gemma
+    multiplies embeddings by √d and its (1 + w) RMSNorms average over d, so the embedding table is scaled
+    by √(d/d'), every norm but the final one by the same factor (s' = s·√(d/d'), eps by d/d'), and the
+    final norm is kept: the tied head then reads √(d/d')·E through a norm √(d'/d) larger, the same logits.
+    """
+    d = config.hidden_size
+    s = (d / hidden) ** 0.5
+    wide = type(config)(**{**config.to_dict(), "hidden_size": hidden, "rms_norm_eps": config.rms_norm_eps * d / hidden})
+    out = {}
+    for name, w in state.items():
+        if name.endswith("embed_tokens.weight"):
+            out[name] = torch.cat([w * s, torch.zeros(w.shape[0], hidden - d)], 1)
+        elif name.endswith(("q_norm.weight", "k_norm.weight")):
+            out[name] = w
+        elif name.endswith("model.norm.weight"):
+            out[name] = torch.cat([w, torch.zeros(hidden - d)])
+        elif name.endswith("norm.weight"):
+            out[name] = torch.cat([(1 + w) * s - 1, torch.full((hidden - d,), s - 1)])
+        elif name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight")):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], hidden - d)], 1)
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            out[name] = torch.cat([w, torch.zeros(hidden - d, w.shape[1])], 0)
+        else:
+            raise AssertionError(f"unhandled {name}")
+    return out, wide
+
+
 def permute_phi3(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
     """Phi-3: as ``permute_decoder``, through the fused ``qkv_proj`` ([q | k | v] rows, q with all heads,
     k and v with the kv heads) and ``gate_up_proj`` ([gate | up] rows)."""

@@ -7,25 +7,45 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from theseus_ops.transport.family import FamilySpec, ParamSpec, is_shared, resolve_name, space_key
+from theseus_ops.errors import InputError
+from theseus_ops.transport.family import (
+    FamilySpec,
+    ParamSpec,
+    SiteSpec,
+    Split,
+    config_value,
+    is_shared,
+    resolve_name,
+    space_key,
+)
+from theseus_ops.transport.head_maps import HeadStructure, head_block_map
 from theseus_ops.transport.layer_map import LayerMap
 from theseus_ops.transport.rules import RuleRefused, transport_dense, transport_lora
 from theseus_ops.transport.statistics import ResolvedSite, SpaceRequest
-from theseus_ops.transport.task_vector import TaskVector
+from theseus_ops.transport.task_vector import LoraFactors, TaskVector
+
+Config = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class TargetPlan:
-    """One target parameter fed by a source parameter, and the spaces its rule uses."""
+    """One target parameter fed by a source parameter, and the spaces its rule uses.
+
+    ``splits``: a fused parameter's layout in the source and in the target; ``factor`` multiplies the
+    transported delta (an embedding the model scales by a width-dependent constant: A's over B's).
+    """
 
     name: str
     layer: int | None
     reads: str | None
     writes: tuple[str, ...]
     shape: tuple[int, ...]
+    splits: tuple[Split, Split] | None = None
+    factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,14 +124,30 @@ def detect_prefix(family: FamilySpec, names: list[str]) -> str:
     return max(counts, key=lambda p: (counts[p], -len(p)))
 
 
+def _factor(spec: ParamSpec, source_config: Config, target_config: Config) -> float:
+    """A's output scale over B's, for an embedding the model multiplies by config^power (Gemma: √d)."""
+    if spec.output_scale is None:
+        return 1.0
+    ref, power = spec.output_scale
+    scales = [float(config_value(c, ref, f"{spec.name} output_scale")) ** power for c in (source_config, target_config)]
+    return scales[0] / scales[1]
+
+
 def plan_transport(
     family: FamilySpec,
     names: list[str],
     target_shapes: Mapping[str, tuple[int, ...]],
     layer_map: LayerMap,
     target_prefix: str,
+    source_config: Config | None = None,
+    target_config: Config | None = None,
 ) -> list[ParamPlan]:
-    """Resolve every task-vector entry to its target parameters and spaces."""
+    """Resolve every task-vector entry to its target parameters and spaces.
+
+    The configs resolve what the family reads from them (fused layouts, embedding scales); families
+    that read nothing work without.
+    """
+    source_config, target_config = source_config or {}, target_config or {}
     plans = []
     for name in names:
         found = family.match(name)
@@ -138,12 +174,19 @@ def plan_transport(
             def key(site: str, j: int | None = j, layered: bool = spec.layered) -> str:
                 return space_key(site, j, layered and site in family.layer_sites)
 
+            splits = None
+            if spec.split is not None:
+                layout = family.splits[spec.split]
+                splits = (layout.resolve(source_config, f"{name} (source split {spec.split})"),
+                          layout.resolve(target_config, f"{target_name} (target split {spec.split})"))
             targets.append(TargetPlan(
                 name=target_name,
                 layer=j,
                 reads=key(spec.reads) if spec.reads else None,
                 writes=tuple(key(s) for s in spec.writes),
                 shape=tuple(target_shapes[target_name]),
+                splits=splits,
+                factor=_factor(spec, source_config, target_config),
             ))
         if reason:
             plans.append(ParamPlan(name, spec.rule, layer, reason=reason, spec=spec))
@@ -152,14 +195,29 @@ def plan_transport(
     return plans
 
 
+def _resolved_site(family: FamilySpec, site: SiteSpec, layer: int | None, prefix: str, config: Config,
+                   what: str) -> ResolvedSite:
+    modules = tuple(resolve_name(m, layer, prefix, site.absolute) for m in site.module)
+    if site.split is not None:
+        layout = family.splits[site.split]
+        return ResolvedSite(modules, site.capture, site.part, len(layout.ratio), layout.resolve(config, what))
+    return ResolvedSite(modules, site.capture, site.chunk, site.chunks)
+
+
 def space_requests(
     family: FamilySpec,
     keys: set[str],
     layer_map: LayerMap,
     source_prefix: str,
     target_prefix: str,
+    source_config: Config | None = None,
+    target_config: Config | None = None,
 ) -> list[SpaceRequest]:
-    """Site pairs for the given target-space keys: target layer j reads source layer sources[j]."""
+    """Site pairs for the given target-space keys: target layer j reads source layer sources[j].
+
+    Each side's fused layouts and head counts resolve from its own config.
+    """
+    source_config, target_config = source_config or {}, target_config or {}
     requests = []
     for key in sorted(keys):
         if key.startswith("layers."):
@@ -177,10 +235,10 @@ def space_requests(
         requests.append(SpaceRequest(
             key=key,
             source_key=source_key,
-            source=ResolvedSite(tuple(resolve_name(m, source_layer, source_prefix, site.absolute) for m in site.module),
-                                site.capture, site.chunk, site.chunks),
-            target=ResolvedSite(tuple(resolve_name(m, j, target_prefix, site.absolute) for m in site.module),
-                                site.capture, site.chunk, site.chunks),
+            source=_resolved_site(family, site, source_layer, source_prefix, source_config, f"space {key} (source)"),
+            target=_resolved_site(family, site, j, target_prefix, target_config, f"space {key} (target)"),
+            structure=(HeadStructure.resolve(site.map, source_config, target_config, f"space {key}")
+                       if site.map is not None else None),
         ))
     return requests
 
@@ -202,17 +260,17 @@ def space_widths(plans: list[ParamPlan], source_shapes: Mapping[str, tuple[int, 
             continue
         spec = plan.spec
         src = source_shapes[plan.source_name]
+        if spec.head_block:
+            continue  # a head_dim-wide weight says nothing about its space's full width
         for t in plan.targets:
             dst = t.shape
             if spec.rule == "linear":
                 s_out, s_in = (src[1], src[0]) if spec.layout == "in_out" else (src[0], src[1])
                 d_out, d_in = (dst[1], dst[0]) if spec.layout == "in_out" else (dst[0], dst[1])
                 pairs = [(t.reads, s_in, d_in)]
-                k = len(t.writes)
-                pairs += [(w, s_out // k, d_out // k) for w in t.writes]
-            elif spec.rule in ("bias", "norm"):
-                k = len(t.writes)
-                pairs = [(w, src[0] // k, dst[0] // k) for w in t.writes]
+                pairs += list(zip(t.writes, *_part_widths(s_out, d_out, t), strict=True))
+            elif spec.rule in ("bias", "norm", "scale"):
+                pairs = list(zip(t.writes, *_part_widths(src[0], dst[0], t), strict=True))
             elif spec.rule == "patch_conv":
                 pairs = [(t.writes[0], src[0], dst[0])]
             else:
@@ -221,6 +279,36 @@ def space_widths(plans: list[ParamPlan], source_shapes: Mapping[str, tuple[int, 
                 if key and not is_shared(key):
                     widths.setdefault(key, (a, b))
     return widths
+
+
+def _part_widths(source: int, target: int, t: TargetPlan) -> tuple[list[int], list[int]]:
+    """Widths of each written space in A and in B: equal parts, or the fused layouts' parts."""
+    k = len(t.writes)
+    if t.splits is None or k == 1:
+        return [source // k] * k, [target // k] * k
+    widths = []
+    for split, total in zip(t.splits, (source, target), strict=True):
+        try:
+            widths.append([split.groups * w for w in split.widths(total, t.name)])
+        except InputError:
+            widths.append([total // k] * k)  # the rule refuses this parameter with the reason
+    return widths[0], widths[1]
+
+
+def _head_block_maps(maps_out: list, source: torch.Tensor, shape: tuple[int, ...], name: str) -> list:
+    """The head_dim block of each written space's per-head map, for a weight shared by every head."""
+    try:
+        return [None if m is None else head_block_map(m, source.shape[0], shape[0]) for m in maps_out]
+    except ValueError as exc:
+        raise RuleRefused(f"{name}: {exc}") from None
+
+
+def _scaled(value: torch.Tensor | LoraFactors, factor: float) -> torch.Tensor | LoraFactors:
+    if factor == 1.0:
+        return value
+    if isinstance(value, LoraFactors):
+        return LoraFactors(value.a, (value.b.double() * factor).to(value.b.dtype), value.scaling, value.embedding)
+    return (value.double() * factor).to(value.dtype)
 
 
 def execute_plan(
@@ -246,11 +334,14 @@ def execute_plan(
             maps_out = [None if is_shared(w) else maps[w] for w in t.writes]
             try:
                 if task_vector.kind == "full":
-                    produced[t.name] = transport_dense(plan.spec, plan.source_name,
-                                                       task_vector.deltas[plan.source_name], map_in, maps_out, t.shape)
+                    delta = task_vector.deltas[plan.source_name]
+                    if plan.spec.head_block:
+                        maps_out = _head_block_maps(maps_out, delta, t.shape, plan.source_name)
+                    value = transport_dense(plan.spec, plan.source_name, delta, map_in, maps_out, t.shape, t.splits)
                 else:
-                    produced[t.name] = transport_lora(plan.spec, plan.source_name,
-                                                      task_vector.lora[plan.source_name], map_in, maps_out, t.shape)
+                    value = transport_lora(plan.spec, plan.source_name, task_vector.lora[plan.source_name],
+                                           map_in, maps_out, t.shape, t.splits)
+                produced[t.name] = _scaled(value, t.factor)
             except RuleRefused as exc:
                 reason = str(exc)
                 break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -17,9 +18,101 @@ from typing import Any, Literal
 from theseus_ops.errors import InputError, UnsupportedArchitectureError
 
 LAYER = "${layer}"
-RULES = ("linear", "bias", "norm", "embedding", "vector", "patch_conv")
+RULES = ("linear", "bias", "norm", "scale", "embedding", "vector", "patch_conv")
 ROW_KINDS = ("vocab", "positions", "cls_grid")
 SHARED_PREFIX = "@"
+# How a per-head map may act inside one head (see ``head_maps``).
+WITHIN_HEAD = ("identity", "shared", "rotary")
+
+# A value read from a model's config.json: a key (dotted for nested objects, e.g.
+# ``rope_parameters.partial_rotary_factor``), a literal number, or a list of those tried in order.
+ConfigRef = int | float | str | list
+
+_MISSING = object()
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def config_value(config: Mapping[str, Any], ref: ConfigRef, what: str) -> Any:
+    """The first of ``ref``'s alternatives that the config has (a number is its own value).
+
+    Raises InputError naming the keys when none is present: a family reads widths it cannot guess.
+    """
+    for alternative in ref if isinstance(ref, list) else [ref]:
+        if isinstance(alternative, bool) or not isinstance(alternative, int | float | str):
+            raise InputError(f"{what}: bad config reference {alternative!r}")
+        if not isinstance(alternative, str):
+            return alternative
+        value = _lookup(config, alternative)
+        if value is not _MISSING and value is not None:
+            return value
+    raise InputError(f"{what}: config.json has none of {ref!r}")
+
+
+def config_int(config: Mapping[str, Any], ref: ConfigRef, what: str) -> int:
+    value = config_value(config, ref, what)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{what}: config value {ref!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _valid_ref(ref: Any) -> bool:
+    items = ref if isinstance(ref, list) else [ref]
+    return bool(items) and all(isinstance(r, int | float | str) and not isinstance(r, bool) for r in items)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A fused output axis, resolved for one model: ``groups`` repeats of the parts, whose widths are
+    in the proportion ``ratio``. GPT-2's c_attn and Phi-3's qkv_proj are one group (contiguous parts,
+    Phi-3's in proportion heads : kv heads : kv heads); GPT-NeoX's query_key_value is one group per
+    head, each holding that head's q, k and v.
+    """
+
+    groups: int
+    ratio: tuple[int, ...]
+
+    def widths(self, total: int, what: str) -> tuple[int, ...]:
+        """Each part's width within one group, or InputError when ``total`` does not divide."""
+        unit = self.groups * sum(self.ratio)
+        if total % unit:
+            raise InputError(f"{what}: a fused width of {total} does not split into {self.groups} group(s) of "
+                             f"parts in proportion {list(self.ratio)}; the config does not match the weights")
+        return tuple(r * (total // unit) for r in self.ratio)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A fused layout as the family declares it: config references, resolved per model."""
+
+    ratio: tuple[ConfigRef, ...]
+    groups: ConfigRef = 1
+
+    def resolve(self, config: Mapping[str, Any], what: str) -> Split:
+        return Split(config_int(config, self.groups, what),
+                     tuple(config_int(config, r, what) for r in self.ratio))
+
+
+@dataclass(frozen=True)
+class HeadMapSpec:
+    """A space made of attention heads whose map must act head by head (``head_maps``).
+
+    ``heads`` is the config reference of the head count; ``within`` what the map may do inside a head:
+    ``identity`` (coordinates pinned), ``shared`` (one orthogonal head_dim map for every head) or
+    ``rotary`` (one map for every head that commutes with the rotary embedding's pair rotations on the
+    first ``rotary_fraction`` of head_dim, any orthogonal map on the rest).
+    """
+
+    heads: ConfigRef
+    within: str = "rotary"
+    rotary_fraction: ConfigRef = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +129,9 @@ class SiteSpec:
     chunk: int | None = None
     chunks: int = 1
     absolute: bool = False
+    split: str | None = None
+    part: int | None = None
+    map: HeadMapSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +151,9 @@ class ParamSpec:
     rows: str | None = None
     tied_to: str | None = None
     absolute: bool = False
+    split: str | None = None
+    head_block: bool = False
+    output_scale: tuple[ConfigRef, float] | None = None
 
     @property
     def layered(self) -> bool:
@@ -75,6 +174,8 @@ class FamilySpec:
     layer_sites: dict[str, SiteSpec]
     parameters: tuple[ParamSpec, ...]
     prefixes: tuple[str, ...] = ("",)
+    splits: dict[str, SplitSpec] = field(default_factory=dict)
+    requires: dict[str, Any] = field(default_factory=dict)
     _patterns: tuple[tuple[re.Pattern[str], ParamSpec], ...] = field(default=(), compare=False, repr=False)
 
     def match(self, name: str) -> tuple[ParamSpec, int | None, str] | None:
@@ -91,6 +192,17 @@ class FamilySpec:
         if layered and site in self.layer_sites:
             return self.layer_sites[site]
         return self.global_sites[site]
+
+    def check_config(self, config: Mapping[str, Any], where: str) -> None:
+        """Refuse a model whose config selects a layout this family does not describe.
+
+        A key the config leaves out takes transformers' default, which is the layout the family describes.
+        """
+        for key, wanted in self.requires.items():
+            found = _lookup(config, key)
+            if found is not _MISSING and found != wanted:
+                raise InputError(f"{where}: the {self.name} family describes {key}={json.dumps(wanted)} models only, "
+                                 f"this config has {key}={json.dumps(found)}")
 
 
 def space_key(site: str, layer: int | None, layered_site: bool) -> str:
@@ -113,10 +225,14 @@ def resolve_name(template: str, layer: int | None, prefix: str = "", absolute: b
 
 _FAMILY_KEYS = {
     "name", "description", "model_types", "num_layers_key", "input_kind", "token_layout",
-    "global_sites", "layer_sites", "parameters", "prefixes",
+    "global_sites", "layer_sites", "parameters", "prefixes", "splits", "requires",
 }
-_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute"}
-_PARAM_KEYS = {"name", "rule", "writes", "reads", "layout", "rows", "tied_to", "absolute"}
+_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute", "split", "part", "map"}
+_PARAM_KEYS = {"name", "rule", "writes", "reads", "layout", "rows", "tied_to", "absolute", "split", "head_block",
+               "output_scale"}
+_SPLIT_KEYS = {"ratio", "groups"}
+_MAP_KEYS = {"kind", "heads", "within", "rotary_fraction"}
+_SCALE_KEYS = {"config", "power"}
 
 
 def _reject_unknown(kind: str, where: str, data: dict[str, Any], allowed: set[str]) -> None:
@@ -128,6 +244,7 @@ def _reject_unknown(kind: str, where: str, data: dict[str, Any], allowed: set[st
 def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
     """Validate one family description and build its frozen record."""
     _reject_unknown("family", where, data, _FAMILY_KEYS)
+    splits = _parse_splits(data.get("splits", {}), where)
 
     def sites(raw: dict[str, Any], layered: bool) -> dict[str, SiteSpec]:
         out = {}
@@ -138,7 +255,20 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             modules = site["module"] if isinstance(site["module"], list) else [site["module"]]
             if any(layered != (LAYER in m) for m in modules):
                 raise ValueError(f"{where}: site {site_name}: layer sites, and only they, contain {LAYER}")
-            out[site_name] = SiteSpec(**{**site, "module": tuple(modules)})
+            fields = {**site, "module": tuple(modules)}
+            if "split" in site:
+                if "chunk" in site or "chunks" in site:
+                    raise ValueError(f"{where}: site {site_name}: give either split and part, or chunk and chunks")
+                if site["split"] not in splits:
+                    raise ValueError(f"{where}: site {site_name}: undefined split {site['split']!r}")
+                part, count = site.get("part"), len(splits[site["split"]].ratio)
+                if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part < count:
+                    raise ValueError(f"{where}: site {site_name}: part must index the parts of split {site['split']!r}")
+            elif "part" in site:
+                raise ValueError(f"{where}: site {site_name}: part needs a split")
+            if "map" in site:
+                fields["map"] = _parse_head_map(site["map"], f"{where}: site {site_name}")
+            out[site_name] = SiteSpec(**fields)
         return out
 
     global_sites = sites(data.get("global_sites", {}), layered=False)
@@ -156,6 +286,9 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             rows=raw.get("rows"),
             tied_to=raw.get("tied_to"),
             absolute=bool(raw.get("absolute", False)),
+            split=raw.get("split"),
+            head_block=bool(raw.get("head_block", False)),
+            output_scale=_parse_output_scale(raw.get("output_scale"), f"{where}: {raw.get('name')}"),
         )
         if spec.rule not in RULES:
             raise ValueError(f"{where}: {spec.name}: unknown rule {spec.rule!r}; known: {RULES}")
@@ -168,7 +301,11 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
                 continue
             if site not in global_sites and not (spec.layered and site in layer_sites):
                 raise ValueError(f"{where}: {spec.name}: references undefined site {site!r}")
+        _check_param_extras(spec, raw, splits, global_sites, layer_sites, where)
         params.append(spec)
+    requires = data.get("requires", {})
+    if not isinstance(requires, dict):
+        raise ValueError(f"{where}: requires must be an object of config key -> value")
     prefixes = tuple(data.get("prefixes", [""]))
     patterns = []
     prefix_group = "|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True))
@@ -189,8 +326,80 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
         layer_sites=layer_sites,
         parameters=tuple(params),
         prefixes=prefixes,
+        splits=splits,
+        requires=dict(requires),
         _patterns=tuple(patterns),
     )
+
+
+def _parse_splits(raw: Any, where: str) -> dict[str, SplitSpec]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: splits must be an object of name -> split")
+    out = {}
+    for name, split in raw.items():
+        _reject_unknown("split", f"{where}: split {name}", split, _SPLIT_KEYS)
+        ratio = split.get("ratio")
+        if not isinstance(ratio, list) or len(ratio) < 2 or not all(_valid_ref(r) for r in ratio):
+            raise ValueError(f"{where}: split {name}: ratio must list at least two config references or integers")
+        groups = split.get("groups", 1)
+        if not _valid_ref(groups):
+            raise ValueError(f"{where}: split {name}: groups must be a config reference or an integer")
+        out[name] = SplitSpec(tuple(ratio), groups)
+    return out
+
+
+def _parse_head_map(raw: Any, where: str) -> HeadMapSpec:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: map must be an object")
+    _reject_unknown("map", where, raw, _MAP_KEYS)
+    if raw.get("kind") != "per_head":
+        raise ValueError(f"{where}: map kind must be per_head")
+    if not _valid_ref(raw.get("heads")):
+        raise ValueError(f"{where}: a per_head map needs heads (a config reference)")
+    within = raw.get("within", "rotary")
+    if within not in WITHIN_HEAD:
+        raise ValueError(f"{where}: within must be one of {WITHIN_HEAD}, got {within!r}")
+    fraction = raw.get("rotary_fraction", 1.0)
+    if not _valid_ref(fraction):
+        raise ValueError(f"{where}: rotary_fraction must be a config reference or a number")
+    return HeadMapSpec(raw["heads"], within, fraction)
+
+
+def _parse_output_scale(raw: Any, where: str) -> tuple[ConfigRef, float] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: output_scale must be an object with config and power")
+    _reject_unknown("output_scale", where, raw, _SCALE_KEYS)
+    power = raw.get("power", 1.0)
+    if not _valid_ref(raw.get("config")) or isinstance(power, bool) or not isinstance(power, int | float):
+        raise ValueError(f"{where}: output_scale needs config (a config reference) and a numeric power")
+    return raw["config"], float(power)
+
+
+def _check_param_extras(spec: ParamSpec, raw: dict[str, Any], splits: dict[str, SplitSpec],
+                        global_sites: dict[str, SiteSpec], layer_sites: dict[str, SiteSpec], where: str) -> None:
+    """The new per-parameter options: a fused split, a head-block norm, a scaled embedding."""
+    name = f"{where}: {spec.name}"
+    if spec.split is not None:
+        if spec.split not in splits:
+            raise ValueError(f"{name}: undefined split {spec.split!r}")
+        if len(splits[spec.split].ratio) != len(spec.writes):
+            raise ValueError(f"{name}: split {spec.split!r} has {len(splits[spec.split].ratio)} parts but the "
+                             f"parameter writes {len(spec.writes)} spaces")
+        if spec.rule not in ("linear", "bias"):
+            raise ValueError(f"{name}: only linear weights and biases are fused")
+    if "head_block" in raw and not isinstance(raw["head_block"], bool):
+        raise ValueError(f"{name}: head_block must be true or false")
+    if spec.head_block:
+        site = spec.writes[0]
+        found = layer_sites.get(site) if spec.layered and site in layer_sites else global_sites.get(site)
+        if (spec.rule not in ("scale", "norm", "bias") or len(spec.writes) != 1 or found is None
+                or found.map is None):
+            raise ValueError(f"{name}: head_block is for a norm or bias of one head_dim, written to one site "
+                             "with a per_head map")
+    if spec.output_scale is not None and spec.rule != "embedding":
+        raise ValueError(f"{name}: output_scale is for embedding tables only")
 
 
 @cache

@@ -356,7 +356,7 @@ def _unit(m: torch.Tensor) -> torch.Tensor:
 
 
 def estimate_space_map(stats, source_key: str, options: MapOptions,
-                       probe_stats=None) -> tuple[torch.Tensor, SpaceQuality]:
+                       probe_stats=None, structure=None) -> tuple[torch.Tensor, SpaceQuality]:
     """The map T (float32, d_A × d_B) of one space, and its quality report.
 
     ``probe_stats`` (``project`` fill only): the same space's statistics on seeded probe inputs, which
@@ -372,14 +372,20 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
 
     What neither determines stays dropped: directions the architecture never excites, in data or
     probes alike, such as a LayerNorm output's null direction (γ⁻¹, the mean direction at init).
+
+    ``structure``: a per-head constraint (``head_maps.HeadStructure``) whose ``polar`` replaces the
+    unconstrained polar factor; it needs no completion from probes.
     """
     if stats.rows < 2:
         raise InputError(f"space {source_key}: only {stats.rows} activation row(s); at least 2 are needed")
     cross, sq_a, sq_b, gram_a = _statistics_terms(stats, options)
     target = _polar_target(stats, options, cross)
-    data_only = polar_factor(target, options.rank_tol, fill=options.fill, solver=options.solver)
+    if structure is not None:  # a constrained map the family declares (head_maps.HeadStructure)
+        data_only = structure.polar(target, options.rank_tol, options.fill)
+    else:
+        data_only = polar_factor(target, options.rank_tol, fill=options.fill, solver=options.solver)
     polar, probe_filled = data_only, 0
-    if probe_stats is not None and options.fill == "project":
+    if probe_stats is not None and options.fill == "project" and structure is None:
         # A ridge of 1e-4 of each Gram's trace (≥ 1e-4 of its top eigenvalue) bounds the noise below.
         whitened = dataclasses.replace(options, whiten_power=PROBE_WHITEN_POWER,
                                        whiten_eps=PROBE_RIDGE * max(target.shape))

@@ -14,10 +14,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from theseus_ops.transport.family import ParamSpec
+from theseus_ops.errors import InputError
+from theseus_ops.transport.family import ParamSpec, Split
+from theseus_ops.transport.fused import merge_rows, split_rows
 from theseus_ops.transport.task_vector import LoraFactors
 
 Map = torch.Tensor | None
+# A fused parameter's layout in the source and in the target (None: equal contiguous parts).
+Splits = tuple[Split, Split] | None
 
 
 class RuleRefused(Exception):
@@ -49,6 +53,28 @@ def _map_out(parts: list[torch.Tensor], maps_out: Sequence[Map]) -> torch.Tensor
     return torch.cat([_left(t, p) for t, p in zip(maps_out, parts, strict=True)], dim=0)
 
 
+def _map_rows(x: torch.Tensor, maps_out: Sequence[Map], splits: Splits, name: str) -> torch.Tensor:
+    """Map each written space's rows; a fused axis is split by the source's layout, merged by the target's."""
+    if splits is None:
+        return _map_out(_split(x, len(maps_out), name), maps_out)
+    source, target = splits
+    try:
+        parts = split_rows(x, source, name)
+        return merge_rows([_left(t, p) for t, p in zip(maps_out, parts, strict=True)], target, name)
+    except InputError as exc:
+        raise RuleRefused(str(exc)) from None
+
+
+def _scale(t: Map, x: torch.Tensor) -> torch.Tensor:
+    """diag(Tᵀ diag(x) T) = (T∘T)ᵀ x: an elementwise scale (a norm weight) seen in B's coordinates.
+
+    Exact for signed permutations, where Tᵀ x would wrongly negate the scale of a flipped coordinate;
+    the best diagonal for any other orthogonal T. Linear in x, so a (1 + w) norm's delta, which is
+    the delta of its scale 1 + w, is transported the same way.
+    """
+    return x if t is None else (t * t).T.to(x.dtype) @ x
+
+
 def _resize_rows(rows: torch.Tensor, count: int, kind: str, name: str) -> torch.Tensor:
     """Fit a [rows, d] table to ``count`` rows: positions pad or truncate, grids resample."""
     if rows.shape[0] == count:
@@ -75,15 +101,18 @@ def transport_dense(
     map_in: Map,
     maps_out: Sequence[Map],
     target_shape: Sequence[int],
+    splits: Splits = None,
 ) -> torch.Tensor:
     """τ_B for one full-delta tensor, in the target's storage layout and dtype."""
     x = tensor.float()
     if spec.rule == "linear":
         logical = x.T if spec.layout == "in_out" else x
-        moved = _right(_map_out(_split(logical, len(maps_out), name), maps_out), map_in)
+        moved = _right(_map_rows(logical, maps_out, splits, name), map_in)
         out = moved.T if spec.layout == "in_out" else moved
     elif spec.rule in ("bias", "norm"):
-        out = _map_out(_split(x, len(maps_out), name), maps_out)
+        out = _map_rows(x, maps_out, splits, name)
+    elif spec.rule == "scale":
+        out = _scale(maps_out[0], x)
     elif spec.rule == "vector":
         out = _right(x.reshape(-1, x.shape[-1]), maps_out[0]).reshape(*x.shape[:-1], -1)
     elif spec.rule == "embedding":
@@ -116,6 +145,7 @@ def transport_lora(
     map_in: Map,
     maps_out: Sequence[Map],
     target_shape: Sequence[int],
+    splits: Splits = None,
 ) -> LoraFactors:
     """(T_oᵀ B)(A T_i): the same rank, still factored, shaped for the target's weight."""
     a, b = factors.a.float(), factors.b.float()
@@ -128,7 +158,7 @@ def transport_lora(
         logical = (target_shape[1], target_shape[0])
     elif spec.rule == "linear":
         new_a = _right(a, map_in)
-        new_b = _map_out(_split(b, len(maps_out), name), maps_out)
+        new_b = _map_rows(b, maps_out, splits, name)
         logical = tuple(reversed(target_shape)) if spec.layout == "in_out" else tuple(target_shape)
     else:
         raise RuleRefused(f"{name}: LoRA on a {spec.rule} parameter is not supported")

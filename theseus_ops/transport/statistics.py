@@ -13,22 +13,33 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from theseus_ops.errors import InputError
 from theseus_ops.progress import Ticker
+from theseus_ops.transport.family import Split
+from theseus_ops.transport.fused import select_part
+
+if TYPE_CHECKING:
+    from theseus_ops.transport.head_maps import HeadStructure
 
 
 @dataclass(frozen=True)
 class ResolvedSite:
-    """A concrete module of a concrete model (first existing candidate), its input or output, a chunk."""
+    """A concrete module of a concrete model (first existing candidate), its input or output, a chunk.
+
+    ``split`` (a fused layout resolved for this model) makes ``chunk`` the index of a part of it;
+    without one, ``chunk`` is one of ``chunks`` equal contiguous slices.
+    """
 
     candidates: tuple[str, ...]
     capture: str
     chunk: int | None = None
     chunks: int = 1
+    split: Split | None = None
 
     def module_in(self, names: set[str] | dict) -> str | None:
         """The first candidate path the model has, or None."""
@@ -43,6 +54,7 @@ class SpaceRequest:
     source_key: str
     source: ResolvedSite
     target: ResolvedSite
+    structure: HeadStructure | None = None  # a per-head map constraint the family declares for this space
 
 
 @dataclass
@@ -141,6 +153,8 @@ def _first_tensor(value: object) -> torch.Tensor:
 def _select(value: torch.Tensor, site: ResolvedSite) -> torch.Tensor:
     if site.chunk is None:
         return value
+    if site.split is not None:
+        return select_part(value, site.split, site.chunk, f"module {site.candidates[0]}")
     return value.chunk(site.chunks, dim=-1)[site.chunk]
 
 

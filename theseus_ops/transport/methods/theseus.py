@@ -61,7 +61,8 @@ def estimate_maps(
     complete = probes is not None and options.fill == "project"
     ticker = Ticker(len(stats))
     for k, key in enumerate(sorted(stats), 1):
-        maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options)
+        maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options,
+                                                     structure=by_key[key].structure)
         if progress and ticker.due(k):
             progress(f"maps: space {k}/{ticker.total} ({key}), {ticker.elapsed:.1f} s")
         if not (complete and quality[key].needs_completion):
@@ -110,7 +111,7 @@ def _complete_from_probes(
     for request in requests:
         key = request.key
         maps[key], quality[key] = estimate_space_map(data_stats.pop(key), request.source_key, options,
-                                                     probe_stats=stats.pop(key))
+                                                     probe_stats=stats.pop(key), structure=request.structure)
 
 
 def _config_value(config: dict, *keys: str, default: int | None = None) -> int | None:
