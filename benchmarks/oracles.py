@@ -1,9 +1,12 @@
 """Oracle table: logits error of B + τ_B against A + τ_A for every method, family and oracle.
 
 Run from the repository root:  .venv/bin/python benchmarks/oracles.py --out benchmarks/results/oracles.json
+(``--families qwen3 gemma3`` for some families only; every family of ``tests/tiny.KITS`` by default).
 
 Identity, consistent permutation and silent widening all keep the function, so an exact
-transport scores ~0. It also times one transport (statistics, maps and apply) per case on CPU.
+transport scores ~0. Qwen3 and Gemma 3 add ``rotary`` (heads permuted and every head's q and k
+turned by quarter turns per rotary pair), Gemma 2 and 3 ``residual-widening`` (16 extra residual
+channels, √d-scaled embeddings). It also times one transport (statistics, maps and apply) per case.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 
 METHODS = ("theseus", "theseus-data-free", "pad", "naive")
+EXTRA_ORACLES = {"qwen3": ("rotary",), "gemma2": ("residual-widening",), "gemma3": ("rotary", "residual-widening")}
 
 
 def measure(root: Path, family: str, oracle: str, method: str) -> dict:
     case = tiny.Case(root / f"{family}-{oracle}-{method}", family, oracle)
-    if method == "naive" and oracle == "widening":
+    if method == "naive" and oracle.endswith("widening"):
         return {"error": None, "seconds": None, "note": "shapes differ"}
     calibration = CalibrationSpec(str(case.calibration)) if method == "theseus" else CalibrationSpec()
     cfg = TransportConfig(str(case.source), str(case.target), method, task_vector=str(case.task_vector),
@@ -46,25 +50,26 @@ def measure(root: Path, family: str, oracle: str, method: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/results/oracles.json")
+    parser.add_argument("--families", nargs="+", default=list(tiny.KITS), choices=list(tiny.KITS))
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("theseus_ops").setLevel(logging.ERROR)
     torch.set_num_threads(2)
     rows = []
+    cases = [(f, o) for f in args.families for o in ("identity", "permutation", "widening", *EXTRA_ORACLES.get(f, ()))]
     with tempfile.TemporaryDirectory() as tmp:
-        for family in ("llama", "gpt2"):
-            for oracle in ("identity", "permutation", "widening"):
-                for method in METHODS:
-                    rows.append({"family": family, "oracle": oracle, "method": method,
-                                 **measure(Path(tmp), family, oracle, method)})
+        for family, oracle in cases:
+            for method in METHODS:
+                rows.append({"family": family, "oracle": oracle, "method": method,
+                             **measure(Path(tmp), family, oracle, method)})
     print("| family | oracle | " + " | ".join(METHODS) + " |")
     print("|---|---|" + "---|" * len(METHODS))
-    for family in ("llama", "gpt2"):
-        for oracle in ("identity", "permutation", "widening"):
-            cells = []
-            for method in METHODS:
-                r = next(x for x in rows if (x["family"], x["oracle"], x["method"]) == (family, oracle, method))
-                cells.append("n/a" if r["error"] is None else f"{r['error']:.1e} ({r['seconds']:.2f} s)")
-            print(f"| {family} | {oracle} | " + " | ".join(cells) + " |")
+    for family, oracle in cases:
+        cells = []
+        for method in METHODS:
+            r = next(x for x in rows if (x["family"], x["oracle"], x["method"]) == (family, oracle, method))
+            cells.append("n/a" if r["error"] is None else f"{r['error']:.1e} ({r['seconds']:.2f} s)")
+        print(f"| {family} | {oracle} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -21,7 +21,7 @@ from tests.test_oracles import ORACLES, run
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError, UnsupportedArchitectureError
-from theseus_ops.examples import quarter_turns, rotate_head_pairs, widen_residual_gemma
+from theseus_ops.examples import lookup_task, quarter_turns
 from theseus_ops.transport.engine import plan_transport
 from theseus_ops.transport.family import Split, family_for_model_type, parse_family
 from theseus_ops.transport.fused import merge_rows, select_part, split_rows
@@ -45,13 +45,40 @@ def test_data_free_passes_every_oracle(tmp_path, family, oracle):
     assert case.error(delta_b) < 1e-3
 
 
-def _rotary_case(tmp_path, family: str) -> tuple[tiny.Case, torch.Tensor]:
-    """B = A with heads permuted and every head's q and k turned by the same quarter turns per rotary pair."""
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "qwen3", "gemma3"])
+def test_a_trained_task_vector_ports_to_a_permuted_base(tmp_path, family):
+    """A real task vector: A fine-tuned on the lookup skill (x -> 7x+3 mod V) for a few steps. On the permuted
+    base its transport computes what A + τ computes, and the skill (which B alone lacks) comes along, judged
+    on the fine-tuning sequences."""
     case = tiny.Case(tmp_path, family, "permutation")
-    r = quarter_turns(case.config_a.head_dim)
-    case.state_b = rotate_head_pairs(case.state_b, case.config_b, r)
-    tiny.save(tiny.with_state(case.config_b, case.state_b), case.target)
-    return case, r
+    model = tiny.with_state(case.config_a, case.state_a).train()
+    ids, labels = lookup_task(96, 8, tiny.VOCAB, seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(40):
+        batch = slice((step * 16) % 96, (step * 16) % 96 + 16)
+        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]
+    tuned = tiny.file_state(model.eval(), tmp_path / "tuned")
+    case.delta = {k: tuned[k] - case.state_a[k] for k in case.state_a}
+    tiny.save_delta(case.delta, case.task_vector)
+    delta_b, report = run(case)
+    assert report["summary"]["left_out"] == 0
+    assert case.error(delta_b) < 1e-3
+
+    def accuracy(config, state) -> float:
+        with torch.no_grad():
+            logits = tiny.with_state(config, state)(input_ids=ids[:32]).logits
+        answer = labels[:32, 1:] != -100
+        return float((logits[:, :-1].argmax(-1) == labels[:32, 1:])[answer].float().mean())
+
+    tuned_b = accuracy(case.config_b, tiny.add_delta(case.state_b, delta_b))
+    assert tuned_b == pytest.approx(accuracy(case.config_a, tiny.add_delta(case.state_a, case.delta)))
+    assert tuned_b > accuracy(case.config_b, case.state_b) + 0.2
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
@@ -59,7 +86,8 @@ def _rotary_case(tmp_path, family: str) -> tuple[tiny.Case, torch.Tensor]:
 def test_rotary_pair_turns_are_found_and_carry_the_head_norms(tmp_path, family, method):
     """The per-head map finds R ≠ I (quarter turns commute with RoPE and permute the q_norm weight), and the
     q_norm/k_norm deltas go through R as scales: a turn by 180° must not negate them."""
-    case, r = _rotary_case(tmp_path, family)
+    case = tiny.Case(tmp_path, family, "rotary")
+    r = case.rotation
     assert not torch.equal(r, torch.eye(r.shape[0], dtype=r.dtype))
     assert case.base_error() < 1e-5  # the transform keeps the function
     delta_b, report = run(case, method)
@@ -83,12 +111,8 @@ def test_unconstrained_norm_rule_would_negate_turned_head_norms(tmp_path):
 def test_gemma_scaled_embedding_delta_is_rescaled_to_the_target_width(tmp_path):
     """Gemma multiplies embeddings by √d: onto a function-equal 48-wide Gemma the embedding delta must shrink
     by √(32/48), which the family's output_scale does; the linear deltas go through the residual maps."""
-    case = tiny.Case(tmp_path, "gemma2", "identity")
-    case.state_b, case.config_b = widen_residual_gemma(case.state_a, case.config_a, 48)
-    tiny.save(tiny.with_state(case.config_b, case.state_b), case.target)
+    case = tiny.Case(tmp_path, "gemma2", "residual-widening")
     assert case.base_error() < 1e-5
-    case.delta = {k: v for k, v in case.delta.items() if not k.endswith("norm.weight")}
-    tiny.save_delta(case.delta, case.task_vector)
     delta_b, report = run(case)
     assert report["summary"]["left_out"] == 0
     assert case.error(delta_b) < 1e-3
@@ -168,6 +192,34 @@ def test_per_head_polar_recovers_a_planted_head_permutation_and_rotary_map():
     assert float(torch.linalg.det(pair)) == pytest.approx(1.0)
     heads_used = (unrelated.reshape(heads_a, hd, heads_b, hd).abs().sum((1, 3)) > 0).sum(1)
     assert heads_used.tolist() == [1, 1, 1]
+
+
+def test_head_assignment_is_the_best_one():
+    """The Hungarian assignment against brute force, square and rectangular (either way round)."""
+    import itertools
+
+    from theseus_ops.transport.head_maps import _assign
+
+    gen = torch.Generator().manual_seed(1)
+    for rows, cols in ((4, 4), (3, 5), (5, 3)):
+        for _ in range(5):
+            score = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+            found = _assign(score)
+            assert len(found) == min(rows, cols)
+            assert len({a for a, _ in found}) == len({b for _, b in found}) == len(found)
+            if rows <= cols:
+                best = max(sum(score[a, b] for a, b in enumerate(p)) for p in itertools.permutations(range(cols), rows))
+            else:
+                best = max(sum(score[a, b] for b, a in enumerate(p)) for p in itertools.permutations(range(rows), cols))
+            assert float(sum(score[a, b] for a, b in found)) == pytest.approx(float(best))
+
+
+@pytest.mark.parametrize("oracle", ["permutation", "rotary"])
+def test_per_head_maps_with_the_projected_fill(tmp_path, oracle):
+    case = tiny.Case(tmp_path, "qwen3", oracle)
+    delta_b, report = run(case, fill="project")
+    assert report["summary"]["left_out"] == 0
+    assert case.error(delta_b) < 1e-3
 
 
 def test_per_head_map_refuses_head_dims_that_differ():

@@ -23,12 +23,15 @@ from theseus_ops.examples import (
     permute_gpt_neox,
     permute_llama,
     permute_phi3,
+    quarter_turns,
+    rotate_head_pairs,
     widen_mlp_bert_like,
     widen_mlp_distilbert,
     widen_mlp_gpt2,
     widen_mlp_gpt_neox,
     widen_mlp_llama,
     widen_mlp_phi3,
+    widen_residual_gemma,
 )
 
 VOCAB = 64
@@ -279,11 +282,21 @@ class Case:
         elif oracle == "widening":
             self.config_b = kit.config(inter=kit.inter + 32, tie=tie)
             self.state_b = kit.widen(self.state_a, 32)
+        elif oracle == "rotary":  # heads permuted, every head's q and k turned per rotary pair (Qwen3, Gemma 3)
+            self.config_b = self.config_a
+            self.rotation = quarter_turns(self.config_a.head_dim)
+            self.state_b = rotate_head_pairs(kit.permute(self.state_a, self.config_a), self.config_a, self.rotation)
+        elif oracle == "residual-widening":  # Gemma: 16 extra residual channels, √d-scaled embeddings rescaled
+            self.state_b, self.config_b = widen_residual_gemma(self.state_a, self.config_a, 48)
         else:
             raise ValueError(oracle)
         self.target = root / "B"
         save(with_state(self.config_b, self.state_b), self.target)
         self.delta = random_delta(self.state_a, seed=seed + 1)
+        if oracle == "residual-widening":
+            # A widened RMSNorm's weights are rescaled by √(d/d'), which no orthogonal map carries: the
+            # oracle's task vector leaves the norm weights out.
+            self.delta = {k: v for k, v in self.delta.items() if not k.endswith("norm.weight")}
         self.task_vector = save_delta(self.delta, root / "tv.safetensors")
         self.calibration = calibration(root / "calibration.safetensors", rows=kit.rows)
 
