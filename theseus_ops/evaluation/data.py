@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import SPLITS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -43,8 +44,6 @@ def _objects(data: bytes, where: str) -> Iterator[tuple[int, object]]:
 
 def split_file(task_dir: str | Path, split: str, suffix: str = ".jsonl") -> Path:
     """``<task_dir>/<split><suffix>``, which must exist."""
-    from theseus_ops.evaluation.config import SPLITS
-
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {list(SPLITS)}")
     path = Path(task_dir) / f"{split}{suffix}"
@@ -137,8 +136,6 @@ class ImageSplit:
 
 def load_images(task_dir: str | Path, split: str) -> ImageSplit:
     """``<split>.safetensors`` if present, else the folder ``<split>/<label>/*``."""
-    from theseus_ops.evaluation.config import SPLITS
-
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {list(SPLITS)}")
     tensors = Path(task_dir) / f"{split}.safetensors"
