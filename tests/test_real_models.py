@@ -89,12 +89,27 @@ def _digests(root: Path) -> dict[str, str]:
         if not path.is_file() or path.name == "real.json":
             continue
         data = path.read_bytes()
-        if path.name == "adapter_config.json":  # names the (per-root) base directory
+        if path.suffix == ".safetensors":  # the header's metadata order is a Rust HashMap's: not stable
+            data = _safetensors_content(path)
+        elif path.name == "adapter_config.json":  # names the (per-root) base directory
             config = json.loads(data)
             config.pop("base_model_name_or_path")
             data = json.dumps(config, sort_keys=True).encode()
         out[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
     return out
+
+
+def _safetensors_content(path: Path) -> bytes:
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as fh:
+        digest.update(json.dumps(fh.metadata() or {}, sort_keys=True).encode())
+        for key in sorted(fh.keys()):
+            tensor = fh.get_tensor(key).contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.digest()
 
 
 def test_build_is_deterministic_and_atomic(tmp_path):
@@ -149,7 +164,8 @@ def test_bare_minilm_theseus_onto_its_permuted_release(bare_port):
 
 
 @pytest.mark.xfail(reason="transport quality: theseus does not yet reproduce the tuned source within 1e-3 on a "
-                          "real permuted release (measured 2.9e-2 here; see BENCHMARKS.md)", strict=False)
+                          "real permuted release (measured 6.8e-2 with 32 calibration rows, 2.9e-2 with 48; "
+                          "see BENCHMARKS.md)", strict=False)
 def test_bare_minilm_theseus_meets_the_exact_oracle(bare_port):
     """The target: a function-preserving release is an exact oracle, so ≤ 1e-3 relative error."""
     assert bare_port[1]["error"] <= 1e-3
