@@ -24,7 +24,8 @@ FEATURE_EXTRACTION = "feature-extraction"
 _BY_KIND = {GENERATION: TEXT_GENERATION, PERPLEXITY: TEXT_GENERATION, CLASSIFICATION: TEXT_CLASSIFICATION,
             IMAGE_CLASSIFICATION: IMAGE_CLASSIFICATION_TASK}
 # the head an architecture name ends in -> the pipeline that runs it (for user-scored tasks)
-_BY_HEAD = {"ForCausalLM": TEXT_GENERATION, "ForSequenceClassification": TEXT_CLASSIFICATION,
+_BY_HEAD = {"ForCausalLM": TEXT_GENERATION, "LMHeadModel": TEXT_GENERATION,
+            "ForSequenceClassification": TEXT_CLASSIFICATION,
             "ForImageClassification": IMAGE_CLASSIFICATION_TASK}
 TEXT_EXAMPLE = ["theseus ports task vectors to a new base release"]
 
@@ -39,7 +40,8 @@ def _architectures(model_dir: Path) -> list[str]:
 
 def is_bare(architectures: list[str]) -> bool:
     """A model with no task head: every architecture is ``<Family>Model`` (``BertModel``, ``ViTModel``)."""
-    return bool(architectures) and all(a.endswith("Model") and "For" not in a for a in architectures)
+    return bool(architectures) and all(a.endswith("Model") and "For" not in a and "Head" not in a
+                                       for a in architectures)
 
 
 def pipeline_task(kind: str, model_dir: Path) -> str:
