@@ -379,6 +379,10 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     ``stop`` is the text that ends an answer (the workflow's tasks end theirs at a newline); it ships
     in the model's generation config, so a consumer's generation stops there (``None``: no stop).
 
+    The model is logged as the MLflow transformers pipeline of the source vector's task kind
+    (``theseus.task_kind``; :mod:`theseus_ops.catalog.flavors`), so a classifier comes back as a
+    classifier; ``stop`` matters to generation only.
+
     Idempotent on (source vector, target base, method, options incl. alpha): a re-run returns the
     existing version and moves no alias.
     """
