@@ -42,6 +42,7 @@ from theseus_ops.catalog.schema import (
     check_uri,
 )
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import GENERATION
 from theseus_ops.service_errors import CatalogError, ConflictError
 from theseus_ops.storage.manifest import build_manifest
 from theseus_ops.storage.releases import LandedRelease, check_name, download_release
@@ -292,10 +293,42 @@ def stop_on(pipe, stop: str | None) -> None:
         config.stop_strings = [stop]
 
 
-def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n") -> None:
-    """``model_dir`` as an MLflow model with the transformers (and pyfunc) flavor, for text generation."""
-    import mlflow
+def _model_card(model_dir: Path):
+    from huggingface_hub import ModelCard
+
+    readme = model_dir / "README.md"
+    # an explicit card: otherwise MLflow looks one up on the Hugging Face Hub by the directory's name
+    return ModelCard(readme.read_text() if readme.is_file() else f"# {model_dir.name}\n\nWritten by theseus-ops.\n")
+
+
+def _requirements() -> list[str]:
     import torch
+    import transformers
+
+    return [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n", kind: str = GENERATION) -> None:
+    """``model_dir`` as an MLflow model with the transformers (and pyfunc) flavor of its task kind's pipeline.
+
+    Generation and perplexity tasks are logged as ``text-generation``, classifiers as
+    ``text-classification`` / ``image-classification``, a bare encoder as ``feature-extraction``
+    (:mod:`theseus_ops.catalog.flavors`); the non-generation ones with a signature and an input example.
+    """
+    import mlflow
+
+    from theseus_ops.catalog.flavors import TEXT_GENERATION, build_pipeline, pipeline_task, signature_and_example
+    from theseus_ops.io.finite import require_finite
+
+    task = pipeline_task(kind, model_dir)
+    if task != TEXT_GENERATION:
+        pipe = build_pipeline(task, model_dir)
+        require_finite(pipe.model.state_dict(), f"model {model_dir}")  # never register a broken model
+        signature, example = signature_and_example(pipe, task)
+        mlflow.transformers.save_model(transformers_model=pipe, path=str(out), task=task, signature=signature,
+                                       input_example=example, pip_requirements=_requirements(),
+                                       model_card=_model_card(model_dir))
+        return
     import transformers
 
     try:
@@ -303,18 +336,10 @@ def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n"
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{model_dir}: cannot build a text-generation pipeline (model and tokenizer are "
                          f"needed in the directory): {str(exc).splitlines()[0] if str(exc) else exc}") from exc
-    from theseus_ops.io.finite import require_finite
-
     require_finite(pipe.model.state_dict(), f"model {model_dir}")  # never register a broken model
     stop_on(pipe, stop)
-    from huggingface_hub import ModelCard
-
-    readme = model_dir / "README.md"
-    # an explicit card: otherwise MLflow looks one up on the Hugging Face Hub by the directory's name
-    card = ModelCard(readme.read_text() if readme.is_file() else f"# {model_dir.name}\n\nWritten by theseus-ops.\n")
-    requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
     mlflow.transformers.save_model(transformers_model=pipe, path=str(out), task="text-generation",
-                                   pip_requirements=requirements, model_card=card)
+                                   pip_requirements=_requirements(), model_card=_model_card(model_dir))
 
 
 def model_metrics(metric: str, alpha: float, evaluation: Evaluation) -> dict[str, float]:
@@ -354,6 +379,10 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     ``stop`` is the text that ends an answer (the workflow's tasks end theirs at a newline); it ships
     in the model's generation config, so a consumer's generation stops there (``None``: no stop).
 
+    The model is logged as the MLflow transformers pipeline of the source vector's task kind
+    (``theseus.task_kind``; :mod:`theseus_ops.catalog.flavors`), so a classifier comes back as a
+    classifier; ``stop`` matters to generation only.
+
     Idempotent on (source vector, target base, method, options incl. alpha): a re-run returns the
     existing version and moves no alias.
     """
@@ -380,7 +409,7 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     metrics = model_metrics(source.metric, float(alpha), evaluation)
     with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
         saved = Path(tmp) / "model"
-        _save_transformers_model(Path(model_dir), saved, stop)
+        _save_transformers_model(Path(model_dir), saved, stop, source.kind)
         mv, created = catalog.register_entry(
             name, saved, tags, "model",
             f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",

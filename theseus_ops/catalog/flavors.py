@@ -1,0 +1,105 @@
+"""Which MLflow transformers pipeline a transported model is logged as, and the logging of the non-generation ones.
+
+A consumer loads a registered model with ``mlflow.transformers.load_model`` or
+``mlflow.pyfunc.load_model`` and gets the pipeline of its task: a classifier must come back as a
+``text-classification`` pipeline, not as a text generator, or registration fails on its head.
+The pipeline follows the task kind the task vector is cataloged with; a model without a task head
+(a bare ``BertModel``, ``ViTModel``) is logged as ``feature-extraction`` whatever the kind, since
+no other pipeline can run it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from theseus_ops.errors import InputError
+from theseus_ops.evaluation.config import CLASSIFICATION, CUSTOM, GENERATION, IMAGE_CLASSIFICATION, PERPLEXITY
+
+TEXT_GENERATION = "text-generation"
+TEXT_CLASSIFICATION = "text-classification"
+IMAGE_CLASSIFICATION_TASK = "image-classification"
+FEATURE_EXTRACTION = "feature-extraction"
+
+_BY_KIND = {GENERATION: TEXT_GENERATION, PERPLEXITY: TEXT_GENERATION, CLASSIFICATION: TEXT_CLASSIFICATION,
+            IMAGE_CLASSIFICATION: IMAGE_CLASSIFICATION_TASK}
+# the head an architecture name ends in -> the pipeline that runs it (for user-scored tasks)
+_BY_HEAD = {"ForCausalLM": TEXT_GENERATION, "LMHeadModel": TEXT_GENERATION,
+            "ForSequenceClassification": TEXT_CLASSIFICATION,
+            "ForImageClassification": IMAGE_CLASSIFICATION_TASK}
+TEXT_EXAMPLE = ["theseus ports task vectors to a new base release"]
+
+
+def _architectures(model_dir: Path) -> list[str]:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{model_dir}: no readable config.json ({exc})") from exc
+    return [a for a in config.get("architectures") or [] if isinstance(a, str)]
+
+
+def is_bare(architectures: list[str]) -> bool:
+    """A model with no task head: every architecture is ``<Family>Model`` (``BertModel``, ``ViTModel``)."""
+    return bool(architectures) and all(a.endswith("Model") and "For" not in a and "Head" not in a
+                                       for a in architectures)
+
+
+def pipeline_task(kind: str, model_dir: Path) -> str:
+    """The transformers pipeline task a model of ``kind`` in ``model_dir`` is logged as."""
+    architectures = _architectures(model_dir)
+    if is_bare(architectures):
+        return FEATURE_EXTRACTION
+    if kind in _BY_KIND:
+        return _BY_KIND[kind]
+    if kind == CUSTOM:
+        for arch in architectures:
+            for head, task in _BY_HEAD.items():
+                if arch.endswith(head):
+                    return task
+        raise InputError(f"{model_dir}: architecture {', '.join(architectures) or 'unknown'} has no MLflow "
+                         f"pipeline for a custom-scored task (a causal LM, a sequence or image classifier, or a "
+                         f"bare encoder is needed)")
+    raise InputError(f"no MLflow pipeline for task kind {kind!r}")
+
+
+def _example_image():
+    """A small RGB image as MLflow's image pipelines take it: base64 of its PNG bytes."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 60, 200)).save(buf, format="PNG")
+    return [base64.b64encode(buf.getvalue()).decode()]
+
+
+def build_pipeline(task: str, model_dir: Path):
+    """The pipeline of ``task`` from ``model_dir``: model plus tokenizer, or plus image processor for images."""
+    import transformers
+
+    if task == FEATURE_EXTRACTION and not (model_dir / "tokenizer_config.json").is_file():
+        raise InputError(f"{model_dir}: a bare encoder is logged as a text feature-extraction pipeline and needs "
+                         f"its tokenizer in the directory (bare image encoders are not registered yet)")
+    try:
+        if task == IMAGE_CLASSIFICATION_TASK:
+            return transformers.pipeline(task, model=str(model_dir), image_processor=str(model_dir))
+        return transformers.pipeline(task, model=str(model_dir), tokenizer=str(model_dir))
+    except (OSError, ValueError, KeyError) as exc:
+        need = "image processor" if task == IMAGE_CLASSIFICATION_TASK else "tokenizer"
+        raise InputError(f"{model_dir}: cannot build a {task} pipeline (model and {need} are needed in the "
+                         f"directory): {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+
+
+def signature_and_example(pipe, task: str):
+    """An input example for ``task`` and the signature MLflow infers from the pipeline's output on it.
+
+    ``generate_signature_output`` runs the pipeline as its pyfunc would, offline, so the logged
+    signature is what a consumer's ``predict`` returns.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = _example_image() if task == IMAGE_CLASSIFICATION_TASK else TEXT_EXAMPLE
+    output = mlflow.transformers.generate_signature_output(pipe, example)
+    return infer_signature(example, output), example
