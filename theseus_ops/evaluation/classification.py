@@ -11,16 +11,13 @@ from pathlib import Path
 
 import torch
 
-from theseus_ops.evaluation.base import ModelEvaluator
 from theseus_ops.evaluation.batches import chunks
 from theseus_ops.evaluation.config import CLASSIFICATION, KIND_METRICS
 from theseus_ops.evaluation.data import TextExample, load_classification
 from theseus_ops.evaluation.device import model_device
-from theseus_ops.evaluation.general import accuracy_score
+from theseus_ops.evaluation.labelled import LabelPredictionEvaluator
 from theseus_ops.evaluation.labels import to_ids
 from theseus_ops.evaluation.loading import load_tokenizer
-from theseus_ops.evaluation.metrics import accuracy, macro_f1
-from theseus_ops.evaluation.results import GeneralScore
 from theseus_ops.progress import Ticker
 
 
@@ -48,7 +45,7 @@ def predict(model: torch.nn.Module, tokenizer, rows: list[TextExample], *, batch
     return out
 
 
-class ClassificationEvaluator(ModelEvaluator):
+class ClassificationEvaluator(LabelPredictionEvaluator):
     auto_class = "AutoModelForSequenceClassification"
     metrics = KIND_METRICS[CLASSIFICATION]
 
@@ -65,21 +62,13 @@ class ClassificationEvaluator(ModelEvaluator):
             self._rows[(task_dir, split)] = self.limited(load_classification(task_dir, split))
         return self._rows[(task_dir, split)]
 
-    def _scores(self, model: torch.nn.Module, split: str, task_dir: Path | None = None) -> dict:
+    def _predict(self, model: torch.nn.Module, split: str, task_dir: Path | None) -> tuple[list[int], list[int]]:
         rows = self.rows(split, task_dir)
         where = f"{task_dir or self.config.data_dir}/{split}.jsonl"
         labels = to_ids([r.label for r in rows], model.config, where)
         preds = predict(model, self.processor(model), rows, batch_size=self.config.batch_size,
                         max_length=self.config.max_length, report=self.report, what=split)
-        return {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels), "examples": len(rows)}
-
-    def score(self, model: torch.nn.Module, split: str) -> dict:
-        return self._scores(model, split)
-
-    def general(self, model: torch.nn.Module) -> GeneralScore | None:
-        if self.config.general_task is None:
-            return None
-        return accuracy_score(self._scores(model, "test", self.config.general_task)["accuracy"])
+        return preds, labels
 
     def calibration(self, model_dir: str | Path, limit: int) -> dict[str, torch.Tensor]:
         """Train texts in this directory's tokenizer (ids and mask; class labels are not token labels)."""

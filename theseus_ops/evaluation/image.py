@@ -12,16 +12,13 @@ from pathlib import Path
 import torch
 
 from theseus_ops.errors import InputError
-from theseus_ops.evaluation.base import ModelEvaluator
 from theseus_ops.evaluation.batches import chunks
 from theseus_ops.evaluation.config import IMAGE_CLASSIFICATION, KIND_METRICS
 from theseus_ops.evaluation.data import ImageSplit, load_images
 from theseus_ops.evaluation.device import float_dtype, model_device
-from theseus_ops.evaluation.general import accuracy_score
+from theseus_ops.evaluation.labelled import LabelPredictionEvaluator
 from theseus_ops.evaluation.labels import to_ids
 from theseus_ops.evaluation.loading import load_image_processor
-from theseus_ops.evaluation.metrics import accuracy, macro_f1
-from theseus_ops.evaluation.results import GeneralScore
 from theseus_ops.progress import Ticker
 
 
@@ -57,7 +54,7 @@ def predict_pixels(model: torch.nn.Module, pixels: torch.Tensor, *, batch_size: 
     return out
 
 
-class ImageClassificationEvaluator(ModelEvaluator):
+class ImageClassificationEvaluator(LabelPredictionEvaluator):
     auto_class = "AutoModelForImageClassification"
     metrics = KIND_METRICS[IMAGE_CLASSIFICATION]
 
@@ -88,20 +85,12 @@ class ImageClassificationEvaluator(ModelEvaluator):
             self._pixels[key] = (processor, pixels_of(self.split(name, task_dir), processor, f"{task_dir}/{name}"))
         return self._pixels[key][1]
 
-    def _scores(self, model: torch.nn.Module, name: str, task_dir: Path | None = None) -> dict:
+    def _predict(self, model: torch.nn.Module, name: str, task_dir: Path | None) -> tuple[list[int], list[int]]:
         split = self.split(name, task_dir)
         labels = to_ids(split.labels, model.config, f"{task_dir or self.config.data_dir}/{name}")
         preds = predict_pixels(model, self.pixels(self.processor(model), name, task_dir),
                                batch_size=self.config.batch_size, report=self.report, what=name)
-        return {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels), "examples": len(labels)}
-
-    def score(self, model: torch.nn.Module, split: str) -> dict:
-        return self._scores(model, split)
-
-    def general(self, model: torch.nn.Module) -> GeneralScore | None:
-        if self.config.general_task is None:
-            return None
-        return accuracy_score(self._scores(model, "test", self.config.general_task)["accuracy"])
+        return preds, labels
 
     def calibration(self, model_dir: str | Path, limit: int) -> dict[str, torch.Tensor]:
         """Train pixels as this directory's processor makes them (or as given), float32."""
