@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from theseus_ops.demo import grow, train
 from theseus_ops.demo import skills as skills_mod
 from theseus_ops.demo.tokenizer import save_tokenizer
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import build_directory_once
 
 # Bump when the builder changes what it writes for the same config: the cache key includes it.
 FORMAT = "theseus-demo-family/2"
@@ -232,17 +232,7 @@ def build_family(config: FamilyConfig, root: str | Path | None = None,
         raise InputError(f"family {config.scale} is built on a GPU (hours on a CPU) and none is available; "
                          f"run it where CUDA is, or set {ALLOW_CPU_ENV}=1")
     tmp = root / f".{config.scale}-{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        info = _build_into(tmp, config, corpus, key, progress)
-        if final.exists():  # another process finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = build_directory_once(final, tmp, lambda into: _build_into(into, config, corpus, key, progress))
     return Family(final, config, info)
 
 

@@ -17,8 +17,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from theseus_ops.errors import InputError
 
@@ -30,6 +31,8 @@ _FILE_KEYS = ("theseus.written_by", "theseus.format_version", "theseus.alignment
 _JSON_KEYS = ("theseus_ops_version",)
 
 _allowed: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("theseus_overwrite", default=frozenset())
+
+T = TypeVar("T")
 
 
 def _key(path: str | Path) -> str:
@@ -279,6 +282,27 @@ def staging_directory(dest: str | Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_directory_once(final: Path, tmp: Path, build: Callable[[Path], T]) -> T:
+    """Build a cache directory in ``tmp`` (beside ``final``), then rename it to ``final``.
+
+    A directory is only ever complete: a failed or interrupted build removes ``tmp``, and when a
+    racing builder renamed its copy into place first, that copy is kept and this one discarded.
+    Returns what ``build`` returned.
+    """
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        result = build(tmp)
+        if final.exists():  # another process finished first; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
 
 
 def promote(src: Path, dest: Path) -> None:

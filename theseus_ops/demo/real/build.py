@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from theseus_ops.demo import train
 from theseus_ops.demo.real import bbc, encode, releases, sources, tune
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import build_directory_once
 
 FORMAT = "theseus-real-fixtures/1"
 DEFAULT_ROOT = Path(".theseus/real")
@@ -134,17 +134,7 @@ def build_real(config: RealConfig | None = None, root: str | Path | None = None,
     if (final / "real.json").is_file():
         return RealFixtures(final, config, json.loads((final / "real.json").read_text()))
     tmp = root / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        info = _Builder(tmp, final, config, found, key, progress).run()
-        if final.exists():  # another process finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = build_directory_once(final, tmp, lambda into: _Builder(into, final, config, found, key, progress).run())
     return RealFixtures(final, config, info)
 
 
