@@ -22,34 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import tiny
 from tests.test_oracles import run
-from theseus_ops.examples import lookup_task
 
 METHODS = ("theseus", "theseus-data-free", "pad")
-
-
-def accuracy(config, state: dict, ids: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        logits = tiny.with_state(config, state)(input_ids=ids).logits
-    answer = labels[:, 1:] != -100
-    return float((logits[:, :-1].argmax(-1) == labels[:, 1:])[answer].float().mean())
+accuracy = tiny.answer_accuracy
 
 
 def measure(root: Path, family: str) -> str:
     case = tiny.Case(root / family, family, "permutation")
-    model = tiny.with_state(case.config_a, case.state_a).train()
-    ids, labels = lookup_task(96, 8, tiny.VOCAB, seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for step in range(40):
-        batch = slice((step * 16) % 96, (step * 16) % 96 + 16)
-        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    tuned = tiny.file_state(model.eval(), case.root / "tuned")
-    case.delta = {k: tuned[k] - case.state_a[k] for k in case.state_a}
-    tiny.save_delta(case.delta, case.task_vector)
+    losses, ids, labels = tiny.finetune_lookup(case)
     ids, labels = ids[:32], labels[:32]
     cells = [f"{losses[0]:.2f} → {losses[-1]:.2f}",
              f"{accuracy(case.config_a, tiny.add_delta(case.state_a, case.delta), ids, labels):.2f}",

@@ -21,7 +21,7 @@ from tests.test_oracles import ORACLES, run
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError, UnsupportedArchitectureError
-from theseus_ops.examples import lookup_task, quarter_turns
+from theseus_ops.examples import quarter_turns
 from theseus_ops.transport.engine import plan_transport
 from theseus_ops.transport.family import Split, family_for_model_type, parse_family
 from theseus_ops.transport.fused import merge_rows, select_part, split_rows
@@ -51,30 +51,14 @@ def test_a_trained_task_vector_ports_to_a_permuted_base(tmp_path, family):
     base its transport computes what A + τ computes, and the skill (which B alone lacks) comes along, judged
     on the fine-tuning sequences."""
     case = tiny.Case(tmp_path, family, "permutation")
-    model = tiny.with_state(case.config_a, case.state_a).train()
-    ids, labels = lookup_task(96, 8, tiny.VOCAB, seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for step in range(40):
-        batch = slice((step * 16) % 96, (step * 16) % 96 + 16)
-        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
+    losses, ids, labels = tiny.finetune_lookup(case)
     assert losses[-1] < 0.7 * losses[0]
-    tuned = tiny.file_state(model.eval(), tmp_path / "tuned")
-    case.delta = {k: tuned[k] - case.state_a[k] for k in case.state_a}
-    tiny.save_delta(case.delta, case.task_vector)
     delta_b, report = run(case)
     assert report["summary"]["left_out"] == 0
     assert case.error(delta_b) < 1e-3
 
     def accuracy(config, state) -> float:
-        with torch.no_grad():
-            logits = tiny.with_state(config, state)(input_ids=ids[:32]).logits
-        answer = labels[:32, 1:] != -100
-        return float((logits[:, :-1].argmax(-1) == labels[:32, 1:])[answer].float().mean())
+        return tiny.answer_accuracy(config, state, ids[:32], labels[:32])
 
     tuned_b = accuracy(case.config_b, tiny.add_delta(case.state_b, delta_b))
     assert tuned_b == pytest.approx(accuracy(case.config_a, tiny.add_delta(case.state_a, case.delta)))

@@ -312,3 +312,37 @@ class Case:
         tuned_a = with_state(self.config_a, add_delta(self.state_a, self.delta, alpha))
         tuned_b = with_state(self.config_b, add_delta(self.state_b, delta_b, alpha))
         return relative_error(logits(tuned_b, ids), logits(tuned_a, ids))
+
+
+def finetune_lookup(case: Case, steps: int = 40) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """Fine-tune A on the lookup skill (x -> 7x+3 mod V) for ``steps`` AdamW steps and make what it changed the
+    case's task vector (``case.delta`` and its file): a real update rather than a random one.
+
+    Returns the per-step losses and the fine-tuning sequences (ids, labels).
+    """
+    from theseus_ops.examples import lookup_task
+
+    model = with_state(case.config_a, case.state_a).train()
+    ids, labels = lookup_task(96, 8, VOCAB, seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(steps):
+        batch = slice((step * 16) % 96, (step * 16) % 96 + 16)
+        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    tuned = file_state(model.eval(), case.root / "tuned")
+    case.delta = {k: tuned[k] - case.state_a[k] for k in case.state_a}
+    save_delta(case.delta, case.task_vector)
+    return losses, ids, labels
+
+
+def answer_accuracy(config: transformers.PretrainedConfig, state: dict[str, torch.Tensor], ids: torch.Tensor,
+                    labels: torch.Tensor) -> float:
+    """Teacher-forced accuracy on the answer tokens (labels other than -100) of a model with ``state``."""
+    with torch.no_grad():
+        logits = with_state(config, state)(input_ids=ids).logits
+    answer = labels[:, 1:] != -100
+    return float((logits[:, :-1].argmax(-1) == labels[:, 1:])[answer].float().mean())
