@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.catalog_support import make_base, make_delta
 from tests.conftest_servers import (  # noqa: F401 - fixtures
@@ -291,3 +292,41 @@ def test_concurrent_transported_model_registrations(catalog, bases, transport_se
     [winner] = [r for r in results if r.created]
     assert [str(v.version) for v in catalog.search_versions(name)] == [winner.ref.version]
     assert str(catalog.get_alias(name, "candidate").version) == winner.ref.version
+    assert tied_model_builds_tied()  # the racing pipeline builds left transformers' tying switched on
+
+
+# -- transformers' loading, from threads ------------------------------------------------------------
+def tied_model_builds_tied() -> bool:
+    """Does a tied config still build (and re-tie) a tied head? transformers' class state says."""
+    import transformers
+
+    from tests.tiny import gpt2_config
+
+    model = transformers.GPT2LMHeadModel(gpt2_config())
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie, then ask to tie
+    model.tie_weights()
+    return model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_loads_from_many_threads_leave_transformers_tying(tmp_path):
+    """Eight threads loading at once: afterwards tied models still tie (one lock around every load).
+
+    transformers' from_pretrained swaps PreTrainedModel.tie_weights for a no-op while it loads and
+    restores what it found; two concurrent loads used to leave the no-op in place for the rest of
+    the process (found as untied heads in every oracle test after a concurrent registration).
+    """
+    from tests.tiny import build, gpt2_config, save
+    from theseus_ops.io.models import load_model
+
+    info = inspect_model_dir(save(build(gpt2_config(), seed=1), tmp_path / "m"))
+    assert tied_model_builds_tied()
+    barrier = threading.Barrier(8, timeout=60)
+
+    def load(_i):
+        barrier.wait()
+        return load_model(info, torch.device("cpu"))
+
+    with ThreadPoolExecutor(8) as pool:
+        models = list(pool.map(load, range(8)))
+    assert all(m.lm_head.weight is m.get_input_embeddings().weight for m in models)
+    assert tied_model_builds_tied()

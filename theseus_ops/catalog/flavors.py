@@ -15,6 +15,7 @@ from pathlib import Path
 
 from theseus_ops.errors import InputError
 from theseus_ops.evaluation.config import CLASSIFICATION, CUSTOM, GENERATION, IMAGE_CLASSIFICATION, PERPLEXITY
+from theseus_ops.io.loading_lock import MODEL_BUILDING
 
 TEXT_GENERATION = "text-generation"
 TEXT_CLASSIFICATION = "text-classification"
@@ -82,9 +83,10 @@ def build_pipeline(task: str, model_dir: Path):
         raise InputError(f"{model_dir}: a bare encoder is logged as a text feature-extraction pipeline and needs "
                          f"its tokenizer in the directory (bare image encoders are not registered yet)")
     try:
-        if task == IMAGE_CLASSIFICATION_TASK:
-            return transformers.pipeline(task, model=str(model_dir), image_processor=str(model_dir))
-        return transformers.pipeline(task, model=str(model_dir), tokenizer=str(model_dir))
+        with MODEL_BUILDING:
+            if task == IMAGE_CLASSIFICATION_TASK:
+                return transformers.pipeline(task, model=str(model_dir), image_processor=str(model_dir))
+            return transformers.pipeline(task, model=str(model_dir), tokenizer=str(model_dir))
     except (OSError, ValueError, KeyError) as exc:
         need = "image processor" if task == IMAGE_CLASSIFICATION_TASK else "tokenizer"
         raise InputError(f"{model_dir}: cannot build a {task} pipeline (model and {need} are needed in the "

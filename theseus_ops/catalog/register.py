@@ -43,6 +43,7 @@ from theseus_ops.catalog.schema import (
 )
 from theseus_ops.errors import InputError
 from theseus_ops.evaluation.config import GENERATION
+from theseus_ops.io.loading_lock import MODEL_BUILDING
 from theseus_ops.service_errors import CatalogError, ConflictError
 from theseus_ops.storage.manifest import build_manifest
 from theseus_ops.storage.releases import LandedRelease, check_name, download_release
@@ -332,7 +333,8 @@ def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n"
     import transformers
 
     try:
-        pipe = transformers.pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir))
+        with MODEL_BUILDING:
+            pipe = transformers.pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir))
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{model_dir}: cannot build a text-generation pipeline (model and tokenizer are "
                          f"needed in the directory): {str(exc).splitlines()[0] if str(exc) else exc}") from exc

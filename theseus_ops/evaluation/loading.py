@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.loading_lock import MODEL_BUILDING
 
 
 def _why(exc: BaseException) -> str:
@@ -62,7 +63,8 @@ def load_model(model_dir: str | Path, auto_class: str, device: torch.device) -> 
         raise InputError(f"{model_dir}: not a model directory (no config.json)")
     cls = getattr(transformers, auto_class)
     try:
-        model = cls.from_pretrained(str(model_dir), local_files_only=True, dtype="auto")
+        with MODEL_BUILDING:
+            model = cls.from_pretrained(str(model_dir), local_files_only=True, dtype="auto")
     except Exception as exc:
         raise InputError(f"{model_dir}: cannot load as {auto_class} ({_why(exc)})") from exc
     return model.to(device).eval()

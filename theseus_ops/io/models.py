@@ -17,6 +17,7 @@ import torch
 
 from theseus_ops.errors import InputError
 from theseus_ops.io.display import shown
+from theseus_ops.io.loading_lock import MODEL_BUILDING
 from theseus_ops.io.paths import check_regular_file, iter_model_files, open_regular, safe_path
 from theseus_ops.io.safetensors_header import read_header
 from theseus_ops.transport.family import FamilySpec, family_for_model_type
@@ -209,7 +210,8 @@ def load_model(info: ModelInfo, device: torch.device, dtype: torch.dtype | None 
         kwargs = {"local_files_only": True}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        model = cls.from_pretrained(str(info.path), **kwargs)
+        with MODEL_BUILDING:
+            model = cls.from_pretrained(str(info.path), **kwargs)
     except Exception as exc:  # transformers raises many types; one line for the user
         raise InputError(f"{info.path}: cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     return model.to(device).eval()
