@@ -66,7 +66,7 @@ secret() { [ -s "$STACK_DIR/$1" ] || "$BIN/python" -c "$2" > "$STACK_DIR/$1"; }
 command_of() {  # the command line of one role
   case "$1" in
     moto) echo "$BIN/moto_server -H 127.0.0.1 -p $MOTO_PORT" ;;
-    mlflow) echo "$BIN/mlflow server --backend-store-uri postgresql+psycopg2://$PGUSER@$PGHOST:$PGPORT/${NAME}_mlflow \
+    mlflow) echo "env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $BIN/mlflow server --backend-store-uri postgresql+psycopg2://$PGUSER@$PGHOST:$PGPORT/${NAME}_mlflow \
 --artifacts-destination s3://${NAME//_/-}-mlflow/artifacts --serve-artifacts --host 127.0.0.1 --port $MLFLOW_PORT \
 --workers 1 --allowed-hosts 127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT" ;;
     api-server) echo "$BIN/airflow api-server --port $API_PORT --host 127.0.0.1" ;;

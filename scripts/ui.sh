@@ -106,7 +106,7 @@ wait_http() {  # wait_http URL SECONDS
 }
 
 echo "starting MLflow and Airflow on the state in $STATE (server logs: $UI_LOGS)"
-launch mlflow "$BIN/mlflow" server --backend-store-uri "$THESEUS_MLFLOW_TRACKING_URI" \
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false launch mlflow "$BIN/mlflow" server --backend-store-uri "$THESEUS_MLFLOW_TRACKING_URI" \
   --default-artifact-root "$THESEUS_MLFLOW_ARTIFACT_LOCATION" --no-serve-artifacts --host 127.0.0.1 \
   --port "$MLFLOW_PORT" --workers 1 --allowed-hosts "127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT"
 launch api-server "$BIN/airflow" api-server --host 127.0.0.1 --port "$AIRFLOW_PORT"

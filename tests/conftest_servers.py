@@ -5,7 +5,9 @@
   database (dropped at the end; the parameter is skipped when PostgreSQL is unreachable).
 * ``moto_endpoint``: moto's S3 in server mode, talked to over HTTP.
 
-Import the fixtures into a test module: ``from tests.conftest_servers import mlflow_server``.
+Import the fixtures into a test module: ``from tests.conftest_servers import mlflow_server``. The
+import makes them that module's own fixtures, so they are module-scoped: each module's servers stop
+when it is done (session scope kept every module's servers alive to the end of the run).
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def _mlflow(tmp: Path, backend_uri: str, backend: str) -> tuple[subprocess.Popen
     # webhooks to plain-http local receivers (the Airflow plugin in the workflow tests)
     webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                 "MLFLOW_WEBHOOK_CACHE_TTL": "1"}  # see a webhook created by a test at once
-    proc = start(cmd, f"http://127.0.0.1:{port}/health", tmp / "server.log", timeout=180, env=webhooks)
+    # MLflow 3's job runner (a huey consumer pool, about 1.3 GB per server) serves GenAI jobs we never use.
+    env = {**webhooks, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = start(cmd, f"http://127.0.0.1:{port}/health", tmp / "server.log", timeout=180, env=env)
     return proc, MlflowServer(f"http://127.0.0.1:{port}", backend, artifacts)
 
 
@@ -125,7 +129,7 @@ def postgres_reachable() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_sqlite(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow-sqlite")
     proc, server = _mlflow(tmp, f"sqlite:///{tmp / 'mlflow.db'}", "sqlite")
@@ -133,7 +137,7 @@ def mlflow_sqlite(tmp_path_factory):
     stop(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_postgres(tmp_path_factory):
     if not postgres_reachable():
         pytest.skip(f"PostgreSQL is not reachable at {PG['host']}:{PG['port']}")
@@ -155,13 +159,13 @@ def mlflow_postgres(tmp_path_factory):
         conn.close()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def mlflow_server(request) -> MlflowServer:
     """The same tests against a SQLite and a PostgreSQL backend store."""
     return request.getfixturevalue(f"mlflow_{'postgres' if request.param == 'postgresql' else 'sqlite'}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def moto_endpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("moto")
     port = free_port()

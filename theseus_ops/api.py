@@ -24,7 +24,7 @@ import torch
 
 from theseus_ops import __version__
 from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig, check_alpha
-from theseus_ops.errors import InputError, PartialTransportError
+from theseus_ops.errors import InputError, NotApplicableError, PartialTransportError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.atomic import atomic_outputs, atomic_path, check_output, overwriting
 from theseus_ops.io.calibration import Calibration, check_paired, check_vocabulary, load_calibration
@@ -372,7 +372,7 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
     tv, tv_path = _load_task_vector(cfg, pair)
     if tv.kind == "lora" and not method.supports_lora:
-        raise InputError(f"method {cfg.method} does not support LoRA adapters")
+        raise NotApplicableError(f"method {cfg.method} does not support LoRA adapters")
     plans = plan_transport(pair.family, tv.names(), pair.target.shapes, pair.layer_map, pair.target_prefix,
                            pair.source.config, pair.target.config)
     if method.same_shape_only:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from theseus_ops.errors import InputError
+from theseus_ops.errors import InputError, NotApplicableError
 from theseus_ops.transport.maps import MapOptions
 from theseus_ops.transport.methods import get_method
 from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, DEFAULT_SOLVER
@@ -54,7 +54,7 @@ class PrepareConfig:
         if info.kind != "maps" or self.method in ("pad", "naive"):
             raise InputError(f"prepare makes alignments for theseus or theseus-data-free, not {self.method}")
         if self.method == "theseus" and not self.calibration.given:
-            raise InputError("method theseus needs calibration data: --calibration FILE")
+            raise NotApplicableError("method theseus needs calibration data: --calibration FILE")
         if self.method == "theseus-data-free" and self.calibration.given:
             raise InputError("theseus-data-free uses no calibration data; drop --calibration")
         if self.max_rows is not None and self.max_rows < 2:
@@ -111,9 +111,9 @@ class TransportConfig:
         if self.alignment and self.method not in ("theseus", "theseus-data-free"):
             raise InputError(f"--alignment is for theseus methods, not {self.method}")
         if self.method == "theseus" and not (self.calibration.given or self.alignment):
-            raise InputError("method theseus needs --calibration FILE or a prepared --alignment FILE")
+            raise NotApplicableError("method theseus needs --calibration FILE or a prepared --alignment FILE")
         if info.needs_labels and not self.calibration.given:
-            raise InputError(f"method {self.method} needs labeled examples: --calibration FILE with 'labels'")
+            raise NotApplicableError(f"method {self.method} needs labeled examples: --calibration FILE with 'labels'")
         try:
             MapOptions(center=self.center, whiten_power=self.whiten_power, rank_tol=self.rank_tol, fill=self.fill,
                           solver=self.solver)

@@ -36,5 +36,15 @@ class UnsupportedArchitectureError(InputError):
     """The model's architecture has no family description."""
 
 
+class NotApplicableError(InputError):
+    """A method's declared requirements rule it out for these inputs, before any work is done.
+
+    Raised only by the capability checks (identical shapes, calibration data, labels, LoRA support), so
+    the workflow can record the method as "not applicable" to a pair and go on with the others. Any
+    other error from a method is a defect of the input and stays an error: a corrupt task vector must
+    fail the task, not quietly drop every method and keep the base.
+    """
+
+
 class PartialTransportError(InputError):
     """Some task-vector parameters could not be transported and --allow-partial was not given."""

@@ -33,7 +33,7 @@ from theseus_ops.catalog import (
 from theseus_ops.catalog.client import check_model_name
 from theseus_ops.catalog.schema import ROLE, ROLE_BASE, ROLE_TASK_VECTOR
 from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
-from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.errors import InputError, NotApplicableError, TheseusError
 from theseus_ops.evaluation import NotApplicable, Selection, TaskConfig, evaluator_for, sweep_and_select
 from theseus_ops.evaluation.config import resolve_metric
 from theseus_ops.evaluation.protocol import Evaluator
@@ -254,6 +254,24 @@ def _transport(cfg: WorkflowConfig, pair: dict, method: str, tv_path: Path, spec
     return dest, alignment_uri
 
 
+def transported_delta(cfg: WorkflowConfig, pair: dict, method: str, tv_path: Path, spec: CalibrationSpec,
+                      cal_fp: str, out_dir: Path, paths: dict[str, tuple[Path, str]]):
+    """One method's transported vector as dense deltas on the target, or :class:`NotApplicable`.
+
+    Only a :class:`NotApplicableError` (the method's declared requirements rule it out: identical
+    shapes, calibration, labels, LoRA support) makes a method "not applicable". Any other error (a
+    corrupt vector, a bad alignment) propagates and fails the task, so it can never drop every method
+    and quietly keep the base. ``paths`` records (vector path, alignment URI) per method that ran.
+    """
+    try:
+        paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, out_dir)
+    except NotApplicableError as exc:
+        log.info("%s is not applicable to %s -> %s: %s", method, pair["source"]["version"],
+                 pair["target"]["version"], exc)
+        return NotApplicable(method, str(exc).splitlines()[0])
+    return dense_deltas(paths[method][0], pair["target"]["dir"])
+
+
 def _recorded_outcome(catalog: Catalog, key: str) -> dict | None:
     run = find_finished_run(catalog, OUTCOME_KEY_TAG, key)
     if run is None:
@@ -272,13 +290,7 @@ def _evaluate(cfg: WorkflowConfig, pair: dict, ref: VersionRef, config: TaskConf
     paths: dict[str, tuple[Path, str]] = {}
 
     def delta_of(method: str):
-        try:
-            paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported")
-        except TheseusError as exc:
-            log.info("%s is not applicable to %s -> %s: %s", method, pair["source"]["version"],
-                     pair["target"]["version"], exc)
-            return NotApplicable(method, str(exc).splitlines()[0])
-        return dense_deltas(paths[method][0], pair["target"]["dir"])
+        return transported_delta(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported", paths)
 
     selection = sweep_and_select(evaluator, model, cfg.methods, cfg.alphas, delta_of,
                                  report=lambda m: log.info("%s: %s (%.1fs)", ref, m, time.perf_counter() - started))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from theseus_ops.errors import InputError
+from theseus_ops.errors import NotApplicableError
 from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import pad_map
 
@@ -22,11 +22,12 @@ def check_same_shapes(method: str, plans: list[ParamPlan], source_shapes: dict, 
                       source_depth: int, target_depth: int) -> None:
     """Methods defined only for identical shapes refuse any other pair, naming the first mismatch."""
     if source_depth != target_depth or layer_kind != "identity":
-        raise InputError(f"{method} needs models of identical shape, but the source has {source_depth} layers "
-                         f"and the target {target_depth}; use --method theseus or pad")
+        raise NotApplicableError(f"{method} needs models of identical shape, but the source has {source_depth} "
+                                 f"layers and the target {target_depth}; use --method theseus or pad")
     for plan in plans:
         for target in plan.targets:
             source_shape = tuple(source_shapes[plan.source_name])
             if target.shape != source_shape:
-                raise InputError(f"{method} needs identical shapes, but {plan.source_name} is {list(source_shape)} "
-                                 f"in the source and {list(target.shape)} in the target; use --method theseus or pad")
+                raise NotApplicableError(
+                    f"{method} needs identical shapes, but {plan.source_name} is {list(source_shape)} "
+                    f"in the source and {list(target.shape)} in the target; use --method theseus or pad")

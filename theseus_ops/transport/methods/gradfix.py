@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from theseus_ops.errors import InputError
+from theseus_ops.errors import InputError, NotApplicableError
 from theseus_ops.transport.statistics import model_inputs
 from theseus_ops.transport.task_vector import TaskVector
 
@@ -46,7 +46,7 @@ def descent_signs(
 ) -> dict[str, torch.Tensor]:
     """sign(g) of the model's own task loss at its current weights, per named parameter."""
     if "labels" not in data:
-        raise InputError("gradfix needs 'labels' in the target calibration file (LM: -100 outside the answer)")
+        raise NotApplicableError("gradfix needs 'labels' in the target calibration file (LM: -100 outside the answer)")
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
