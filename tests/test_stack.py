@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,20 @@ def redis_reachable() -> bool:
 pytestmark = pytest.mark.skipif(
     not (postgres_reachable() and redis_reachable() and shutil.which("psql") and shutil.which("pg_isready")),
     reason="the distributed stack needs PostgreSQL (127.0.0.1:5432, psql) and Redis (127.0.0.1:6379)")
+
+
+def unused_redis_db() -> int:
+    """A Redis database (1-15) holding no keys, so no other stack's Celery workers share its queues.
+
+    A stale worker left on the shared Redis by an earlier, killed run would otherwise take this
+    stack's tasks from the same queue names and never report them here.
+    """
+    import redis
+
+    for db in random.sample(range(1, 16), 15):
+        if redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=2).dbsize() == 0:
+            return db
+    pytest.skip("every Redis database 1-15 on 127.0.0.1:6379 holds keys; none is free for the stack")
 
 
 def source_env(env_file: Path) -> dict[str, str]:
@@ -121,6 +136,7 @@ def stack(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "STACK_DIR": str(directory), "STACK_NAME": name, "STACK_API_PORT": str(port),
            "STACK_MLFLOW_PORT": str(free_port()), "STACK_MOTO_PORT": str(free_port()), "PGHOST": PG["host"],
+           "STACK_REDIS_URL": f"redis://127.0.0.1:6379/{unused_redis_db()}",
            "PGPORT": str(PG["port"]), "PGUSER": PG["user"], "BIN": str(Path(sys.executable).parent),
            "THESEUS_ALPHAS": "0,0.5,1,1.5,2,2.5,3,3.5,4", "THESEUS_RETRY_DELAY_SECONDS": "2",
            "THESEUS_GATE_MAX_GENERAL_LOSS_INCREASE": "100", "THESEUS_WATCH_SCHEDULE": "* * * * *"}
