@@ -3,7 +3,7 @@
 The workflow sweeps every configured method and records the ones that cannot run on a pair (naive
 and gradfix need identical shapes, theseus needs calibration). It used to treat *any* library error
 as "not applicable": a corrupt task vector then dropped every method, and the release quietly kept
-the base. Now only :class:`NotApplicableError`, raised by the capability checks before any work,
+the base. Now only :class:`NotApplicableError`, raised by the capability checks (before statistics or maps),
 means "not applicable"; a defect of the input propagates.
 """
 
@@ -25,9 +25,10 @@ from theseus_ops.workflow.release import transported_delta
 @pytest.fixture(scope="module")
 def wide_pair(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pair")
-    source = tiny.save(tiny.build(tiny.llama_config(), seed=1), tmp / "a")
+    model = tiny.build(tiny.llama_config(), seed=1)
+    source = tiny.save(model, tmp / "a")
     target = tiny.save(tiny.build(tiny.llama_config(hidden=48, inter=96), seed=2), tmp / "b")
-    state = tiny.file_state(tiny.build(tiny.llama_config(), seed=1), tmp / "state")
+    state = tiny.file_state(model, tmp / "state")
     good = tiny.save_delta(tiny.random_delta(state), tmp / "tv.safetensors")
     broken = dict(tiny.random_delta(state))
     first = sorted(broken)[0]

@@ -37,9 +37,10 @@ class UnsupportedArchitectureError(InputError):
 
 
 class NotApplicableError(InputError):
-    """A method's declared requirements rule it out for these inputs, before any work is done.
+    """A method's declared requirements rule it out for these inputs.
 
-    Raised only by the capability checks (identical shapes, calibration data, labels, LoRA support), so
+    Raised only by the capability checks (identical shapes, calibration data, labels, LoRA support; all
+    before statistics or maps, gradfix's labels check once the calibration file is read), so
     the workflow can record the method as "not applicable" to a pair and go on with the others. Any
     other error from a method is a defect of the input and stays an error: a corrupt task vector must
     fail the task, not quietly drop every method and keep the base.

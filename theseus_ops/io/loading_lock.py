@@ -5,8 +5,10 @@ Why: ``from_pretrained`` switches weight tying and initialisation off by swappin
 is done. Two threads loading at once can each find the other's no-op and "restore" it, and the process
 is left with tying switched off for good: every tied model built afterwards (GPT-2, tied Llama, Gemma)
 has an untied head, or one left on the meta device. Concurrent registrations in one process (the
-Python API from a thread pool) did exactly that. So every model load, pipeline build and model
-construction in theseus_ops holds this lock; transformers' own loading is not thread-safe.
+Python API from a thread pool) did exactly that. So every ``from_pretrained`` and pipeline build on
+the product's paths (``io.models``, ``evaluation.loading``, the catalog's registration) holds this
+lock; transformers' own loading is not thread-safe. The demo's fixture builders run in one thread and
+do not take it.
 """
 
 from __future__ import annotations
@@ -14,4 +16,4 @@ from __future__ import annotations
 import threading
 
 MODEL_BUILDING = threading.RLock()
-"""Held while transformers builds a model (``from_pretrained``, ``pipeline``, ``Model(config)``)."""
+"""Held while transformers loads a model (``from_pretrained``, ``pipeline``)."""

@@ -29,7 +29,6 @@ from theseus_ops.examples import (
     widen_mlp_llama,
     widen_residual_llama,
 )
-from theseus_ops.io.loading_lock import MODEL_BUILDING
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 # files that make the bare MiniLM directory loadable by sentence-transformers too, as users have it
@@ -56,7 +55,7 @@ def smollm2_from_gguf(gguf_file: Path):
     import contextlib
     import io
 
-    with MODEL_BUILDING, contextlib.redirect_stderr(io.StringIO()):  # dequantizing draws a bare tqdm bar
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' dequantizing loop draws a bare tqdm bar
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     fields = loaded.config.to_dict()
