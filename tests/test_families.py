@@ -24,7 +24,7 @@ def _raw(name: str) -> dict:
 def test_every_family_file_loads():
     names = {f.name for f in all_families()}
     assert names == {"bert", "clip_vision", "distilbert", "gemma2", "gemma3", "gpt2", "gpt_neox", "llama", "phi3",
-                     "qwen3", "roberta", "vit"}
+                     "qwen3", "roberta", "t5", "vit"}
     for fam in all_families():
         assert fam.parameters and fam.global_sites
 

@@ -37,7 +37,7 @@ def dense_of(tv: TaskVector, family: str) -> dict[str, torch.Tensor]:
                                            ("phi3", "permutation"), ("phi3", "widening"), ("gpt_neox", "permutation"),
                                            ("distilbert", "permutation"), ("qwen3", "permutation"),
                                            ("gemma2", "permutation"), ("gemma3", "widening"),
-                                           ("gemma3", "permutation")])
+                                           ("gemma3", "permutation"), ("t5", "permutation")])
 def test_lora_transport_is_factored_dense_equal_and_loads_in_peft(tmp_path, family, oracle):
     case = tiny.Case(tmp_path, family, oracle)
     make_adapter(case, tmp_path / "adapter")

@@ -1,4 +1,4 @@
-"""Families added for issue 17 (Phi-3, GPT-NeoX, DistilBERT, Qwen3, Gemma 2/3, and the named but untested
+"""Families added for issue 17 (Phi-3, GPT-NeoX, DistilBERT, Qwen3, Gemma 2/3, T5, and the named but untested
 Mistral and XLM-R): the oracles with data-free maps, the per-head constraint on its own oracle, Gemma's
 scaled embeddings, targets with more heads, the schema's strictness, and one bad input per family.
 
@@ -28,7 +28,7 @@ from theseus_ops.transport.fused import merge_rows, select_part, split_rows
 from theseus_ops.transport.head_maps import HeadStructure, head_block_map
 from theseus_ops.transport.layer_map import build_layer_map
 
-NEW = ["mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3"]
+NEW = ["mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3", "t5"]
 
 
 def _raw(name: str) -> dict:
@@ -244,11 +244,12 @@ def test_new_schema_options_are_validated_strictly(edit, match):
 
 
 def test_new_families_load_and_unsupported_names_them():
-    for model_type in ("phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3_text", "mistral", "xlm-roberta"):
+    for model_type in ("phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3_text", "mistral", "xlm-roberta",
+                       "t5"):
         assert family_for_model_type(model_type)
     with pytest.raises(UnsupportedArchitectureError) as err:
-        family_for_model_type("t5")
-    assert all(t in str(err.value) for t in ("phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3_text"))
+        family_for_model_type("bart")
+    assert all(t in str(err.value) for t in ("phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3_text", "t5"))
 
 
 def _transport(case: tiny.Case, method: str) -> dict:
@@ -311,8 +312,14 @@ def _bad_gemma3(case):
     return "head_dim differs", "theseus"
 
 
+def _bad_t5(case):
+    """An encoder-decoder's calibration without the decoder's tokens: one error naming what is missing."""
+    case.calibration = tiny.calibration(case.root / "no-decoder.safetensors", rows=16)
+    return "needs 'decoder_input_ids' or 'labels'", "theseus"
+
+
 BAD = {"mistral": _bad_mistral, "xlm-roberta": _bad_xlm_roberta, "phi3": _bad_phi3, "gpt_neox": _bad_gpt_neox,
-       "distilbert": _bad_distilbert, "qwen3": _bad_qwen3, "gemma2": _bad_gemma2, "gemma3": _bad_gemma3}
+       "distilbert": _bad_distilbert, "qwen3": _bad_qwen3, "gemma2": _bad_gemma2, "gemma3": _bad_gemma3, "t5": _bad_t5}
 
 
 @pytest.mark.parametrize("family", NEW)

@@ -25,7 +25,7 @@ def run(case: tiny.Case, method: str = "theseus", **kwargs) -> tuple[dict, dict]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert",
-                                    "qwen3", "gemma2", "gemma3"])
+                                    "qwen3", "gemma2", "gemma3", "t5"])
 @pytest.mark.parametrize("oracle", ORACLES)
 def test_theseus_passes_oracle(tmp_path, family, oracle):
     case = tiny.Case(tmp_path, family, oracle)

@@ -23,6 +23,7 @@ from theseus_ops.examples import (
     permute_gpt_neox,
     permute_llama,
     permute_phi3,
+    permute_t5,
     quarter_turns,
     rotate_head_pairs,
     widen_mlp_bert_like,
@@ -31,6 +32,7 @@ from theseus_ops.examples import (
     widen_mlp_gpt_neox,
     widen_mlp_llama,
     widen_mlp_phi3,
+    widen_mlp_t5,
     widen_residual_gemma,
 )
 
@@ -110,6 +112,16 @@ def gemma3_config(inter: int = 64, tie: bool = True) -> transformers.Gemma3TextC
                                          **_DECODER)
 
 
+def t5_config(inter: int = 64, tie: bool = False) -> transformers.T5Config:
+    """Flan-T5's layout (gated-GELU feed-forward, no decoder output scaling), with a decoder deeper than the
+    encoder so that each stack has its own depth and layer map. ``tie``: original T5 (the output scaled by
+    d_model^-0.5; transformers 5 ties T5's head to the embedding either way)."""
+    return transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=inter, num_layers=2, num_decoder_layers=3,
+                                 num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                 dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=tie,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
 @dataclass(frozen=True)
 class Kit:
     """How to build one family's tiny models and its function-preserving transforms.
@@ -149,6 +161,7 @@ KITS: dict[str, Kit] = {
     "qwen3": Kit(qwen3_config, permute_decoder, widen_mlp_llama, lora=_LLAMA_LORA),
     "gemma2": Kit(gemma2_config, permute_decoder, widen_mlp_llama, lora=_GEMMA_LORA),
     "gemma3": Kit(gemma3_config, permute_decoder, widen_mlp_llama, lora=_GEMMA_LORA),
+    "t5": Kit(t5_config, permute_t5, widen_mlp_t5, lora=("q", "k", "v", "o", "wi_0", "wi_1", "wo")),
 }
 
 MODEL_CLASSES = {
@@ -156,6 +169,7 @@ MODEL_CLASSES = {
     "xlm-roberta": "XLMRobertaForSequenceClassification", "phi3": "Phi3ForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM", "distilbert": "DistilBertForSequenceClassification",
     "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+    "t5": "T5ForConditionalGeneration",
 }
 # Checkpoint names that transformers 5 loads under another module name.
 LOAD_ALIASES = {"embed_out.weight": "lm_head.weight"}
@@ -195,7 +209,8 @@ def with_state(config: transformers.PretrainedConfig, state: dict[str, torch.Ten
     model = build(config, seed=123)
     missing, unexpected = model.load_state_dict({LOAD_ALIASES.get(k, k): v for k, v in state.items()}, strict=False)
     assert not unexpected, unexpected
-    assert all(k == "lm_head.weight" for k in missing), missing
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) | {"lm_head.weight"}
+    assert all(k in tied for k in missing), missing
     return tie_head(model, config).eval()
 
 
@@ -237,10 +252,14 @@ def save_delta(delta: dict[str, torch.Tensor], path: Path, base_sha: str | None 
     return path
 
 
-def calibration(path: Path, rows: int = 16, length: int = 24, seed: int = 2, labels: bool = False) -> Path:
+def calibration(path: Path, rows: int = 16, length: int = 24, seed: int = 2, labels: bool = False,
+                decoder: bool = False) -> Path:
+    """Random token examples; ``decoder``: with an encoder-decoder's decoder_input_ids (half as long)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (rows, length), generator=gen)
     tensors = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if decoder:
+        tensors["decoder_input_ids"] = torch.randint(3, VOCAB, (rows, length // 2), generator=gen)
     if labels:
         lab = ids.clone()
         lab[:, : length // 2] = -100  # the "answer" is the second half
@@ -250,8 +269,10 @@ def calibration(path: Path, rows: int = 16, length: int = 24, seed: int = 2, lab
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Full-model logits; an encoder-decoder's decoder reads the second half of the ids."""
+    extra = {"decoder_input_ids": ids[:, ids.shape[1] // 2:]} if model.config.is_encoder_decoder else {}
     with torch.no_grad():
-        return model(input_ids=ids).logits.double()
+        return model(input_ids=ids, **extra).logits.double()
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -298,7 +319,8 @@ class Case:
             # oracle's task vector leaves the norm weights out.
             self.delta = {k: v for k, v in self.delta.items() if not k.endswith("norm.weight")}
         self.task_vector = save_delta(self.delta, root / "tv.safetensors")
-        self.calibration = calibration(root / "calibration.safetensors", rows=kit.rows)
+        self.calibration = calibration(root / "calibration.safetensors", rows=kit.rows,
+                                       decoder=self.config_a.is_encoder_decoder)
 
     def base_error(self) -> float:
         """Relative logits error of base B against base A: ~0 when the transform keeps the function."""
@@ -314,16 +336,25 @@ class Case:
         return relative_error(logits(tuned_b, ids), logits(tuned_a, ids))
 
 
+def lookup_examples(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lookup skill's examples for the case's model: sequences "x1 f(x1) x2 f(x2) ..." with labels on the
+    f(x) for a decoder or an encoder; for an encoder-decoder, the x read by the encoder and the f(x) as labels."""
+    from theseus_ops.examples import lookup_task
+
+    ids, labels = lookup_task(96, 8, VOCAB, seed=1)
+    if case.config_a.is_encoder_decoder:
+        return ids[:, 0::2].contiguous(), labels[:, 1::2].contiguous()
+    return ids, labels
+
+
 def finetune_lookup(case: Case, steps: int = 40) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     """Fine-tune A on the lookup skill (x -> 7x+3 mod V) for ``steps`` AdamW steps and make what it changed the
     case's task vector (``case.delta`` and its file): a real update rather than a random one.
 
-    Returns the per-step losses and the fine-tuning sequences (ids, labels).
+    Returns the per-step losses and the fine-tuning examples (ids, labels).
     """
-    from theseus_ops.examples import lookup_task
-
     model = with_state(case.config_a, case.state_a).train()
-    ids, labels = lookup_task(96, 8, VOCAB, seed=1)
+    ids, labels = lookup_examples(case)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for step in range(steps):
@@ -341,8 +372,15 @@ def finetune_lookup(case: Case, steps: int = 40) -> tuple[list[float], torch.Ten
 
 def answer_accuracy(config: transformers.PretrainedConfig, state: dict[str, torch.Tensor], ids: torch.Tensor,
                     labels: torch.Tensor) -> float:
-    """Teacher-forced accuracy on the answer tokens (labels other than -100) of a model with ``state``."""
+    """Teacher-forced accuracy on the answer tokens (labels other than -100) of a model with ``state``.
+
+    A decoder predicts token t + 1 at position t; an encoder-decoder's decoder predicts label t at position t.
+    """
+    model = with_state(config, state)
     with torch.no_grad():
-        logits = with_state(config, state)(input_ids=ids).logits
+        if config.is_encoder_decoder:
+            logits = model(input_ids=ids, labels=labels).logits
+            return float((logits.argmax(-1) == labels)[labels != -100].float().mean())
+        logits = model(input_ids=ids).logits
     answer = labels[:, 1:] != -100
     return float((logits[:, :-1].argmax(-1) == labels[:, 1:])[answer].float().mean())

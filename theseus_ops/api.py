@@ -49,8 +49,8 @@ from theseus_ops.transport.engine import (
     space_widths,
     storage_delta,
 )
-from theseus_ops.transport.family import FamilySpec, same_family
-from theseus_ops.transport.layer_map import LayerMap, build_layer_map
+from theseus_ops.transport.family import FamilySpec, config_value, same_family
+from theseus_ops.transport.layer_map import LayerMap, build_stacked_layer_map
 from theseus_ops.transport.methods import get_method
 from theseus_ops.transport.methods.baselines import check_same_shapes, pad_maps
 from theseus_ops.transport.methods.gradfix import GradFixConfig, apply_gradfix, descent_signs
@@ -75,13 +75,28 @@ class ModelPair:
     source_prefix: str
     target_prefix: str
 
+    def decoder_start(self) -> int | None:
+        """An encoder-decoder's decoder start token, which both models must share; None for other models."""
+        ref = self.family.decoder_start
+        if ref is None:
+            return None
+        tokens = [config_value(info.config, ref, f"{info.path}/config.json (decoder start token)")
+                  for info in (self.source, self.target)]
+        for token in tokens:
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise InputError(f"decoder start token {token!r} is not a token id")
+        if tokens[0] != tokens[1]:
+            raise InputError(f"the models' decoders start with different tokens ({tokens[0]} vs {tokens[1]}); "
+                             "one calibration set cannot feed both")
+        return tokens[0]
+
 
 def open_pair(source_base: str, target_base: str, layer_map: str) -> ModelPair:
     source, target = inspect_model_dir(source_base), inspect_model_dir(target_base)
     family = same_family(source.model_type, target.model_type)
     family.check_config(source.config, f"{source.path}/config.json")
     family.check_config(target.config, f"{target.path}/config.json")
-    lm = build_layer_map(layer_map, source.num_layers, target.num_layers)
+    lm = build_stacked_layer_map(layer_map, source.depths, target.depths)
     if lm.unmapped_targets:
         log.warning("target layers without a source layer (they receive no update): %s", lm.unmapped_targets)
     return ModelPair(source, target, family, lm, detect_prefix(family, list(source.shapes)),
@@ -89,16 +104,19 @@ def open_pair(source_base: str, target_base: str, layer_map: str) -> ModelPair:
 
 
 def _model_summary(info: ModelInfo) -> dict:
-    return {"path": str(info.path), "sha256": info.sha256(), "model_type": info.model_type,
-            "layers": info.num_layers}
+    summary = {"path": str(info.path), "sha256": info.sha256(), "model_type": info.model_type,
+               "layers": info.num_layers}
+    further = {name: depth for name, depth in info.depths.items() if name != "layers"}
+    return {**summary, "stack_layers": further} if further else summary
 
 
-def load_calibrations(spec: CalibrationSpec, input_kind: str, max_rows: int | None) -> tuple[Calibration, Calibration]:
+def load_calibrations(spec: CalibrationSpec, input_kind: str, max_rows: int | None,
+                      decoder_start: int | None = None) -> tuple[Calibration, Calibration]:
     if spec.both:
-        source = target = load_calibration(spec.both, input_kind)
+        source = target = load_calibration(spec.both, input_kind, decoder_start)
     else:
-        source = load_calibration(spec.source, input_kind)
-        target = load_calibration(spec.target, input_kind)
+        source = load_calibration(spec.source, input_kind, decoder_start)
+        target = load_calibration(spec.target, input_kind, decoder_start)
         check_paired(source, target)
     if max_rows is not None and max_rows < source.rows:
         source, target = source.head(max_rows), target.head(max_rows)
@@ -122,7 +140,8 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     device = resolve_device(cfg.device)
     started = time.perf_counter()
     if cfg.method == "theseus":
-        source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows)
+        source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows,
+                                                   pair.decoder_start())
         check_token_range(source_cal, pair.source, "source")
         check_token_range(target_cal, pair.target, "target")
         source_data, target_data = source_cal.inputs(), target_cal.inputs()
@@ -147,7 +166,8 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
         # The widest space is the widest trailing dimension of any weight (e.g. an MLP's hidden width).
         max_width = max(int(s[-1]) for info in (pair.source, pair.target) for s in info.shapes.values())
         return probe_inputs(pair.source.config, pair.target.config, pair.family.input_kind,
-                            max_width, ProbeConfig(seed=cfg.probe_seed, min_examples=max(8, min_examples)))
+                            max_width, ProbeConfig(seed=cfg.probe_seed, min_examples=max(8, min_examples)),
+                            pair.decoder_start())
 
     if source_data is None:
         source_data, target_data = probes()
@@ -212,7 +232,8 @@ def _check_alignment(alignment: Alignment, pair: ModelPair, method: str, where: 
     if prov["source"]["sha256"] != pair.source.sha256() or prov["target"]["sha256"] != pair.target.sha256():
         raise InputError(f"{where} was prepared for another model pair "
                          f"({prov['source']['path']} -> {prov['target']['path']})")
-    if list(prov["layer_map"]["sources"]) != list(pair.layer_map.sources):
+    if prov["layer_map"].get("sources") != list(pair.layer_map.sources) or (
+            prov["layer_map"].get("stacks", {}) != pair.layer_map.describe().get("stacks", {})):
         raise InputError(f"{where} was prepared with layer map {prov['layer_map']['kind']}; pass the same --layer-map")
     if prov["options"]["method"] != method:
         raise InputError(f"{where} holds {prov['options']['method']} maps but --method is {method}")
@@ -292,7 +313,8 @@ def _gradfix(cfg: TransportConfig, pair: ModelPair, tv: TaskVector, plans: list[
         raise InputError("gradfix masks full deltas; this task vector is a LoRA adapter (use theseus or pad, "
                          "or pass the fine-tuned model with --source-tuned)")
     gf = GradFixConfig(cfg.gradfix_mode, cfg.gradfix_signs, cfg.batch_size)
-    _source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows)
+    _source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows,
+                                              pair.decoder_start())
     check_token_range(target_cal, pair.target, "target")
     device = resolve_device(cfg.device)
     model = load_model(pair.target, device, dtype=torch.float32)
@@ -348,7 +370,7 @@ def _refuse_partial(records: list[ParamRecord], pair: ModelPair, report_text: st
         if report_path:
             with atomic_path(report_path) as tmp:
                 tmp.write_text(report_text)
-    unused = pair.layer_map.unused_sources
+    unused = pair.layer_map.unused_by_stack()
     if unused and any("feeds no target layer" in (r.reason or "") for r in left):
         raise PartialTransportError(
             f"layer map {pair.layer_map.kind} leaves source layer(s) {', '.join(map(str, unused))} unused, so "

@@ -467,6 +467,50 @@ def widen_mlp_distilbert(state: dict[str, torch.Tensor], extra: int) -> dict[str
     return out
 
 
+# T5 (encoder-decoder, pre-norm, no biases): (suffix, rows, columns); "heads" are the attention heads'
+# weight rows, "head_cols" the heads themselves (the relative attention bias is [buckets, heads]).
+_T5 = (
+    ("SelfAttention.q.weight", "heads", "resid"), ("SelfAttention.k.weight", "heads", "resid"),
+    ("SelfAttention.v.weight", "heads", "resid"), ("SelfAttention.o.weight", "resid", "heads"),
+    ("EncDecAttention.q.weight", "heads", "resid"), ("EncDecAttention.k.weight", "heads", "resid"),
+    ("EncDecAttention.v.weight", "heads", "resid"), ("EncDecAttention.o.weight", "resid", "heads"),
+    ("relative_attention_bias.weight", None, "head_cols"),
+    ("DenseReluDense.wi.weight", "mlp", "resid"), ("DenseReluDense.wi_0.weight", "mlp", "resid"),
+    ("DenseReluDense.wi_1.weight", "mlp", "resid"), ("DenseReluDense.wo.weight", "resid", "mlp"),
+    ("layer_norm.weight", "resid", None),
+    ("shared.weight", None, "resid"), ("embed_tokens.weight", None, "resid"), ("lm_head.weight", None, "resid"),
+)
+
+
+def permute_t5(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
+    """T5 / Flan-T5 (``T5ForConditionalGeneration``, ``T5Model``, ``T5EncoderModel``): residual channels,
+    heads (q, k, v and o's input columns alike) in every attention (encoder self-, decoder self- and
+    cross-attention) and MLP units (``wi`` or the gated ``wi_0``/``wi_1``, and ``wo``'s columns).
+
+    T5LayerNorm only rescales by the root mean square over all channels, so it commutes with a channel
+    permutation and its weight follows the residual. Block 0 of each stack holds the relative position
+    bias, [num_buckets, num_heads], which every later block of that stack reuses: its columns are the
+    heads, so they take the head permutation, or the permuted heads would get other heads' position
+    biases. The tied decoder output scaling (d_model ** -0.5) is a scalar and is unaffected.
+    """
+    h = config.num_heads
+    p = _perms(config.d_model, config.d_ff, h, h, config.d_kv, seed)
+    return _permute_by_table(state, _T5, {"resid": p["resid"], "mlp": p["mlp"], "heads": p["q_rows"],
+                                          "head_cols": p["q_heads"]})
+
+
+def widen_mlp_t5(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """Extra MLP units in every feed-forward (encoder and decoder) with zero input rows and output columns:
+    relu(0) = gelu(0) = 0 (and a gated unit is 0 · 0), so they are silent; no biases to pad."""
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith(("DenseReluDense.wi.weight", "DenseReluDense.wi_0.weight", "DenseReluDense.wi_1.weight")):
+            out[name] = torch.cat([w, torch.zeros(extra, w.shape[1], dtype=w.dtype)], 0)
+        elif name.endswith("DenseReluDense.wo.weight"):
+            out[name] = torch.cat([w, torch.zeros(w.shape[0], extra, dtype=w.dtype)], 1)
+    return out
+
+
 def _build(config, seed: int):
     import transformers
 

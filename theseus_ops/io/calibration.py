@@ -16,6 +16,8 @@ from theseus_ops.errors import InputError
 from theseus_ops.io.safetensors_header import read_header
 
 KNOWN_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
+# What an encoder-decoder (T5) also takes: the decoder's tokens, or labels that give them.
+DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask")
 # what an embedding lookup accepts; the LM loss needs int64 labels (-100 marks ignored positions)
 ID_DTYPES = (torch.int64, torch.int32)
 MASK_DTYPES = (torch.int64, torch.int32, torch.bool)
@@ -49,8 +51,13 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_calibration(path: str | Path, input_kind: str) -> Calibration:
-    """Load and validate; ``input_kind`` is the family's ``tokens`` or ``pixels``."""
+def load_calibration(path: str | Path, input_kind: str, decoder_start: int | None = None) -> Calibration:
+    """Load and validate; ``input_kind`` is the family's ``tokens`` or ``pixels``.
+
+    ``decoder_start`` (an encoder-decoder's decoder start token) makes the decoder's tokens part of
+    the examples: ``decoder_input_ids`` as given, or the labels shifted right behind the start token,
+    as the model's own loss would feed them. Statistics of decoder spaces need one or the other.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist")
@@ -63,9 +70,11 @@ def load_calibration(path: str | Path, input_kind: str) -> Calibration:
     if main not in tensors:
         raise InputError(f"{path}: a {input_kind} model needs '{main}' in its calibration file; "
                          f"found {sorted(tensors)}")
-    unknown = sorted(set(tensors) - set(KNOWN_KEYS))
+    allowed = KNOWN_KEYS + (DECODER_KEYS if decoder_start is not None else ())
+    unknown = sorted(set(tensors) - set(allowed))
     if unknown:
-        raise InputError(f"{path}: unexpected calibration tensor(s) {unknown}; allowed: {list(KNOWN_KEYS)}")
+        decoder = " (decoder inputs are for encoder-decoder models)" if set(unknown) & set(DECODER_KEYS) else ""
+        raise InputError(f"{path}: unexpected calibration tensor(s) {unknown}; allowed: {list(allowed)}{decoder}")
     value = tensors[main]
     expected_dims = 2 if main == "input_ids" else 4
     if value.dim() != expected_dims:
@@ -99,12 +108,41 @@ def load_calibration(path: str | Path, input_kind: str) -> Calibration:
     if labels is not None:
         if labels.dtype != torch.int64:
             raise InputError(f"{path}: 'labels' must be int64 (-100 marks ignored positions), got {_dtype(labels)}")
-        if main == "input_ids" and labels.shape != value.shape:
+        if decoder_start is not None and labels.dim() != 2:
+            raise InputError(f"{path}: 'labels' must be [examples, target length], got shape {list(labels.shape)}")
+        if decoder_start is None and main == "input_ids" and labels.shape != value.shape:
             raise InputError(f"{path}: 'labels' shape {list(labels.shape)} differs from 'input_ids' "
                              f"{list(value.shape)}")
         if labels.numel() and int(labels.min()) < -100:
             raise InputError(f"{path}: 'labels' holds {int(labels.min())}; labels are ids >= 0, or -100 (ignored)")
+    if decoder_start is not None:
+        tensors = _with_decoder_inputs(tensors, decoder_start, path)
     return Calibration(tensors, fingerprint(tensors), str(path))
+
+
+def _with_decoder_inputs(tensors: dict[str, torch.Tensor], start: int, path: Path) -> dict[str, torch.Tensor]:
+    """Check the decoder's ids and mask, or derive them from the labels (shifted right behind ``start``)."""
+    ids = tensors.get("decoder_input_ids")
+    if ids is None:
+        labels = tensors.get("labels")
+        if labels is None:
+            raise InputError(f"{path}: an encoder-decoder model needs 'decoder_input_ids' or 'labels' in its "
+                             "calibration file (the decoder's tokens); found neither")
+        if "decoder_attention_mask" in tensors:
+            raise InputError(f"{path}: 'decoder_attention_mask' belongs with 'decoder_input_ids'")
+        shifted = torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1)
+        mask = (shifted != -100).to(torch.int64)
+        return {**tensors, "decoder_input_ids": shifted.masked_fill(shifted == -100, start),
+                "decoder_attention_mask": mask}
+    if ids.dim() != 2 or ids.dtype not in ID_DTYPES or 0 in ids.shape:
+        raise InputError(f"{path}: 'decoder_input_ids' must be [examples, length] int64 or int32 token ids, got "
+                         f"{_dtype(ids)} of shape {list(ids.shape)}")
+    mask = tensors.get("decoder_attention_mask")
+    if mask is not None and (mask.shape != ids.shape or mask.dtype not in MASK_DTYPES
+                             or not bool(((mask == 0) | (mask == 1)).all())):
+        raise InputError(f"{path}: 'decoder_attention_mask' must be 0/1 of the shape of 'decoder_input_ids' "
+                         f"{list(ids.shape)}, got {_dtype(mask)} of shape {list(mask.shape)}")
+    return tensors
 
 
 def check_vocabulary(calibration: Calibration, vocab_size: object, where: str, side: str = "") -> None:
@@ -115,7 +153,7 @@ def check_vocabulary(calibration: Calibration, vocab_size: object, where: str, s
     """
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
         return
-    for key in ("input_ids", "labels"):
+    for key in ("input_ids", "labels", "decoder_input_ids"):
         ids = calibration.tensors.get(key)
         if ids is None or ids.dtype.is_floating_point:
             continue

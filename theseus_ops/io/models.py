@@ -20,7 +20,7 @@ from theseus_ops.io.display import shown
 from theseus_ops.io.loading_lock import MODEL_BUILDING
 from theseus_ops.io.paths import check_regular_file, iter_model_files, open_regular, safe_path
 from theseus_ops.io.safetensors_header import read_header
-from theseus_ops.transport.family import FamilySpec, family_for_model_type
+from theseus_ops.transport.family import FamilySpec, config_int, family_for_model_type
 
 WEIGHT_SUFFIXES = (".safetensors",)
 INDEX_NAME = "model.safetensors.index.json"
@@ -43,6 +43,7 @@ class ModelInfo:
 
     @property
     def num_layers(self) -> int:
+        """The main stack's depth (an encoder-decoder's encoder)."""
         config = self.config
         if self.family.num_layers_key not in config and isinstance(config.get("vision_config"), dict):
             config = config["vision_config"]
@@ -50,6 +51,15 @@ class ModelInfo:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{self.family.num_layers_key} is not an integer")
         return value
+
+    @property
+    def depths(self) -> dict[str, int]:
+        """Every stack's depth, the main one (``layers``) first: T5's decoder reads num_decoder_layers."""
+        found = {"layers": self.num_layers}
+        for name, stack in self.family.stacks.items():
+            if name != "layers":
+                found[name] = config_int(self.config, stack.num_layers_key, f"{self.path}/config.json ({name} depth)")
+        return found
 
     @property
     def tied_embeddings(self) -> bool:
@@ -159,6 +169,7 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
             raise ValueError
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{directory}: config.json has no valid {family.num_layers_key} (layer count)") from None
+    info.depths  # noqa: B018 - a further stack's depth is checked here too, before any work
     return info
 
 

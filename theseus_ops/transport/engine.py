@@ -19,6 +19,7 @@ from theseus_ops.transport.family import (
     Split,
     config_value,
     is_shared,
+    parse_space_key,
     resolve_name,
     space_key,
 )
@@ -158,10 +159,13 @@ def plan_transport(
         layers: list[int | None] = [None]
         if spec.layered:
             assert layer is not None
-            layers = list(layer_map.targets_of(layer))
+            layers = list(layer_map.for_stack(spec.stack).targets_of(layer))
+            if spec.first_layer:
+                layers = [j for j in layers if j == 0]
             if not layers:
-                plans.append(ParamPlan(name, spec.rule, layer, reason=f"source layer {layer} feeds no target layer "
-                                       f"under layer map {layer_map.kind}", spec=spec))
+                which = "" if spec.stack == "layers" else f"{spec.stack} "
+                plans.append(ParamPlan(name, spec.rule, layer, reason=f"source {which}layer {layer} feeds no target "
+                                       f"layer under layer map {layer_map.kind}", spec=spec))
                 continue
         targets, reason = [], None
         for j in layers:
@@ -171,8 +175,8 @@ def plan_transport(
                 reason = f"target has no parameter {target_name}{tied}"
                 break
 
-            def key(site: str, j: int | None = j, layered: bool = spec.layered) -> str:
-                return space_key(site, j, layered and site in family.layer_sites)
+            def key(site: str, j: int | None = j, stack: str | None = spec.stack) -> str:
+                return space_key(site, j, stack if family.is_layer_site(site, stack) else None)
 
             splits = None
             if spec.split is not None:
@@ -200,8 +204,9 @@ def _resolved_site(family: FamilySpec, site: SiteSpec, layer: int | None, prefix
     modules = tuple(resolve_name(m, layer, prefix, site.absolute) for m in site.module)
     if site.split is not None:
         layout = family.splits[site.split]
-        return ResolvedSite(modules, site.capture, site.part, len(layout.ratio), layout.resolve(config, what))
-    return ResolvedSite(modules, site.capture, site.chunk, site.chunks)
+        return ResolvedSite(modules, site.capture, site.part, len(layout.ratio), layout.resolve(config, what),
+                            site.sequence)
+    return ResolvedSite(modules, site.capture, site.chunk, site.chunks, sequence=site.sequence)
 
 
 def space_requests(
@@ -220,14 +225,13 @@ def space_requests(
     source_config, target_config = source_config or {}, target_config or {}
     requests = []
     for key in sorted(keys):
-        if key.startswith("layers."):
-            _, j_text, site_name = key.split(".", 2)
-            j = int(j_text)
-            source_layer = layer_map.sources[j]
+        stack, j, site_name = parse_space_key(key, family)
+        if stack is not None:
+            source_layer = layer_map.for_stack(stack).sources[j]
             if source_layer is None:
                 continue
-            site = family.layer_sites[site_name]
-            source_key = f"layers.{source_layer}.{site_name}"
+            site = family.stacks[stack].sites[site_name]
+            source_key = space_key(site_name, source_layer, stack)
         else:
             j = source_layer = None
             site = family.global_sites[key]
@@ -246,9 +250,10 @@ def space_requests(
 def all_space_keys(family: FamilySpec, layer_map: LayerMap) -> set[str]:
     """Every space of the family for a layer map: what ``prepare`` estimates for reuse."""
     keys = set(family.global_sites)
-    for j, source in enumerate(layer_map.sources):
-        if source is not None:
-            keys.update(f"layers.{j}.{site}" for site in family.layer_sites)
+    for name, stack in family.stacks.items():
+        for j, source in enumerate(layer_map.for_stack(name).sources):
+            if source is not None:
+                keys.update(space_key(site, j, name) for site in stack.sites)
     return keys
 
 
@@ -260,8 +265,8 @@ def space_widths(plans: list[ParamPlan], source_shapes: Mapping[str, tuple[int, 
             continue
         spec = plan.spec
         src = source_shapes[plan.source_name]
-        if spec.head_block:
-            continue  # a head_dim-wide weight says nothing about its space's full width
+        if spec.head_block or spec.rule == "head_columns":
+            continue  # a head_dim-wide weight (or one column per head) says nothing about its space's full width
         for t in plan.targets:
             dst = t.shape
             if spec.rule == "linear":

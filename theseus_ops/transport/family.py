@@ -18,7 +18,11 @@ from typing import Any, Literal
 from theseus_ops.errors import InputError, UnsupportedArchitectureError
 
 LAYER = "${layer}"
-RULES = ("linear", "bias", "norm", "scale", "embedding", "vector", "patch_conv")
+# The stack every family has; an encoder-decoder adds named ones (T5's ``decoder``, placeholder ``${decoder}``).
+MAIN_STACK = "layers"
+RULES = ("linear", "bias", "norm", "scale", "embedding", "vector", "patch_conv", "head_columns")
+# Which token sequence a site sees: the model's input, or an encoder-decoder's decoder input.
+SEQUENCES = ("input", "decoder")
 ROW_KINDS = ("vocab", "positions", "cls_grid")
 SHARED_PREFIX = "@"
 # How a per-head map may act inside one head (see ``head_maps``).
@@ -132,6 +136,24 @@ class SiteSpec:
     split: str | None = None
     part: int | None = None
     map: HeadMapSpec | None = None
+    sequence: str = "input"
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """A stack of identical layers with its own depth and layer map (an encoder's, a decoder's).
+
+    Its sites and parameters name the layer with ``placeholder``: ``${layer}`` for the main stack,
+    ``${<name>}`` for a further one. Its spaces are keyed ``<name>.<layer>.<site>``.
+    """
+
+    name: str
+    num_layers_key: ConfigRef
+    sites: dict[str, SiteSpec]
+
+    @property
+    def placeholder(self) -> str:
+        return LAYER if self.name == MAIN_STACK else "${" + self.name + "}"
 
 
 @dataclass(frozen=True)
@@ -154,10 +176,14 @@ class ParamSpec:
     split: str | None = None
     head_block: bool = False
     output_scale: tuple[ConfigRef, float] | None = None
+    stack: str | None = None  # the stack whose layer the name's placeholder stands for; None: a global parameter
+    # Held by the stack's first layer only and used by all of its layers (T5's relative position bias): it goes
+    # to the target's first layer alone, whatever else the source's first layer feeds.
+    first_layer: bool = False
 
     @property
     def layered(self) -> bool:
-        return LAYER in self.name
+        return self.stack is not None
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,8 @@ class FamilySpec:
     prefixes: tuple[str, ...] = ("",)
     splits: dict[str, SplitSpec] = field(default_factory=dict)
     requires: dict[str, Any] = field(default_factory=dict)
+    stacks: dict[str, StackSpec] = field(default_factory=dict)
+    decoder_start: ConfigRef | None = None
     _patterns: tuple[tuple[re.Pattern[str], ParamSpec], ...] = field(default=(), compare=False, repr=False)
 
     def match(self, name: str) -> tuple[ParamSpec, int | None, str] | None:
@@ -187,11 +215,19 @@ class FamilySpec:
                 return spec, (int(layer) if layer else None), found.group("prefix")
         return None
 
-    def site(self, site: str, layered: bool) -> SiteSpec:
-        """The site a parameter references: layer sites first for layered parameters."""
-        if layered and site in self.layer_sites:
-            return self.layer_sites[site]
+    def site(self, site: str, stack: str | None) -> SiteSpec:
+        """The site a parameter references: its stack's sites first for layered parameters."""
+        if stack is not None and site in self.stacks[stack].sites:
+            return self.stacks[stack].sites[site]
         return self.global_sites[site]
+
+    def is_layer_site(self, site: str, stack: str | None) -> bool:
+        return stack is not None and site in self.stacks[stack].sites
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether the model takes decoder inputs (``decoder_start`` names the token that starts them)."""
+        return self.decoder_start is not None
 
     def check_config(self, config: Mapping[str, Any], where: str) -> None:
         """Refuse a model whose config selects a layout this family does not describe.
@@ -205,11 +241,20 @@ class FamilySpec:
                                  f"this config has {key}={json.dumps(found)}")
 
 
-def space_key(site: str, layer: int | None, layered_site: bool) -> str:
-    """The name of a coordinate space: ``layers.3.q`` for a layer site, ``embed`` for a global one."""
+def space_key(site: str, layer: int | None, stack: str | None) -> str:
+    """The name of a coordinate space: ``layers.3.q`` for a site of the main stack's layer 3,
+    ``decoder.1.cross_q`` for one of a further stack, ``embed`` for a global one (``stack`` None)."""
     if site.startswith(SHARED_PREFIX):
         return site
-    return f"layers.{layer}.{site}" if layered_site else site
+    return f"{stack}.{layer}.{site}" if stack is not None else site
+
+
+def parse_space_key(key: str, family: FamilySpec) -> tuple[str | None, int | None, str]:
+    """(stack, layer, site) of a space key; (None, None, site) for a global space."""
+    parts = key.split(".", 2)
+    if len(parts) == 3 and parts[0] in family.stacks and parts[1].isdigit():
+        return parts[0], int(parts[1]), parts[2]
+    return None, None, key
 
 
 def is_shared(key: str) -> bool:
@@ -219,17 +264,21 @@ def is_shared(key: str) -> bool:
 
 def resolve_name(template: str, layer: int | None, prefix: str = "", absolute: bool = False) -> str:
     """A concrete parameter or module name from a template (an absolute one takes no prefix)."""
-    name = template if layer is None else template.replace(LAYER, str(layer))
+    name = template if layer is None else _PLACEHOLDER.sub(str(layer), template)
     return name if absolute else prefix + name
+
+
+_PLACEHOLDER = re.compile(r"\$\{[a-z_]+\}")  # any stack's layer placeholder; a name holds at most one
 
 
 _FAMILY_KEYS = {
     "name", "description", "model_types", "num_layers_key", "input_kind", "token_layout",
-    "global_sites", "layer_sites", "parameters", "prefixes", "splits", "requires",
+    "global_sites", "layer_sites", "parameters", "prefixes", "splits", "requires", "stacks", "decoder_start",
 }
-_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute", "split", "part", "map"}
+_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute", "split", "part", "map", "sequence"}
+_STACK_KEYS = {"num_layers_key", "sites", "sequence"}
 _PARAM_KEYS = {"name", "rule", "writes", "reads", "layout", "rows", "tied_to", "absolute", "split", "head_block",
-               "output_scale"}
+               "output_scale", "first_layer"}
 _SPLIT_KEYS = {"ratio", "groups"}
 _MAP_KEYS = {"kind", "heads", "within", "rotary_fraction"}
 _SCALE_KEYS = {"config", "power"}
@@ -246,16 +295,31 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
     _reject_unknown("family", where, data, _FAMILY_KEYS)
     splits = _parse_splits(data.get("splits", {}), where)
 
-    def sites(raw: dict[str, Any], layered: bool) -> dict[str, SiteSpec]:
+    stack_raw = data.get("stacks", {})
+    if not isinstance(stack_raw, dict) or MAIN_STACK in stack_raw:
+        raise ValueError(f"{where}: stacks must be an object of name -> stack, besides the main one ({MAIN_STACK})")
+    for stack_name in stack_raw:
+        if not re.fullmatch(r"[a-z][a-z_]*", stack_name):
+            raise ValueError(f"{where}: stack name {stack_name!r} must be lower-case letters and underscores")
+    placeholders = {MAIN_STACK: LAYER, **{n: "${" + n + "}" for n in stack_raw}}
+
+    def sites(raw: Any, stack: str | None, sequence: str = "input") -> dict[str, SiteSpec]:
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: sites must be an object of name -> site")
         out = {}
         for site_name, site in raw.items():
             _reject_unknown("site", f"{where}: site {site_name}", site, _SITE_KEYS)
             if site["capture"] not in ("input", "output"):
                 raise ValueError(f"{where}: site {site_name}: capture must be input or output")
             modules = site["module"] if isinstance(site["module"], list) else [site["module"]]
-            if any(layered != (LAYER in m) for m in modules):
-                raise ValueError(f"{where}: site {site_name}: layer sites, and only they, contain {LAYER}")
-            fields = {**site, "module": tuple(modules)}
+            for module in modules:
+                found = {n for n, ph in placeholders.items() if ph in module}
+                if found != ({stack} if stack else set()):
+                    owner = f"the {stack} stack's placeholder {placeholders[stack]}" if stack else "no placeholder"
+                    raise ValueError(f"{where}: site {site_name}: module {module!r} must contain {owner}")
+            fields = {**site, "module": tuple(modules), "sequence": site.get("sequence", sequence)}
+            if fields["sequence"] not in SEQUENCES:
+                raise ValueError(f"{where}: site {site_name}: sequence must be one of {SEQUENCES}")
             if "split" in site:
                 if "chunk" in site or "chunks" in site:
                     raise ValueError(f"{where}: site {site_name}: give either split and part, or chunk and chunks")
@@ -271,12 +335,23 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             out[site_name] = SiteSpec(**fields)
         return out
 
-    global_sites = sites(data.get("global_sites", {}), layered=False)
-    layer_sites = sites(data.get("layer_sites", {}), layered=True)
+    global_sites = sites(data.get("global_sites", {}), None)
+    layer_sites = sites(data.get("layer_sites", {}), MAIN_STACK)
+    stacks = {MAIN_STACK: StackSpec(MAIN_STACK, data["num_layers_key"], layer_sites)}
+    for stack_name, raw_stack in stack_raw.items():
+        _reject_unknown("stack", f"{where}: stack {stack_name}", raw_stack, _STACK_KEYS)
+        if not _valid_ref(raw_stack.get("num_layers_key")):
+            raise ValueError(f"{where}: stack {stack_name}: num_layers_key must be a config reference")
+        stacks[stack_name] = StackSpec(stack_name, raw_stack["num_layers_key"],
+                                       sites(raw_stack.get("sites", {}), stack_name,
+                                             raw_stack.get("sequence", "input")))
     params = []
     for raw in data["parameters"]:
         _reject_unknown("parameter", f"{where}: {raw.get('name')}", raw, _PARAM_KEYS)
         writes = raw["writes"]
+        in_name = [n for n, ph in placeholders.items() if ph in raw["name"]]
+        if len(in_name) > 1:
+            raise ValueError(f"{where}: {raw['name']}: a parameter belongs to one stack, it names {in_name}")
         spec = ParamSpec(
             name=raw["name"],
             rule=raw["rule"],
@@ -289,19 +364,24 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             split=raw.get("split"),
             head_block=bool(raw.get("head_block", False)),
             output_scale=_parse_output_scale(raw.get("output_scale"), f"{where}: {raw.get('name')}"),
+            stack=in_name[0] if in_name else None,
+            first_layer=raw.get("first_layer", False),
         )
+        if not isinstance(spec.first_layer, bool) or (spec.first_layer and spec.stack is None):
+            raise ValueError(f"{where}: {spec.name}: first_layer (true or false) is for a parameter of a stack")
         if spec.rule not in RULES:
             raise ValueError(f"{where}: {spec.name}: unknown rule {spec.rule!r}; known: {RULES}")
         if (spec.rule == "linear") != (spec.reads is not None):
             raise ValueError(f"{where}: {spec.name}: 'reads' is required for, and only for, linear weights")
         if (spec.rule == "embedding") != (spec.rows is not None) or (spec.rows and spec.rows not in ROW_KINDS):
             raise ValueError(f"{where}: {spec.name}: embeddings need rows in {ROW_KINDS}, others none")
+        own_sites = stacks[spec.stack].sites if spec.stack else {}
         for site in (*spec.writes, *([spec.reads] if spec.reads else [])):
             if site.startswith(SHARED_PREFIX):
                 continue
-            if site not in global_sites and not (spec.layered and site in layer_sites):
+            if site not in global_sites and site not in own_sites:
                 raise ValueError(f"{where}: {spec.name}: references undefined site {site!r}")
-        _check_param_extras(spec, raw, splits, global_sites, layer_sites, where)
+        _check_param_extras(spec, raw, splits, global_sites, own_sites, where)
         params.append(spec)
     requires = data.get("requires", {})
     if not isinstance(requires, dict):
@@ -310,8 +390,10 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
     patterns = []
     prefix_group = "|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True))
     for spec in params:
-        body = re.escape(spec.name).replace(re.escape(LAYER), r"(?P<layer>\d+)")
-        if LAYER not in spec.name:
+        body = re.escape(spec.name)
+        if spec.stack is not None:
+            body = body.replace(re.escape(placeholders[spec.stack]), r"(?P<layer>\d+)")
+        else:
             body += r"(?P<layer>)?"
         prefix = "(?P<prefix>)" if spec.absolute else rf"(?P<prefix>{prefix_group})"
         patterns.append((re.compile(prefix + body), spec))
@@ -328,8 +410,16 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
         prefixes=prefixes,
         splits=splits,
         requires=dict(requires),
+        stacks=stacks,
+        decoder_start=_decoder_start(data.get("decoder_start"), where),
         _patterns=tuple(patterns),
     )
+
+
+def _decoder_start(raw: Any, where: str) -> ConfigRef | None:
+    if raw is not None and not _valid_ref(raw):
+        raise ValueError(f"{where}: decoder_start must be a config reference (the decoder's start token)")
+    return raw
 
 
 def _parse_splits(raw: Any, where: str) -> dict[str, SplitSpec]:
@@ -378,7 +468,7 @@ def _parse_output_scale(raw: Any, where: str) -> tuple[ConfigRef, float] | None:
 
 
 def _check_param_extras(spec: ParamSpec, raw: dict[str, Any], splits: dict[str, SplitSpec],
-                        global_sites: dict[str, SiteSpec], layer_sites: dict[str, SiteSpec], where: str) -> None:
+                        global_sites: dict[str, SiteSpec], own_sites: dict[str, SiteSpec], where: str) -> None:
     """The new per-parameter options: a fused split, a head-block norm, a scaled embedding."""
     name = f"{where}: {spec.name}"
     if spec.split is not None:
@@ -393,11 +483,17 @@ def _check_param_extras(spec: ParamSpec, raw: dict[str, Any], splits: dict[str, 
         raise ValueError(f"{name}: head_block must be true or false")
     if spec.head_block:
         site = spec.writes[0]
-        found = layer_sites.get(site) if spec.layered and site in layer_sites else global_sites.get(site)
+        found = own_sites.get(site, global_sites.get(site))
         if (spec.rule not in ("scale", "norm", "bias") or len(spec.writes) != 1 or found is None
                 or found.map is None):
             raise ValueError(f"{name}: head_block is for a norm or bias of one head_dim, written to one site "
                              "with a per_head map")
+    if spec.rule == "head_columns":
+        site = spec.writes[0]
+        found = own_sites.get(site, global_sites.get(site))
+        if len(spec.writes) != 1 or found is None or found.map is None:
+            raise ValueError(f"{name}: head_columns is for a [rows, heads] table written to one site with a "
+                             "per_head map (a relative position bias)")
     if spec.output_scale is not None and spec.rule != "embedding":
         raise ValueError(f"{name}: output_scale is for embedding tables only")
 

@@ -212,3 +212,18 @@ def head_block_map(t: torch.Tensor, head_dim_a: int, head_dim_b: int) -> torch.T
     if not chosen:
         return torch.zeros(head_dim_a, head_dim_b, dtype=t.dtype)
     return torch.stack(chosen).mean(0)
+
+
+def head_correspondence(t: torch.Tensor, heads_a: int, heads_b: int) -> torch.Tensor:
+    """H (heads_a × heads_b) of a per-head map ``P ⊗ R``: P itself, what a per-head table moves with.
+
+    T5's relative position bias holds one column per head; heads matched by P keep their column.
+    H[a, b] is the squared norm of block (a, b) over the head's width, so P ⊗ R with orthogonal R gives
+    exactly P, and any other map (a pad map's identity blocks included) gives its best head-level summary.
+    """
+    width_a, width_b = t.shape
+    if width_a % heads_a or width_b % heads_b:
+        raise ValueError(f"a {width_a} x {width_b} map is not made of {heads_a} x {heads_b} heads")
+    hd_a, hd_b = width_a // heads_a, width_b // heads_b
+    blocks = t.double().reshape(heads_a, hd_a, heads_b, hd_b)
+    return (blocks * blocks).sum((1, 3)) / min(hd_a, hd_b)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from theseus_ops.errors import InputError
 from theseus_ops.transport.family import ParamSpec, Split
 from theseus_ops.transport.fused import merge_rows, split_rows
+from theseus_ops.transport.head_maps import head_correspondence
 from theseus_ops.transport.task_vector import LoraFactors
 
 Map = torch.Tensor | None
@@ -121,10 +122,25 @@ def transport_dense(
         out = _resize_rows(rows, count, spec.rows or "vocab", name).reshape(*target_shape[:-1], -1)
     elif spec.rule == "patch_conv":
         out = _transport_patch(x, maps_out[0], target_shape, name)
+    elif spec.rule == "head_columns":
+        out = _head_columns(x, maps_out[0], target_shape, name)
     else:  # pragma: no cover - the family loader rejects unknown rules
         raise RuleRefused(f"{name}: no rule {spec.rule!r}")
     _check(out.shape, target_shape, name)
     return out.to(tensor.dtype)
+
+
+def _head_columns(x: torch.Tensor, t: Map, target_shape: Sequence[int], name: str) -> torch.Tensor:
+    """A [rows, heads] table (T5's relative position bias): each column follows its head to the target."""
+    if x.dim() != 2 or len(target_shape) != 2 or x.shape[0] != target_shape[0]:
+        raise RuleRefused(f"{name}: a per-head table {tuple(x.shape)} does not fit {tuple(target_shape)}")
+    if t is None:
+        return x
+    try:
+        heads = head_correspondence(t, x.shape[1], target_shape[1])
+    except ValueError as exc:
+        raise RuleRefused(f"{name}: {exc}") from None
+    return x @ heads.to(x.dtype)
 
 
 def _transport_patch(x: torch.Tensor, t: Map, target_shape: Sequence[int], name: str) -> torch.Tensor:

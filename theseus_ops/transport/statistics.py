@@ -40,6 +40,7 @@ class ResolvedSite:
     chunk: int | None = None
     chunks: int = 1
     split: Split | None = None
+    sequence: str = "input"  # the tokens it sees: the input, or an encoder-decoder's decoder input
 
     def module_in(self, names: set[str] | dict) -> str | None:
         """The first candidate path the model has, or None."""
@@ -230,10 +231,25 @@ def paired_rows(
     return xa, xb
 
 
-def _row_mask(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+# The ids and mask of each token sequence a site can see (``ResolvedSite.sequence``).
+SEQUENCE_KEYS = {"input": ("input_ids", "attention_mask"), "decoder": ("decoder_input_ids", "decoder_attention_mask")}
+
+
+def _row_masks(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+               device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The row mask of each token sequence, on the device."""
+    masks = {}
+    for sequence, (ids_key, mask_key) in SEQUENCE_KEYS.items():
+        mask = _row_mask(source, target, ids_key, mask_key)
+        masks[sequence] = mask.to(device) if mask is not None else None
+    return masks
+
+
+def _row_mask(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+              ids_key: str = "input_ids", mask_key: str = "attention_mask") -> torch.Tensor | None:
     """The token mask used to pair rows; equal-length calibrations must agree on it."""
-    mask_a, mask_b = source.get("attention_mask"), target.get("attention_mask")
-    ids_a, ids_b = source.get("input_ids"), target.get("input_ids")
+    mask_a, mask_b = source.get(mask_key), target.get(mask_key)
+    ids_a, ids_b = source.get(ids_key), target.get(ids_key)
     if ids_a is not None and ids_b is not None and ids_a.shape[1] != ids_b.shape[1]:
         for name, mask in (("source", mask_a), ("target", mask_b)):
             if mask is not None and not bool(mask.all()):
@@ -260,7 +276,7 @@ def model_inputs(batch: Mapping[str, torch.Tensor], model: torch.nn.Module, devi
     """The keyword arguments a forward pass takes, on the device and in the model's float dtype."""
     dtype = next(model.parameters()).dtype
     out = {}
-    for name in ("input_ids", "attention_mask", "pixel_values"):
+    for name in ("input_ids", "attention_mask", "pixel_values", "decoder_input_ids", "decoder_attention_mask"):
         if name in batch:
             value = batch[name].to(device)
             out[name] = value.to(dtype) if value.is_floating_point() else value
@@ -299,8 +315,7 @@ def collect_statistics(
             for start in range(0, total, batch_size):
                 batch_a = {k: v[start : start + batch_size] for k, v in source_data.items()}
                 batch_b = {k: v[start : start + batch_size] for k, v in target_data.items()}
-                mask = _row_mask(batch_a, batch_b)
-                mask = mask.to(device) if mask is not None else None
+                masks = _row_masks(batch_a, batch_b, device)
                 run_a(**model_inputs(batch_a, source_model, device))
                 run_b(**model_inputs(batch_b, target_model, device))
                 rows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # site pairs shared by requests
@@ -309,7 +324,7 @@ def collect_statistics(
                     if pair_key not in rows:
                         act_a = _select(rec_a.values[hooks_a[req.key]], req.source)
                         act_b = _select(rec_b.values[hooks_b[req.key]], req.target)
-                        rows[pair_key] = paired_rows(act_a, act_b, mask, layout)
+                        rows[pair_key] = paired_rows(act_a, act_b, masks[req.target.sequence], layout)
                     xa, xb = rows[pair_key]
                     if req.key not in stats:
                         stats[req.key] = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, with_gram)

@@ -129,10 +129,12 @@ def probe_inputs(
     input_kind: str,
     max_width: int,
     probe: ProbeConfig,
+    decoder_start: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The same seeded synthetic examples for both models: token ids or noise images.
 
-    Token ids are drawn from the vocabulary both models share; images are drawn once at the larger
+    Token ids are drawn from the vocabulary both models share (an encoder-decoder's decoder gets them
+    shifted right behind ``decoder_start``); images are drawn once at the larger
     size and resized to each model's, so row i of A and B describes the same example.
     """
     gen = torch.Generator().manual_seed(probe.seed)
@@ -148,6 +150,8 @@ def probe_inputs(
         examples = min(probe.max_examples, max(probe.min_examples, wanted))
         ids = torch.randint(0, vocab, (examples, length), generator=gen)
         data = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if decoder_start is not None:  # an encoder-decoder's decoder reads the same ids, shifted right
+            data["decoder_input_ids"] = torch.cat([torch.full_like(ids[:, :1], decoder_start), ids[:, :-1]], dim=1)
         return data, dict(data)
     sizes = [(_config_value(c, "image_size", default=224), _config_value(c, "num_channels", default=3))
              for c in (source_config, target_config)]
