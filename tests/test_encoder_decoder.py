@@ -192,3 +192,9 @@ def test_t5_family_declares_both_stacks_and_the_cross_reads():
     assert (spec.stack, layer, spec.reads) == ("decoder", 2, "enc_out")
     assert family.stacks["decoder"].sites["cross_k"].sequence == "input"
     assert family.stacks["decoder"].sites["cross_q"].sequence == "decoder"
+
+
+def test_inspect_reports_each_stacks_depth(tmp_path):
+    tiny.save(tiny.build(tiny.t5_config()), tmp_path / "A")
+    found = api.inspect_path(tmp_path / "A")
+    assert (found["family"], found["layers"], found["stack_layers"]) == ("t5", 2, {"decoder": 3})

@@ -500,8 +500,12 @@ def inspect_path(path: str | Path) -> dict:
         raise InputError(f"{path} does not exist")
     if path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         info = inspect_model_dir(path)
-        return {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.family.name,
-                "layers": info.num_layers, "parameters": sum(math.prod(s) for s in info.shapes.values()),
+        summary = {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.family.name,
+                   "layers": info.num_layers}
+        further = {name: depth for name, depth in info.depths.items() if name != "layers"}
+        if further:  # an encoder-decoder: the decoder's depth beside the encoder's
+            summary["stack_layers"] = further
+        return {**summary, "parameters": sum(math.prod(s) for s in info.shapes.values()),
                 "tensors": len(info.shapes), "dtypes": sorted(set(info.dtypes.values())), "sha256": info.sha256()}
     if path.is_file():
         from safetensors import safe_open
