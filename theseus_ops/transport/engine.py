@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from theseus_ops.errors import InputError
 from theseus_ops.transport.family import (
     FamilySpec,
     ParamSpec,
@@ -23,9 +22,10 @@ from theseus_ops.transport.family import (
     resolve_name,
     space_key,
 )
-from theseus_ops.transport.head_maps import HeadStructure, head_block_map
+from theseus_ops.transport.head_maps import HeadStructure
 from theseus_ops.transport.layer_map import LayerMap
-from theseus_ops.transport.rules import RuleRefused, transport_dense, transport_lora
+from theseus_ops.transport.rule_table import param_widths, transport_dense, transport_lora
+from theseus_ops.transport.rules import RuleRefused
 from theseus_ops.transport.statistics import ResolvedSite, SpaceRequest
 from theseus_ops.transport.task_vector import LoraFactors, TaskVector
 
@@ -258,54 +258,19 @@ def all_space_keys(family: FamilySpec, layer_map: LayerMap) -> set[str]:
 
 
 def space_widths(plans: list[ParamPlan], source_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
-    """(width in A, width in B) of each space, read off the parameters that use it (for pad/naive)."""
+    """(width in A, width in B) of each space, read off the parameters that use it (for pad/naive).
+
+    Which axis of a parameter measures which space is its rule's (``rule_table``); the first parameter wins.
+    """
     widths: dict[str, tuple[int, int]] = {}
     for plan in plans:
         if plan.reason or plan.spec is None:
             continue
-        spec = plan.spec
-        src = source_shapes[plan.source_name]
-        if spec.head_block or spec.rule == "head_columns":
-            continue  # a head_dim-wide weight (or one column per head) says nothing about its space's full width
         for t in plan.targets:
-            dst = t.shape
-            if spec.rule == "linear":
-                s_out, s_in = (src[1], src[0]) if spec.layout == "in_out" else (src[0], src[1])
-                d_out, d_in = (dst[1], dst[0]) if spec.layout == "in_out" else (dst[0], dst[1])
-                pairs = [(t.reads, s_in, d_in)]
-                pairs += list(zip(t.writes, *_part_widths(s_out, d_out, t), strict=True))
-            elif spec.rule in ("bias", "norm", "scale"):
-                pairs = list(zip(t.writes, *_part_widths(src[0], dst[0], t), strict=True))
-            elif spec.rule == "patch_conv":
-                pairs = [(t.writes[0], src[0], dst[0])]
-            else:
-                pairs = [(t.writes[0], src[-1], dst[-1])]
-            for key, a, b in pairs:
+            for key, a, b in param_widths(plan.spec, source_shapes[plan.source_name], t):
                 if key and not is_shared(key):
                     widths.setdefault(key, (a, b))
     return widths
-
-
-def _part_widths(source: int, target: int, t: TargetPlan) -> tuple[list[int], list[int]]:
-    """Widths of each written space in A and in B: equal parts, or the fused layouts' parts."""
-    k = len(t.writes)
-    if t.splits is None or k == 1:
-        return [source // k] * k, [target // k] * k
-    widths = []
-    for split, total in zip(t.splits, (source, target), strict=True):
-        try:
-            widths.append([split.groups * w for w in split.widths(total, t.name)])
-        except InputError:
-            widths.append([total // k] * k)  # the rule refuses this parameter with the reason
-    return widths[0], widths[1]
-
-
-def _head_block_maps(maps_out: list, source: torch.Tensor, shape: tuple[int, ...], name: str) -> list:
-    """The head_dim block of each written space's per-head map, for a weight shared by every head."""
-    try:
-        return [None if m is None else head_block_map(m, source.shape[0], shape[0]) for m in maps_out]
-    except ValueError as exc:
-        raise RuleRefused(f"{name}: {exc}") from None
 
 
 def _scaled(value: torch.Tensor | LoraFactors, factor: float) -> torch.Tensor | LoraFactors:
@@ -339,10 +304,8 @@ def execute_plan(
             maps_out = [None if is_shared(w) else maps[w] for w in t.writes]
             try:
                 if task_vector.kind == "full":
-                    delta = task_vector.deltas[plan.source_name]
-                    if plan.spec.head_block:
-                        maps_out = _head_block_maps(maps_out, delta, t.shape, plan.source_name)
-                    value = transport_dense(plan.spec, plan.source_name, delta, map_in, maps_out, t.shape, t.splits)
+                    value = transport_dense(plan.spec, plan.source_name, task_vector.deltas[plan.source_name],
+                                            map_in, maps_out, t.shape, t.splits)
                 else:
                     value = transport_lora(plan.spec, plan.source_name, task_vector.lora[plan.source_name],
                                            map_in, maps_out, t.shape, t.splits)

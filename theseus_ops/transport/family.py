@@ -16,61 +16,19 @@ from importlib import resources
 from typing import Any, Literal
 
 from theseus_ops.errors import InputError, UnsupportedArchitectureError
+from theseus_ops.transport.config_refs import MISSING, ConfigRef, lookup, valid_ref
+from theseus_ops.transport.config_refs import config_int as config_int  # re-exported: callers resolve references here
+from theseus_ops.transport.config_refs import config_value as config_value
+from theseus_ops.transport.head_maps import WITHIN_HEAD
+from theseus_ops.transport.rule_table import RULES as RULES  # the rule names a parameter may give
+from theseus_ops.transport.rule_table import check_options, check_rule
 
 LAYER = "${layer}"
 # The stack every family has; an encoder-decoder adds named ones (T5's ``decoder``, placeholder ``${decoder}``).
 MAIN_STACK = "layers"
-RULES = ("linear", "bias", "norm", "scale", "embedding", "vector", "patch_conv", "head_columns")
 # Which token sequence a site sees: the model's input, or an encoder-decoder's decoder input.
 SEQUENCES = ("input", "decoder")
-ROW_KINDS = ("vocab", "positions", "cls_grid")
 SHARED_PREFIX = "@"
-# How a per-head map may act inside one head (see ``head_maps``).
-WITHIN_HEAD = ("identity", "shared", "rotary")
-
-# A value read from a model's config.json: a key (dotted for nested objects, e.g.
-# ``rope_parameters.partial_rotary_factor``), a literal number, or a list of those tried in order.
-ConfigRef = int | float | str | list
-
-_MISSING = object()
-
-
-def _lookup(config: Mapping[str, Any], key: str) -> Any:
-    value: Any = config
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def config_value(config: Mapping[str, Any], ref: ConfigRef, what: str) -> Any:
-    """The first of ``ref``'s alternatives that the config has (a number is its own value).
-
-    Raises InputError naming the keys when none is present: a family reads widths it cannot guess.
-    """
-    for alternative in ref if isinstance(ref, list) else [ref]:
-        if isinstance(alternative, bool) or not isinstance(alternative, int | float | str):
-            raise InputError(f"{what}: bad config reference {alternative!r}")
-        if not isinstance(alternative, str):
-            return alternative
-        value = _lookup(config, alternative)
-        if value is not _MISSING and value is not None:
-            return value
-    raise InputError(f"{what}: config.json has none of {ref!r}")
-
-
-def config_int(config: Mapping[str, Any], ref: ConfigRef, what: str) -> int:
-    value = config_value(config, ref, what)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{what}: config value {ref!r} must be a positive integer, got {value!r}")
-    return value
-
-
-def _valid_ref(ref: Any) -> bool:
-    items = ref if isinstance(ref, list) else [ref]
-    return bool(items) and all(isinstance(r, int | float | str) and not isinstance(r, bool) for r in items)
-
 
 @dataclass(frozen=True)
 class Split:
@@ -235,8 +193,8 @@ class FamilySpec:
         A key the config leaves out takes transformers' default, which is the layout the family describes.
         """
         for key, wanted in self.requires.items():
-            found = _lookup(config, key)
-            if found is not _MISSING and found != wanted:
+            found = lookup(config, key)
+            if found is not MISSING and found != wanted:
                 raise InputError(f"{where}: the {self.name} family describes {key}={json.dumps(wanted)} models only, "
                                  f"this config has {key}={json.dumps(found)}")
 
@@ -340,7 +298,7 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
     stacks = {MAIN_STACK: StackSpec(MAIN_STACK, data["num_layers_key"], layer_sites)}
     for stack_name, raw_stack in stack_raw.items():
         _reject_unknown("stack", f"{where}: stack {stack_name}", raw_stack, _STACK_KEYS)
-        if not _valid_ref(raw_stack.get("num_layers_key")):
+        if not valid_ref(raw_stack.get("num_layers_key")):
             raise ValueError(f"{where}: stack {stack_name}: num_layers_key must be a config reference")
         stacks[stack_name] = StackSpec(stack_name, raw_stack["num_layers_key"],
                                        sites(raw_stack.get("sites", {}), stack_name,
@@ -369,12 +327,7 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
         )
         if not isinstance(spec.first_layer, bool) or (spec.first_layer and spec.stack is None):
             raise ValueError(f"{where}: {spec.name}: first_layer (true or false) is for a parameter of a stack")
-        if spec.rule not in RULES:
-            raise ValueError(f"{where}: {spec.name}: unknown rule {spec.rule!r}; known: {RULES}")
-        if (spec.rule == "linear") != (spec.reads is not None):
-            raise ValueError(f"{where}: {spec.name}: 'reads' is required for, and only for, linear weights")
-        if (spec.rule == "embedding") != (spec.rows is not None) or (spec.rows and spec.rows not in ROW_KINDS):
-            raise ValueError(f"{where}: {spec.name}: embeddings need rows in {ROW_KINDS}, others none")
+        check_rule(spec, where)
         own_sites = stacks[spec.stack].sites if spec.stack else {}
         for site in (*spec.writes, *([spec.reads] if spec.reads else [])):
             if site.startswith(SHARED_PREFIX):
@@ -417,7 +370,7 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
 
 
 def _decoder_start(raw: Any, where: str) -> ConfigRef | None:
-    if raw is not None and not _valid_ref(raw):
+    if raw is not None and not valid_ref(raw):
         raise ValueError(f"{where}: decoder_start must be a config reference (the decoder's start token)")
     return raw
 
@@ -429,10 +382,10 @@ def _parse_splits(raw: Any, where: str) -> dict[str, SplitSpec]:
     for name, split in raw.items():
         _reject_unknown("split", f"{where}: split {name}", split, _SPLIT_KEYS)
         ratio = split.get("ratio")
-        if not isinstance(ratio, list) or len(ratio) < 2 or not all(_valid_ref(r) for r in ratio):
+        if not isinstance(ratio, list) or len(ratio) < 2 or not all(valid_ref(r) for r in ratio):
             raise ValueError(f"{where}: split {name}: ratio must list at least two config references or integers")
         groups = split.get("groups", 1)
-        if not _valid_ref(groups):
+        if not valid_ref(groups):
             raise ValueError(f"{where}: split {name}: groups must be a config reference or an integer")
         out[name] = SplitSpec(tuple(ratio), groups)
     return out
@@ -444,13 +397,13 @@ def _parse_head_map(raw: Any, where: str) -> HeadMapSpec:
     _reject_unknown("map", where, raw, _MAP_KEYS)
     if raw.get("kind") != "per_head":
         raise ValueError(f"{where}: map kind must be per_head")
-    if not _valid_ref(raw.get("heads")):
+    if not valid_ref(raw.get("heads")):
         raise ValueError(f"{where}: a per_head map needs heads (a config reference)")
     within = raw.get("within", "rotary")
     if within not in WITHIN_HEAD:
         raise ValueError(f"{where}: within must be one of {WITHIN_HEAD}, got {within!r}")
     fraction = raw.get("rotary_fraction", 1.0)
-    if not _valid_ref(fraction):
+    if not valid_ref(fraction):
         raise ValueError(f"{where}: rotary_fraction must be a config reference or a number")
     return HeadMapSpec(raw["heads"], within, fraction)
 
@@ -462,14 +415,17 @@ def _parse_output_scale(raw: Any, where: str) -> tuple[ConfigRef, float] | None:
         raise ValueError(f"{where}: output_scale must be an object with config and power")
     _reject_unknown("output_scale", where, raw, _SCALE_KEYS)
     power = raw.get("power", 1.0)
-    if not _valid_ref(raw.get("config")) or isinstance(power, bool) or not isinstance(power, int | float):
+    if not valid_ref(raw.get("config")) or isinstance(power, bool) or not isinstance(power, int | float):
         raise ValueError(f"{where}: output_scale needs config (a config reference) and a numeric power")
     return raw["config"], float(power)
 
 
 def _check_param_extras(spec: ParamSpec, raw: dict[str, Any], splits: dict[str, SplitSpec],
                         global_sites: dict[str, SiteSpec], own_sites: dict[str, SiteSpec], where: str) -> None:
-    """The new per-parameter options: a fused split, a head-block norm, a scaled embedding."""
+    """The per-parameter options: a fused split, a head-block weight, a scaled embedding.
+
+    What fits any rule is checked here; which rule takes which option, in the rule table.
+    """
     name = f"{where}: {spec.name}"
     if spec.split is not None:
         if spec.split not in splits:
@@ -477,25 +433,9 @@ def _check_param_extras(spec: ParamSpec, raw: dict[str, Any], splits: dict[str, 
         if len(splits[spec.split].ratio) != len(spec.writes):
             raise ValueError(f"{name}: split {spec.split!r} has {len(splits[spec.split].ratio)} parts but the "
                              f"parameter writes {len(spec.writes)} spaces")
-        if spec.rule not in ("linear", "bias"):
-            raise ValueError(f"{name}: only linear weights and biases are fused")
     if "head_block" in raw and not isinstance(raw["head_block"], bool):
         raise ValueError(f"{name}: head_block must be true or false")
-    if spec.head_block:
-        site = spec.writes[0]
-        found = own_sites.get(site, global_sites.get(site))
-        if (spec.rule not in ("scale", "norm", "bias") or len(spec.writes) != 1 or found is None
-                or found.map is None):
-            raise ValueError(f"{name}: head_block is for a norm or bias of one head_dim, written to one site "
-                             "with a per_head map")
-    if spec.rule == "head_columns":
-        site = spec.writes[0]
-        found = own_sites.get(site, global_sites.get(site))
-        if len(spec.writes) != 1 or found is None or found.map is None:
-            raise ValueError(f"{name}: head_columns is for a [rows, heads] table written to one site with a "
-                             "per_head map (a relative position bias)")
-    if spec.output_scale is not None and spec.rule != "embedding":
-        raise ValueError(f"{name}: output_scale is for embedding tables only")
+    check_options(spec, lambda site: own_sites.get(site, global_sites.get(site)), name)
 
 
 @cache

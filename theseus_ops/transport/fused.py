@@ -9,10 +9,14 @@ an unfused projection's; merging is the inverse, for the target's own split.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from theseus_ops.errors import InputError
-from theseus_ops.transport.family import Split
+
+if TYPE_CHECKING:  # imported by the rules, which the family loader imports: no import back at run time
+    from theseus_ops.transport.family import Split
 
 
 def split_rows(x: torch.Tensor, split: Split, what: str) -> list[torch.Tensor]:

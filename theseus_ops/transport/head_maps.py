@@ -33,13 +33,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from theseus_ops.errors import InputError
-from theseus_ops.transport.family import WITHIN_HEAD, HeadMapSpec, config_int, config_value
+from theseus_ops.transport.config_refs import config_int, config_value
 from theseus_ops.transport.maps import PolarResult, polar_factor
+
+if TYPE_CHECKING:  # the family loader imports this module (through the rule table): no import back at run time
+    from theseus_ops.transport.family import HeadMapSpec
+
+# How a per-head map may act inside one head (the module docstring); the family loader validates against it.
+WITHIN_HEAD = ("identity", "shared", "rotary")
 
 
 @dataclass(frozen=True)

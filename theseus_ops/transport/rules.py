@@ -1,32 +1,53 @@
-"""Transport rules per parameter kind (docs/method.md, transport rules).
+"""The arithmetic of the transport rules (docs/method.md, transport rules), one function per rule.
 
-Every function takes the source tensor (or LoRA factors), the maps of the spaces it reads and
-writes (``None`` for a shared space, whose map is the identity), and the target's shape. A case
-that cannot be represented raises :class:`RuleRefused`, which the engine reports per parameter
-instead of silently zeroing it.
+Each takes the source tensor (or LoRA factors) as float and the :class:`Operands`: the maps of the
+spaces it reads and writes (``None`` for a shared space, whose map is the identity) and the target's
+shape. Which function serves which rule, and what else a rule is, is said once, in
+:mod:`~theseus_ops.transport.rule_table`. A case that cannot be represented raises
+:class:`RuleRefused`, which the engine reports per parameter instead of silently zeroing it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
 import torch.nn.functional as F
 
 from theseus_ops.errors import InputError
-from theseus_ops.transport.family import ParamSpec, Split
 from theseus_ops.transport.fused import merge_rows, split_rows
 from theseus_ops.transport.head_maps import head_correspondence
-from theseus_ops.transport.task_vector import LoraFactors
+
+if TYPE_CHECKING:  # the family loader imports the rule table, hence this module: no import back at run time
+    from theseus_ops.transport.family import ParamSpec, Split
 
 Map = torch.Tensor | None
 # A fused parameter's layout in the source and in the target (None: equal contiguous parts).
-Splits = tuple[Split, Split] | None
+Splits: TypeAlias = "tuple[Split, Split] | None"
+# How an embedding table's rows are indexed, which says how a table is fitted to another row count.
+ROW_KINDS = ("vocab", "positions", "cls_grid")
 
 
 class RuleRefused(Exception):
     """This parameter cannot be transported; the message says why."""
+
+
+@dataclass(frozen=True)
+class Operands:
+    """What a rule needs besides the tensor: the parameter, the spaces' maps, the target's shape.
+
+    ``name`` is the source parameter's, for messages; ``splits`` a fused parameter's layouts.
+    """
+
+    spec: ParamSpec
+    name: str
+    map_in: Map
+    maps_out: Sequence[Map]
+    target_shape: Sequence[int]
+    splits: Splits = None
 
 
 def _left(t: Map, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +66,7 @@ def _split(x: torch.Tensor, parts: int, name: str) -> list[torch.Tensor]:
     return list(x.split(x.shape[0] // parts, dim=0))
 
 
-def _check(shape: Sequence[int], target: Sequence[int], what: str) -> None:
+def check_shape(shape: Sequence[int], target: Sequence[int], what: str) -> None:
     if tuple(shape) != tuple(target):
         raise RuleRefused(f"{what}: transported shape {tuple(shape)} does not fit the target's {tuple(target)}")
 
@@ -95,88 +116,76 @@ def _resize_rows(rows: torch.Tensor, count: int, kind: str, name: str) -> torch.
     return torch.cat([rows[:1], grid.to(rows.dtype).reshape(rows.shape[1], -1).T], dim=0)
 
 
-def transport_dense(
-    spec: ParamSpec,
-    name: str,
-    tensor: torch.Tensor,
-    map_in: Map,
-    maps_out: Sequence[Map],
-    target_shape: Sequence[int],
-    splits: Splits = None,
-) -> torch.Tensor:
-    """τ_B for one full-delta tensor, in the target's storage layout and dtype."""
-    x = tensor.float()
-    if spec.rule == "linear":
-        logical = x.T if spec.layout == "in_out" else x
-        moved = _right(_map_rows(logical, maps_out, splits, name), map_in)
-        out = moved.T if spec.layout == "in_out" else moved
-    elif spec.rule in ("bias", "norm"):
-        out = _map_rows(x, maps_out, splits, name)
-    elif spec.rule == "scale":
-        out = _scale(maps_out[0], x)
-    elif spec.rule == "vector":
-        out = _right(x.reshape(-1, x.shape[-1]), maps_out[0]).reshape(*x.shape[:-1], -1)
-    elif spec.rule == "embedding":
-        rows = _right(x.reshape(-1, x.shape[-1]), maps_out[0])
-        count = math.prod(target_shape[:-1])
-        out = _resize_rows(rows, count, spec.rows or "vocab", name).reshape(*target_shape[:-1], -1)
-    elif spec.rule == "patch_conv":
-        out = _transport_patch(x, maps_out[0], target_shape, name)
-    elif spec.rule == "head_columns":
-        out = _head_columns(x, maps_out[0], target_shape, name)
-    else:  # pragma: no cover - the family loader rejects unknown rules
-        raise RuleRefused(f"{name}: no rule {spec.rule!r}")
-    _check(out.shape, target_shape, name)
-    return out.to(tensor.dtype)
+# Dense deltas: each returns the delta in the target's storage layout (the caller checks the shape).
 
 
-def _head_columns(x: torch.Tensor, t: Map, target_shape: Sequence[int], name: str) -> torch.Tensor:
-    """A [rows, heads] table (T5's relative position bias): each column follows its head to the target."""
-    if x.dim() != 2 or len(target_shape) != 2 or x.shape[0] != target_shape[0]:
-        raise RuleRefused(f"{name}: a per-head table {tuple(x.shape)} does not fit {tuple(target_shape)}")
-    if t is None:
-        return x
-    try:
-        heads = head_correspondence(t, x.shape[1], target_shape[1])
-    except ValueError as exc:
-        raise RuleRefused(f"{name}: {exc}") from None
-    return x @ heads.to(x.dtype)
+def dense_linear(x: torch.Tensor, op: Operands) -> torch.Tensor:
+    """T_oᵀ τ T_i, in the stored layout (Conv1D weights are [in, out])."""
+    logical = x.T if op.spec.layout == "in_out" else x
+    moved = _right(_map_rows(logical, op.maps_out, op.splits, op.name), op.map_in)
+    return moved.T if op.spec.layout == "in_out" else moved
 
 
-def _transport_patch(x: torch.Tensor, t: Map, target_shape: Sequence[int], name: str) -> torch.Tensor:
+def dense_rows(x: torch.Tensor, op: Operands) -> torch.Tensor:
+    """T_oᵀ τ for a vector on its written spaces (a bias, a norm's shift or scale), fused or not."""
+    return _map_rows(x, op.maps_out, op.splits, op.name)
+
+
+def dense_scale(x: torch.Tensor, op: Operands) -> torch.Tensor:
+    """diag(T_oᵀ diag(τ) T_o): a norm weight as a scale (see ``_scale``)."""
+    return _scale(op.maps_out[0], x)
+
+
+def dense_vector(x: torch.Tensor, op: Operands) -> torch.Tensor:
+    """τ T on the trailing axis (a CLS token, position rows the model adds unchanged)."""
+    return _right(x.reshape(-1, x.shape[-1]), op.maps_out[0]).reshape(*x.shape[:-1], -1)
+
+
+def dense_embedding(x: torch.Tensor, op: Operands) -> torch.Tensor:
+    """τ T_e on the columns, then the rows fitted to the target's count by their ``rows`` kind."""
+    rows = _right(x.reshape(-1, x.shape[-1]), op.maps_out[0])
+    count = math.prod(op.target_shape[:-1])
+    return _resize_rows(rows, count, op.spec.rows or "vocab", op.name).reshape(*op.target_shape[:-1], -1)
+
+
+def dense_patch_conv(x: torch.Tensor, op: Operands) -> torch.Tensor:
     """A patch-embedding conv [d, C, p, p]: map the output channels, resample the kernel if p differs."""
+    target_shape = op.target_shape
     if x.dim() != 4 or len(target_shape) != 4 or x.shape[1] != target_shape[1]:
-        raise RuleRefused(f"{name}: patch kernels {tuple(x.shape)} and {tuple(target_shape)} are incompatible")
-    moved = _left(t, x.reshape(x.shape[0], -1)).reshape(-1, *x.shape[1:])
+        raise RuleRefused(f"{op.name}: patch kernels {tuple(x.shape)} and {tuple(target_shape)} are incompatible")
+    moved = _left(op.maps_out[0], x.reshape(x.shape[0], -1)).reshape(-1, *x.shape[1:])
     if tuple(moved.shape[2:]) != tuple(target_shape[2:]):
         area = (x.shape[2] * x.shape[3]) / (target_shape[2] * target_shape[3])
         moved = F.interpolate(moved, size=tuple(target_shape[2:]), mode="bilinear", align_corners=False) * area
     return moved
 
 
-def transport_lora(
-    spec: ParamSpec,
-    name: str,
-    factors: LoraFactors,
-    map_in: Map,
-    maps_out: Sequence[Map],
-    target_shape: Sequence[int],
-    splits: Splits = None,
-) -> LoraFactors:
-    """(T_oᵀ B)(A T_i): the same rank, still factored, shaped for the target's weight."""
-    a, b = factors.a.float(), factors.b.float()
-    if factors.embedding:
-        if spec.rule != "embedding":
-            raise RuleRefused(f"{name}: an embedding adapter on a {spec.rule} parameter")
-        if a.shape[1] != target_shape[0]:
-            raise RuleRefused(f"{name}: vocabularies differ ({a.shape[1]} vs {target_shape[0]} rows)")
-        new_a, new_b = a, _left(maps_out[0], b)
-        logical = (target_shape[1], target_shape[0])
-    elif spec.rule == "linear":
-        new_a = _right(a, map_in)
-        new_b = _map_rows(b, maps_out, splits, name)
-        logical = tuple(reversed(target_shape)) if spec.layout == "in_out" else tuple(target_shape)
-    else:
-        raise RuleRefused(f"{name}: LoRA on a {spec.rule} parameter is not supported")
-    _check((new_b.shape[0], new_a.shape[1]), logical, name)
-    return LoraFactors(new_a.to(factors.a.dtype), new_b.to(factors.b.dtype), factors.scaling, factors.embedding)
+def dense_head_columns(x: torch.Tensor, op: Operands) -> torch.Tensor:
+    """A [rows, heads] table (T5's relative position bias): each column follows its head to the target."""
+    target_shape, t = op.target_shape, op.maps_out[0]
+    if x.dim() != 2 or len(target_shape) != 2 or x.shape[0] != target_shape[0]:
+        raise RuleRefused(f"{op.name}: a per-head table {tuple(x.shape)} does not fit {tuple(target_shape)}")
+    if t is None:
+        return x
+    try:
+        heads = head_correspondence(t, x.shape[1], target_shape[1])
+    except ValueError as exc:
+        raise RuleRefused(f"{op.name}: {exc}") from None
+    return x @ heads.to(x.dtype)
+
+
+# LoRA factors: each returns (A', B') and the logical [out, in] shape B' A' must have.
+LoraResult = tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]
+
+
+def lora_linear(a: torch.Tensor, b: torch.Tensor, op: Operands) -> LoraResult:
+    """(T_oᵀ B)(A T_i): the same rank, still factored."""
+    logical = tuple(reversed(op.target_shape)) if op.spec.layout == "in_out" else tuple(op.target_shape)
+    return _right(a, op.map_in), _map_rows(b, op.maps_out, op.splits, op.name), logical
+
+
+def lora_embedding(a: torch.Tensor, b: torch.Tensor, op: Operands) -> LoraResult:
+    """PEFT's embedding adapter (A [r, vocab], B [d, r]): B's rows move, the shared vocabulary stays."""
+    if a.shape[1] != op.target_shape[0]:
+        raise RuleRefused(f"{op.name}: vocabularies differ ({a.shape[1]} vs {op.target_shape[0]} rows)")
+    return a, _left(op.maps_out[0], b), (op.target_shape[1], op.target_shape[0])
