@@ -146,3 +146,48 @@ def test_bare_encoder_task_vector_ports_onto_a_classifier_of_the_family(tmp_path
     out = load_file(str(tmp_path / "out.safetensors"))
     target = load_file(str(tmp_path / "B" / "model.safetensors"))
     assert set(out) == {f"bert.{k}" for k in state} and all(out[k].shape == target[k].shape for k in out)
+
+
+def test_every_rule_is_one_row_of_the_rule_table():
+    from theseus_ops.transport import family
+    from theseus_ops.transport.rule_table import RULE_TABLE
+
+    assert tuple(RULE_TABLE) == family.RULES
+    assert {p.rule for fam in all_families() for p in fam.parameters} <= set(RULE_TABLE)
+    raw = _raw("gpt2")
+    raw["parameters"][0]["rule"] = "affine"
+    with pytest.raises(ValueError, match="unknown rule 'affine'"):
+        parse_family(raw)
+
+
+def test_config_sections_and_the_tie_default_are_family_data():
+    """A full CLIPModel nests the tower's settings under vision_config; GPT-2 ties unless its config says not."""
+    from pathlib import Path
+
+    from theseus_ops.io.models import ModelInfo
+
+    def info(config: dict) -> ModelInfo:
+        return ModelInfo(Path("m"), config, family_for_model_type(config["model_type"]), {}, {}, ())
+
+    clip = family_for_model_type("clip")
+    assert clip.config_sections == ("vision_config",)
+    assert info({"model_type": "clip", "vision_config": {"num_hidden_layers": 3}}).num_layers == 3
+    assert info({"model_type": "clip_vision_model", "num_hidden_layers": 2}).num_layers == 2
+    assert clip.settings({"image_size": 8, "vision_config": {"image_size": 4, "patch_size": 2}})["patch_size"] == 2
+    assert clip.settings({"image_size": 8, "vision_config": {"image_size": 4}})["image_size"] == 8
+    assert family_for_model_type("llama").settings({"vision_config": {"a": 1}}) == {"vision_config": {"a": 1}}
+    assert info({"model_type": "gpt2"}).tied_embeddings
+    assert not info({"model_type": "gpt2", "tie_word_embeddings": False}).tied_embeddings
+    assert not info({"model_type": "llama"}).tied_embeddings
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r.update(tie_default="yes"), "tie_default must be true or false"),
+    (lambda r: r.update(config_sections="vision_config"), "config_sections must list"),
+    (lambda r: r.update(config_root="vision_config"), "unknown family key"),
+])
+def test_family_config_keys_are_validated_strictly(edit, match):
+    raw = _raw("gpt2")
+    edit(raw)
+    with pytest.raises(ValueError, match=match):
+        parse_family(raw)

@@ -165,9 +165,9 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     def probes(min_examples: int = 8) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         # The widest space is the widest trailing dimension of any weight (e.g. an MLP's hidden width).
         max_width = max(int(s[-1]) for info in (pair.source, pair.target) for s in info.shapes.values())
-        return probe_inputs(pair.source.config, pair.target.config, pair.family.input_kind,
-                            max_width, ProbeConfig(seed=cfg.probe_seed, min_examples=max(8, min_examples)),
-                            pair.decoder_start())
+        return probe_inputs(pair.family.settings(pair.source.config), pair.family.settings(pair.target.config),
+                            pair.family.input_kind, max_width,
+                            ProbeConfig(seed=cfg.probe_seed, min_examples=max(8, min_examples)), pair.decoder_start())
 
     if source_data is None:
         source_data, target_data = probes()

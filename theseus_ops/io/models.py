@@ -44,10 +44,7 @@ class ModelInfo:
     @property
     def num_layers(self) -> int:
         """The main stack's depth (an encoder-decoder's encoder)."""
-        config = self.config
-        if self.family.num_layers_key not in config and isinstance(config.get("vision_config"), dict):
-            config = config["vision_config"]
-        value = config[self.family.num_layers_key]
+        value = self.family.settings(self.config)[self.family.num_layers_key]
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{self.family.num_layers_key} is not an integer")
         return value
@@ -63,7 +60,8 @@ class ModelInfo:
 
     @property
     def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", self.model_type == "gpt2"))
+        """Whether the head shares the embedding: the config's say, else the family's default."""
+        return bool(self.config.get("tie_word_embeddings", self.family.tie_default))
 
     def sha256(self) -> str:
         return weights_sha256(self.files)

@@ -162,6 +162,11 @@ class FamilySpec:
     requires: dict[str, Any] = field(default_factory=dict)
     stacks: dict[str, StackSpec] = field(default_factory=dict)
     decoder_start: ConfigRef | None = None
+    # Objects of config.json (dotted keys) that hold settings a wrapper does not repeat at its top level: a full
+    # CLIPModel keeps its vision tower's under vision_config.
+    config_sections: tuple[str, ...] = ()
+    # Whether the embeddings are tied when config.json leaves tie_word_embeddings out (GPT-2's checkpoints do).
+    tie_default: bool = False
     _patterns: tuple[tuple[re.Pattern[str], ParamSpec], ...] = field(default=(), compare=False, repr=False)
 
     def match(self, name: str) -> tuple[ParamSpec, int | None, str] | None:
@@ -186,6 +191,17 @@ class FamilySpec:
     def encoder_decoder(self) -> bool:
         """Whether the model takes decoder inputs (``decoder_start`` names the token that starts them)."""
         return self.decoder_start is not None
+
+    def settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """config.json as the family reads it: the top level, then each of ``config_sections`` in turn for a
+        key the top level lacks (a full CLIPModel's layer count sits in its vision_config only)."""
+        merged: dict[str, Any] = {}
+        for section in reversed(self.config_sections):
+            found = lookup(config, section)
+            if isinstance(found, Mapping):
+                merged.update(found)
+        merged.update(config)
+        return merged
 
     def check_config(self, config: Mapping[str, Any], where: str) -> None:
         """Refuse a model whose config selects a layout this family does not describe.
@@ -232,6 +248,7 @@ _PLACEHOLDER = re.compile(r"\$\{[a-z_]+\}")  # any stack's layer placeholder; a 
 _FAMILY_KEYS = {
     "name", "description", "model_types", "num_layers_key", "input_kind", "token_layout",
     "global_sites", "layer_sites", "parameters", "prefixes", "splits", "requires", "stacks", "decoder_start",
+    "config_sections", "tie_default",
 }
 _SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute", "split", "part", "map", "sequence"}
 _STACK_KEYS = {"num_layers_key", "sites", "sequence"}
@@ -365,6 +382,8 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
         requires=dict(requires),
         stacks=stacks,
         decoder_start=_decoder_start(data.get("decoder_start"), where),
+        config_sections=_config_sections(data.get("config_sections", []), where),
+        tie_default=_tie_default(data.get("tie_default", False), where),
         _patterns=tuple(patterns),
     )
 
@@ -372,6 +391,19 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
 def _decoder_start(raw: Any, where: str) -> ConfigRef | None:
     if raw is not None and not valid_ref(raw):
         raise ValueError(f"{where}: decoder_start must be a config reference (the decoder's start token)")
+    return raw
+
+
+def _config_sections(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
+        raise ValueError(f"{where}: config_sections must list config.json keys (dotted for nested objects) of "
+                         "objects that hold the family's settings")
+    return tuple(raw)
+
+
+def _tie_default(raw: Any, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise ValueError(f"{where}: tie_default must be true or false")
     return raw
 
 

@@ -118,8 +118,6 @@ def _config_value(config: dict, *keys: str, default: int | None = None) -> int |
     for key in keys:
         if key in config:
             return config[key]
-        if "vision_config" in config and key in config["vision_config"]:
-            return config["vision_config"][key]
     return default
 
 
@@ -135,7 +133,8 @@ def probe_inputs(
 
     Token ids are drawn from the vocabulary both models share (an encoder-decoder's decoder gets them
     shifted right behind ``decoder_start``); images are drawn once at the larger
-    size and resized to each model's, so row i of A and B describes the same example.
+    size and resized to each model's, so row i of A and B describes the same example. The configs are
+    as the family reads them (``FamilySpec.settings``: a full CLIPModel's vision_config merged in).
     """
     gen = torch.Generator().manual_seed(probe.seed)
     if input_kind == "tokens":
