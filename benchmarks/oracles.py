@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from tests import tiny
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
+from theseus_ops.transport.methods import get_method
 
 METHODS = ("theseus", "theseus-data-free", "pad", "naive")
 EXTRA_ORACLES = {"qwen3": ("rotary",), "gemma2": ("residual-widening",), "gemma3": ("rotary", "residual-widening")}
@@ -36,9 +37,10 @@ EXTRA_ORACLES = {"qwen3": ("rotary",), "gemma2": ("residual-widening",), "gemma3
 
 def measure(root: Path, family: str, oracle: str, method: str) -> dict:
     case = tiny.Case(root / f"{family}-{oracle}-{method}", family, oracle)
-    if method == "naive" and oracle.endswith("widening"):
+    caps = get_method(method).capabilities
+    if caps.same_shapes_only and oracle.endswith("widening"):
         return {"error": None, "seconds": None, "note": "shapes differ"}
-    calibration = CalibrationSpec(str(case.calibration)) if method == "theseus" else CalibrationSpec()
+    calibration = CalibrationSpec(str(case.calibration)) if caps.needs_calibration else CalibrationSpec()
     cfg = TransportConfig(str(case.source), str(case.target), method, task_vector=str(case.task_vector),
                           calibration=calibration, device="cpu")
     started = time.perf_counter()

@@ -31,6 +31,7 @@ from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.demo.real import build_real
 from theseus_ops.demo.real.oracle import oracle
+from theseus_ops.transport.methods import get_method
 
 DEFAULT_CASES = ("minilm-bare:v2-perm:full:theseus", "minilm:v2-perm:full:theseus", "minilm:v2-perm:lora:theseus",
                  "minilm:v2-wide:full:theseus", "minilm:v2-wide:full:pad")
@@ -40,8 +41,9 @@ def run_case(fx, case: str, work: Path, max_rows: int | None, fill: str, oracle_
     name, release, kind, method = case.split(":")
     tv = fx.task_vector(name) if kind == "full" else fx.lora(name)
     out = work / (case.replace(":", "-") + ("" if kind == "lora" else ".safetensors"))
-    calibration = CalibrationSpec(str(fx.calibration(name))) if method == "theseus" else CalibrationSpec()
-    extra = {"max_rows": max_rows, "fill": fill} if method == "theseus" else {}
+    uses_data = get_method(method).capabilities.needs_calibration  # the row limit and fill act on its data
+    calibration = CalibrationSpec(str(fx.calibration(name))) if uses_data else CalibrationSpec()
+    extra = {"max_rows": max_rows, "fill": fill} if uses_data else {}
     cfg = TransportConfig(str(fx.model(name)), str(fx.model(name, release)), method, task_vector=str(tv),
                           calibration=calibration, device="cpu", **extra)
     started = time.perf_counter()
@@ -49,7 +51,7 @@ def run_case(fx, case: str, work: Path, max_rows: int | None, fill: str, oracle_
     seconds = time.perf_counter() - started
     result = oracle(fx, name, release, tv, out, rows=oracle_rows)
     return {"case": case, "seconds": round(seconds, 1), **{k: float(f"{v:.3e}") for k, v in result.items()},
-            "max_rows": max_rows if method == "theseus" else None, "fill": fill if method == "theseus" else None}
+            "max_rows": max_rows if uses_data else None, "fill": fill if uses_data else None}
 
 
 def main() -> None:

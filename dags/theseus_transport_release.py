@@ -27,14 +27,13 @@ from theseus_airflow.dag_support import (
 )
 from theseus_airflow.kubernetes import gpu_executor_config
 
-from theseus_ops.transport.methods import method_names
 from theseus_ops.workflow import (
     DEFAULT_ALPHAS,
-    DEFAULT_METHODS,
     collect_outcomes,
     families,
     list_task_vectors,
     mark_processed,
+    methods_param,
     pending_releases,
     process_task_vector,
     record_failure,
@@ -56,9 +55,7 @@ PARAMS = {
                             description="Base version to port from; empty: the one the target supersedes."),
     "tasks": Param([], type="array", items={"type": "string"}, title="Task filter",
                    description="Only task vectors of these tasks; empty: all."),
-    "methods": Param(None, type=["null", "array"], items={"type": "string", "enum": method_names()},
-                     minItems=1, uniqueItems=True, title="Methods",
-                     description=f"Transport methods; empty: THESEUS_METHODS or {', '.join(DEFAULT_METHODS)}."),
+    "methods": Param(**methods_param()),  # enum and help from the method registry
     "alphas": Param(None, type=["null", "array"], items={"type": "number"}, minItems=1, uniqueItems=True,
                     title="α grid",
                     description=f"α values swept on val; empty: THESEUS_ALPHAS or {list(DEFAULT_ALPHAS)}."),

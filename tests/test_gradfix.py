@@ -10,6 +10,7 @@ from tests import tiny
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError
+from theseus_ops.transport.methods.gradfix.config import GradFixConfig
 
 
 @pytest.fixture()
@@ -59,7 +60,7 @@ def test_kept_coordinates_agree_with_descent_and_a_step_lowers_loss(same_shape_p
 
 def test_force_mode_resigns_every_coordinate(same_shape_pair):
     root, config, state_b, delta = same_shape_pair
-    out, _ = _run(root, gradfix_mode="force")
+    out, _ = _run(root, method_config=GradFixConfig(mode="force"))
     _loss, grad = _loss_and_grad(config, state_b, load_file(str(root / "labeled.safetensors")))
     for name, value in out.items():
         nonzero = grad[name] != 0
@@ -69,7 +70,7 @@ def test_force_mode_resigns_every_coordinate(same_shape_pair):
 
 def test_vote_mode_follows_per_example_majority(same_shape_pair):
     root, config, state_b, _delta = same_shape_pair
-    out, _ = _run(root, gradfix_signs="vote")
+    out, _ = _run(root, method_config={"signs": "vote"})
     data = load_file(str(root / "labeled.safetensors"))
     votes = None
     for i in range(data["input_ids"].shape[0]):

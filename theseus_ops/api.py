@@ -24,7 +24,7 @@ import torch
 
 from theseus_ops import __version__
 from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig, check_alpha
-from theseus_ops.errors import InputError, NotApplicableError, PartialTransportError
+from theseus_ops.errors import InputError, PartialTransportError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.atomic import atomic_outputs, atomic_path, check_output, overwriting
 from theseus_ops.io.calibration import Calibration, check_paired, check_vocabulary, load_calibration
@@ -51,10 +51,10 @@ from theseus_ops.transport.engine import (
 )
 from theseus_ops.transport.family import FamilySpec, config_value, same_family
 from theseus_ops.transport.layer_map import LayerMap, build_stacked_layer_map
-from theseus_ops.transport.methods import get_method
-from theseus_ops.transport.methods.baselines import check_same_shapes, pad_maps
-from theseus_ops.transport.methods.gradfix import GradFixConfig, apply_gradfix, descent_signs
-from theseus_ops.transport.methods.theseus import ProbeConfig, estimate_maps, probe_inputs
+from theseus_ops.transport.methods import MethodInfo, get_method
+from theseus_ops.transport.methods.base import CalibrationInputs, LoadedModels, MethodOutput
+from theseus_ops.transport.methods.checks import check_labels, check_lora, check_same_shapes
+from theseus_ops.transport.probes import ProbeConfig, probe_inputs
 from theseus_ops.transport.task_vector import TaskVector
 
 log = logging.getLogger("theseus_ops")
@@ -135,65 +135,77 @@ def _existing_modules(model: torch.nn.Module) -> set[str]:
     return {name for name, _ in model.named_modules()}
 
 
-def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None = None) -> Alignment:
-    """Maps for the given target-space keys (all of the family's when None), with provenance."""
-    device = resolve_device(cfg.device)
-    started = time.perf_counter()
-    if cfg.method == "theseus":
-        source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows,
+class _EstimateRun:
+    """The :class:`~theseus_ops.transport.methods.base.EstimateContext` of one ``prepare``: inputs on demand."""
+
+    def __init__(self, cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None) -> None:
+        self.cfg, self.pair, self.keys = cfg, pair, keys
+        self.options = cfg.map_options
+        self.layout = pair.family.token_layout
+        self.batch_size = cfg.batch_size
+        self.probe_seed = cfg.probe_seed
+        self.device = resolve_device(cfg.device)
+        self.progress = _progress
+        self.skipped: list[str] = []
+        self._models: LoadedModels | None = None
+
+    def calibration(self) -> CalibrationInputs:
+        pair = self.pair
+        source_cal, target_cal = load_calibrations(self.cfg.calibration, pair.family.input_kind, self.cfg.max_rows,
                                                    pair.decoder_start())
         check_token_range(source_cal, pair.source, "source")
         check_token_range(target_cal, pair.target, "target")
-        source_data, target_data = source_cal.inputs(), target_cal.inputs()
-        calibration_info = {"source_fingerprint": source_cal.fingerprint, "target_fingerprint": target_cal.fingerprint,
-                            "rows": source_cal.rows}
-    else:
-        source_data = target_data = None
-        calibration_info = {"probe": "seeded synthetic inputs", "seed": cfg.probe_seed}
-    _progress(f"loading models {pair.source.path} and {pair.target.path} on {device}")
-    source_model = load_model(pair.source, device)
-    target_model = load_model(pair.target, device)
-    wanted = keys if keys is not None else all_space_keys(pair.family, pair.layer_map)
-    requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
-                              pair.source.config, pair.target.config)
-    present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
-    skipped = [r.key for r in requests
-               if r.source.module_in(present_a) is None or r.target.module_in(present_b) is None]
-    if skipped and keys is not None:
-        raise InputError(f"space(s) {', '.join(skipped)} are needed but a model lacks their module")
-    requests = [r for r in requests if r.key not in skipped]
-    def probes(min_examples: int = 8) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return CalibrationInputs(source_cal.inputs(), target_cal.inputs(),
+                                 {"source_fingerprint": source_cal.fingerprint,
+                                  "target_fingerprint": target_cal.fingerprint, "rows": source_cal.rows})
+
+    def models(self) -> LoadedModels:
+        if self._models is not None:
+            return self._models
+        pair = self.pair
+        _progress(f"loading models {pair.source.path} and {pair.target.path} on {self.device}")
+        source_model = load_model(pair.source, self.device)
+        target_model = load_model(pair.target, self.device)
+        wanted = self.keys if self.keys is not None else all_space_keys(pair.family, pair.layer_map)
+        requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
+                                  pair.source.config, pair.target.config)
+        present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
+        self.skipped = [r.key for r in requests
+                        if r.source.module_in(present_a) is None or r.target.module_in(present_b) is None]
+        if self.skipped and self.keys is not None:
+            raise InputError(f"space(s) {', '.join(self.skipped)} are needed but a model lacks their module")
+        self._models = LoadedModels(source_model, target_model, [r for r in requests if r.key not in self.skipped])
+        return self._models
+
+    def probes(self, min_examples: int = 8) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        pair = self.pair
         # The widest space is the widest trailing dimension of any weight (e.g. an MLP's hidden width).
         max_width = max(int(s[-1]) for info in (pair.source, pair.target) for s in info.shapes.values())
         return probe_inputs(pair.family.settings(pair.source.config), pair.family.settings(pair.target.config),
                             pair.family.input_kind, max_width,
-                            ProbeConfig(seed=cfg.probe_seed, min_examples=max(8, min_examples)), pair.decoder_start())
+                            ProbeConfig(seed=self.probe_seed, min_examples=max(8, min_examples)), pair.decoder_start())
 
-    if source_data is None:
-        source_data, target_data = probes()
-        calibration_info["rows"] = next(iter(source_data.values())).shape[0]
-    maps, quality = estimate_maps(
-        source_model, target_model, requests, source_data, target_data,
-        layout=pair.family.token_layout, options=cfg.map_options, batch_size=cfg.batch_size, device=device,
-        progress=_progress, probes=probes if cfg.method == "theseus" else None,
-    )
-    if cfg.method == "theseus" and cfg.fill == "project":
-        calibration_info["completion"] = {"probe_seed": cfg.probe_seed,
-                                          "spaces": sorted(k for k, q in quality.items() if q.probe_filled)}
-    del source_model, target_model
+
+def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None = None) -> Alignment:
+    """Maps for the given target-space keys (all of the family's when None), with provenance."""
+    started = time.perf_counter()
+    run = _EstimateRun(cfg, pair, keys)
+    estimate = get_method(cfg.method).impl.estimate(run, cfg.method_config)
+    run._models = None  # the models go before the alignment is assembled
     provenance = {
         "theseus_ops_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "family": pair.family.name,
         "source": _model_summary(pair.source),
         "target": _model_summary(pair.target),
-        "calibration": calibration_info,
+        "calibration": estimate.calibration,
         "options": cfg.provenance_options(),
         "layer_map": pair.layer_map.describe(),
-        "skipped_spaces": skipped,
+        "skipped_spaces": run.skipped,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return Alignment({k: v.cpu() for k, v in maps.items()}, {k: q.as_dict() for k, q in quality.items()}, provenance)
+    return Alignment({k: v.cpu() for k, v in estimate.maps.items()},
+                     {k: q.as_dict() for k, q in estimate.quality.items()}, provenance)
 
 
 def check_alignment_result(alignment: Alignment, pair: ModelPair) -> None:
@@ -265,6 +277,7 @@ def _space_quality_lines(records: list[ParamRecord], quality: dict[str, dict]) -
 
 def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVector, records: list[ParamRecord],
                  quality: dict[str, dict], extra: dict) -> dict:
+    method_options = get_method(cfg.method).option_values(cfg.method_config)
     left = [r for r in records if r.status == "left_out"]
     return {
         "theseus_ops_version": __version__,
@@ -274,9 +287,8 @@ def build_report(cfg: TransportConfig, pair: ModelPair, tv_path: str, tv: TaskVe
         "task_vector": {"path": tv_path, "kind": tv.kind, "entries": len(records)},
         "layer_map": pair.layer_map.describe(),
         "options": {"center": cfg.center, "whiten_power": cfg.whiten_power, "max_rows": cfg.max_rows,
-                    "allow_partial": cfg.allow_partial, "gradfix_mode": cfg.gradfix_mode,
-                    "gradfix_signs": cfg.gradfix_signs, "alignment": cfg.alignment, "rank_tol": cfg.rank_tol,
-                    "fill": cfg.fill, "solver": cfg.solver},
+                    "allow_partial": cfg.allow_partial, **method_options, "alignment": cfg.alignment,
+                    "rank_tol": cfg.rank_tol, "fill": cfg.fill, "solver": cfg.solver},
         "parameters": _space_quality_lines(records, quality),
         "spaces": quality,
         **extra,
@@ -306,30 +318,6 @@ def lost_share_summary(records: list[ParamRecord]) -> dict:
                     "norm_lost_share, or calibrate on more varied inputs", len(above), len(shares),
                     100 * LOST_SHARE_WARNING, above[0], 100 * worst)
     return {"max_norm_lost_share": worst, "parameters_losing_over_10pct": above}
-
-
-def _gradfix(cfg: TransportConfig, pair: ModelPair, tv: TaskVector, plans: list[ParamPlan]):
-    if tv.kind != "full":
-        raise InputError("gradfix masks full deltas; this task vector is a LoRA adapter (use theseus or pad, "
-                         "or pass the fine-tuned model with --source-tuned)")
-    gf = GradFixConfig(cfg.gradfix_mode, cfg.gradfix_signs, cfg.batch_size)
-    _source_cal, target_cal = load_calibrations(cfg.calibration, pair.family.input_kind, cfg.max_rows,
-                                              pair.decoder_start())
-    check_token_range(target_cal, pair.target, "target")
-    device = resolve_device(cfg.device)
-    model = load_model(pair.target, device, dtype=torch.float32)
-    names = [p.source_name for p in plans if not p.reason]
-    signs = descent_signs(model, names, target_cal.tensors, gf, device, _progress)
-    masked, kept = apply_gradfix(TaskVector("full", deltas={n: tv.deltas[n] for n in names}), signs, gf.mode)
-    records = []
-    for plan in plans:
-        before = tv.norm(plan.source_name)
-        if plan.reason:
-            records.append(ParamRecord(plan.source_name, "left_out", plan.rule, [], before, None, [], plan.reason))
-        else:
-            records.append(ParamRecord(plan.source_name, "transported", f"gradfix-{gf.mode}",
-                                       [plan.targets[0].name], before, masked.norm(plan.source_name), []))
-    return masked, records, {"gradfix": {"kept_fraction": kept, "examples": target_cal.rows}}
 
 
 def _output_is_directory(cfg: TransportConfig) -> bool:
@@ -381,49 +369,90 @@ def _refuse_partial(records: list[ParamRecord], pair: ModelPair, report_text: st
         f"(first: {left[0].name}: {left[0].reason}); see --report, or pass --allow-partial")
 
 
+class _TransportRun:
+    """The :class:`~theseus_ops.transport.methods.base.TransportContext` of one ``transport``."""
+
+    def __init__(self, cfg: TransportConfig, info: MethodInfo, pair: ModelPair, tv: TaskVector,
+                 plans: list[ParamPlan]) -> None:
+        self.cfg, self.info, self.pair = cfg, info, pair
+        self.task_vector, self.plans = tv, plans
+        self.batch_size = cfg.batch_size
+        self.progress = _progress
+        self._calibration: tuple[dict[str, torch.Tensor], int] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    def space_widths(self) -> dict[str, tuple[int, int]]:
+        return space_widths(self.plans, self.pair.source.shapes)
+
+    def target_calibration(self) -> tuple[dict[str, torch.Tensor], int]:
+        if self._calibration is None:
+            pair = self.pair
+            _source, target = load_calibrations(self.cfg.calibration, pair.family.input_kind, self.cfg.max_rows,
+                                                pair.decoder_start())
+            check_token_range(target, pair.target, "target")
+            self._calibration = (target.tensors, target.rows)
+        return self._calibration
+
+    def target_model(self, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        return load_model(self.pair.target, self.device, dtype=dtype)
+
+    def prepared_maps(self) -> MethodOutput:
+        cfg, pair = self.cfg, self.pair
+        needed = set().union(*(p.spaces() for p in self.plans)) if self.plans else set()
+        if cfg.alignment:
+            alignment = Alignment.load(cfg.alignment)
+            _check_alignment(alignment, pair, cfg.method, f"alignment {cfg.alignment}")
+            _check_map_shapes(alignment.maps, self.space_widths(), f"alignment {cfg.alignment}")
+            quality = {k: v for k, v in alignment.quality.items() if k in needed}
+        else:
+            alignment = compute_alignment(cfg.prepare_config(), pair, needed)
+            quality = alignment.quality
+        return MethodOutput(maps=alignment.maps, quality=quality,
+                            extra={"alignment_provenance": alignment.provenance})
+
+
+def _check_applicable(info: MethodInfo, pair: ModelPair, plans: list[ParamPlan], run: _TransportRun) -> None:
+    """The method's declared capabilities against this pair and input, before any statistics or maps.
+
+    Only these checks raise :class:`NotApplicableError`; the workflow records that as "not applicable".
+    """
+    check_same_shapes(info, plans, pair.source.shapes, pair.layer_map.kind, pair.source.num_layers,
+                      pair.target.num_layers)
+    if info.capabilities.needs_labels:
+        check_labels(info, run.target_calibration()[0])
+
+
 def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | None = None,
               overwrite: bool = False) -> dict:
     """Port one task vector to the target base; strict unless ``allow_partial``. Returns the report.
 
     Both outputs are checked before any work. The report is written with the result, or alone when
     the run stops on parameters it cannot transport (the error points at it); on any other failure
-    neither is written.
+    neither is written. The method's capabilities are checked before any statistics or maps.
     """
     _check_transport_outputs(cfg, out, report_path, overwrite)
-    method = get_method(cfg.method)
+    info = get_method(cfg.method)
     pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
     tv, tv_path = _load_task_vector(cfg, pair)
-    if tv.kind == "lora" and not method.supports_lora:
-        raise NotApplicableError(f"method {cfg.method} does not support LoRA adapters")
+    check_lora(info, tv.kind)
     plans = plan_transport(pair.family, tv.names(), pair.target.shapes, pair.layer_map, pair.target_prefix,
                            pair.source.config, pair.target.config)
-    if method.same_shape_only:
-        check_same_shapes(cfg.method, plans, pair.source.shapes, pair.layer_map.kind,
-                          pair.source.num_layers, pair.target.num_layers)
+    run = _TransportRun(cfg, info, pair, tv, plans)
+    _check_applicable(info, pair, plans, run)
     if not cfg.allow_partial and any(p.reason for p in plans):
         # Known from the names and the layer map alone: refuse before statistics and maps (minutes).
         records = [_planned_record(p, tv) for p in plans]
         report = build_report(cfg, pair, tv_path, tv, records, {}, {"stopped": "before statistics"})
         _refuse_partial(records, pair, json.dumps(report, indent=2), report_path, out, overwrite)
-    quality: dict[str, dict] = {}
-    extra: dict = {}
-    if cfg.method == "gradfix":
-        result, records, extra = _gradfix(cfg, pair, tv, plans)
+    output = info.impl.run(run, cfg.method_config)
+    quality, extra = output.quality, output.extra
+    if output.result is not None:
+        result, records = output.result, output.records or []
     else:
-        needed = set().union(*(p.spaces() for p in plans)) if plans else set()
-        if cfg.method in ("pad", "naive"):
-            maps = pad_maps(space_widths(plans, pair.source.shapes))
-        elif cfg.alignment:
-            alignment = Alignment.load(cfg.alignment)
-            _check_alignment(alignment, pair, cfg.method, f"alignment {cfg.alignment}")
-            _check_map_shapes(alignment.maps, space_widths(plans, pair.source.shapes), f"alignment {cfg.alignment}")
-            maps, quality = alignment.maps, {k: v for k, v in alignment.quality.items() if k in needed}
-            extra["alignment_provenance"] = alignment.provenance
-        else:
-            alignment = compute_alignment(cfg.prepare_config(), pair, needed)
-            maps, quality = alignment.maps, alignment.quality
-            extra["alignment_provenance"] = alignment.provenance
-        result, records = execute_plan(tv, plans, maps)
+        result, records = execute_plan(tv, plans, output.maps or {})
     report = build_report(cfg, pair, tv_path, tv, records, quality, extra)
     report_text = json.dumps(report, indent=2, sort_keys=False)
     left = [r for r in records if r.status == "left_out"]

@@ -24,7 +24,7 @@ import warnings
 
 from theseus_ops import __version__
 from theseus_ops.errors import TheseusError
-from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, DEFAULT_SOLVER, FILLS, SOLVERS
+from theseus_ops.transport.options import OptionSpec, option_specs
 
 EXIT_INPUT = 2
 EXIT_SIGINT = 128 + signal.SIGINT
@@ -52,25 +52,60 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-calibration", metavar="FILE", help="the target model's inputs for the same examples")
 
 
+def _add_option(p: argparse._ActionsContainer, spec: OptionSpec, prefix: str = "") -> None:
+    """One declared option as a flag: its default, help, choices and type come from the declaration."""
+    flag = f"--{prefix.replace('_', '-') + '-' if prefix else ''}{spec.flag_suffix}"
+    dest = f"{prefix}_{spec.name}" if prefix else spec.name
+    if spec.type is bool:
+        p.add_argument(flag, dest=dest, action="store_true", default=spec.default, help=spec.help)
+        return
+    kwargs: dict = {"dest": dest, "default": spec.default, "help": spec.help, "type": spec.type}
+    if spec.choices:
+        kwargs["choices"] = list(spec.choices)
+    if spec.metavar:
+        kwargs["metavar"] = spec.metavar
+    p.add_argument(flag, **kwargs)
+
+
 def _add_map_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--center", action="store_true", help="center activations before Procrustes")
-    p.add_argument("--whiten-power", type=float, default=0.0, metavar="P", help="partial whitening power in [0, 0.5]")
-    p.add_argument("--max-rows", type=int, metavar="N", help="use at most N calibration examples")
-    p.add_argument("--layer-map", default="identity", metavar="identity|uniform|FILE.json",
-                   help="which source layer feeds each target layer (default: identity, equal depth)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=8, help="calibration examples per forward pass")
-    p.add_argument("--rank-tol", type=float, default=DEFAULT_RANK_TOL, metavar="TOL",
-                   help="singular values under TOL x the largest count as undetermined by the data (reported; "
-                   "default %(default).2g)")
-    p.add_argument("--fill", default=DEFAULT_FILL, choices=FILLS,
-                   help="what a map does on directions the data leaves undetermined: pad fills them with the zero-pad "
-                   "prior (default; depends on coordinate order), project drops them or completes them from "
-                   "probe inputs (equivariant)")
-    p.add_argument("--solver", default=DEFAULT_SOLVER, choices=SOLVERS,
-                   help="how the pad fill's polar factors are computed: eigh (default; eigendecompositions of the "
-                   "smaller Gram, several times faster) or svd (exact to float64 rounding on every direction)")
-    p.add_argument("--probe-seed", type=int, default=0, help="seed of theseus-data-free's probe inputs")
+    """The options prepare and transport share, from :class:`theseus_ops.config.MapSettings`."""
+    from theseus_ops.config import MapSettings
+
+    for spec in option_specs(MapSettings):
+        _add_option(p, spec)
+
+
+def _add_method_options(p: argparse.ArgumentParser, names: list[str]) -> None:
+    """Each method's own options, as ``--<method>-<option>``, in a help section per method."""
+    from theseus_ops.transport.methods import get_method
+
+    for name in names:
+        info = get_method(name)
+        specs = info.options()
+        if specs:
+            group = p.add_argument_group(f"{name} options", info.summary)
+            for spec in specs:
+                _add_option(group, spec, info.option_prefix)
+
+
+def _method_help(names: list[str]) -> str:
+    from theseus_ops.transport.methods import get_method
+
+    return "; ".join(f"{n}: {get_method(n).summary}" for n in names)
+
+
+def _map_settings(args: argparse.Namespace) -> dict:
+    from theseus_ops.config import MapSettings
+
+    return {spec.name: getattr(args, spec.name) for spec in option_specs(MapSettings)}
+
+
+def _method_config(args: argparse.Namespace) -> dict:
+    """The chosen method's own options from their flags (its config dataclass checks them)."""
+    from theseus_ops.transport.methods import get_method
+
+    info = get_method(args.method)
+    return {spec.name: getattr(args, f"{info.option_prefix}_{spec.name}") for spec in info.options()}
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -79,8 +114,11 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from theseus_ops.transport.methods import method_names
+    from theseus_ops.config import PrepareConfig
+    from theseus_ops.transport.methods import get_method, method_names
 
+    every = sorted(method_names())
+    estimating = [n for n in every if get_method(n).capabilities.estimates_maps]
     parser = OneLineParser(prog="theseus-ops", description="Port task vectors to a new base model release.")
     parser.add_argument("--version", action="version", version=f"theseus-ops {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -90,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-base", required=True, metavar="DIR")
     p.add_argument("--target-base", required=True, metavar="DIR")
     _add_calibration(p)
-    p.add_argument("--method", default="theseus", choices=["theseus", "theseus-data-free"])
+    p.add_argument("--method", default=PrepareConfig.__dataclass_fields__["method"].default, choices=estimating,
+                   help=_method_help(estimating))
     _add_map_options(p)
+    _add_method_options(p, estimating)
     p.add_argument("--out", required=True, metavar="ALIGNMENT")
     _add_overwrite(p)
 
@@ -103,10 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source-tuned", metavar="DIR", help="fine-tuned source model; its delta is computed")
     _add_calibration(t)
     t.add_argument("--alignment", metavar="FILE", help="reuse the maps written by prepare")
-    t.add_argument("--method", required=True, choices=method_names())
+    t.add_argument("--method", required=True, choices=every, help=_method_help(every))
     _add_map_options(t)
-    t.add_argument("--gradfix-mode", default="normal", choices=["normal", "force"])
-    t.add_argument("--gradfix-signs", default="mean", choices=["mean", "vote"])
+    _add_method_options(t, every)
     t.add_argument("--allow-partial", action="store_true", help="write a result even if some parameters are left out")
     t.add_argument("--out", required=True, metavar="PATH")
     t.add_argument("--report", metavar="FILE.json", help="per-parameter JSON report")
@@ -149,25 +188,19 @@ def _run(args: argparse.Namespace) -> int:
     from theseus_ops.config import PrepareConfig, TransportConfig
 
     if args.command == "prepare":
-        cfg = PrepareConfig(
-            source_base=args.source_base, target_base=args.target_base, calibration=_calibration(args),
-            method=args.method, center=args.center, whiten_power=args.whiten_power, max_rows=args.max_rows,
-            layer_map=args.layer_map, device=args.device, batch_size=args.batch_size, rank_tol=args.rank_tol,
-            probe_seed=args.probe_seed, fill=args.fill, solver=args.solver,
-        )
+        cfg = PrepareConfig(source_base=args.source_base, target_base=args.target_base,
+                            calibration=_calibration(args), method=args.method, method_config=_method_config(args),
+                            **_map_settings(args))
         alignment = api.prepare(cfg, args.out, overwrite=args.overwrite)
         worst = max((q["residual"] for q in alignment.quality.values()), default=float("nan"))
         if not args.quiet:
             print(f"{args.out}: {len(alignment.maps)} spaces, worst residual {worst:.3g}", file=sys.stderr)
     elif args.command == "transport":
-        cfg = TransportConfig(
-            source_base=args.source_base, target_base=args.target_base, method=args.method,
-            task_vector=args.task_vector, source_tuned=args.source_tuned, calibration=_calibration(args),
-            alignment=args.alignment, layer_map=args.layer_map, allow_partial=args.allow_partial,
-            center=args.center, whiten_power=args.whiten_power, max_rows=args.max_rows, device=args.device,
-            batch_size=args.batch_size, gradfix_mode=args.gradfix_mode, gradfix_signs=args.gradfix_signs,
-            rank_tol=args.rank_tol, probe_seed=args.probe_seed, fill=args.fill, solver=args.solver,
-        )
+        cfg = TransportConfig(source_base=args.source_base, target_base=args.target_base, method=args.method,
+                              task_vector=args.task_vector, source_tuned=args.source_tuned,
+                              calibration=_calibration(args), alignment=args.alignment,
+                              allow_partial=args.allow_partial, method_config=_method_config(args),
+                              **_map_settings(args))
         report = api.transport(cfg, args.out, args.report, overwrite=args.overwrite)
         s = report["summary"]
         if not args.quiet:

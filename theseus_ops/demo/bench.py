@@ -22,9 +22,9 @@ from theseus_ops.evaluation import Candidate, NotApplicable, TaskConfig, score_a
 from theseus_ops.evaluation.generation import GenerationEvaluator
 from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.plots import SweepPanel, sweep_figure
+from theseus_ops.transport.methods import get_method, method_names
 
 log = logging.getLogger("theseus_ops")
-METHODS = ("pad", "naive", "theseus", "theseus-data-free", "gradfix")
 SHOWN_VAL = ("exact_match", "token_accuracy")
 
 
@@ -32,7 +32,7 @@ SHOWN_VAL = ("exact_match", "token_accuracy")
 class BenchConfig:
     family: str = "tiny"
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(method_names()))
     targets: tuple[str, ...] = TARGETS
     cache: str | None = None
     val_limit: int | None = None
@@ -79,17 +79,18 @@ def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out:
     from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
 
     source, tgt = str(fam.model("v1")), str(fam.model(target))
+    caps = get_method(method).capabilities
     kwargs: dict = {}
-    if method in ("theseus", "theseus-data-free"):
-        key = (target, skill if method == "theseus" else None)
+    if caps.estimates_maps:  # prepared once per target (and skill, when it uses calibration data)
+        key = (target, skill if caps.needs_calibration else None)
         if key not in alignments:
             path = out.parent.parent / "alignments" / f"{target}-{method}{'-' + skill if key[1] else ''}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
-            cal = CalibrationSpec(str(fam.calibration(skill))) if method == "theseus" else CalibrationSpec()
+            cal = CalibrationSpec(str(fam.calibration(skill))) if caps.needs_calibration else CalibrationSpec()
             api.prepare(PrepareConfig(source, tgt, cal, method=method), path)
             alignments[key] = str(path)
         kwargs["alignment"] = alignments[key]
-    elif method == "gradfix":
+    elif caps.needs_calibration:
         kwargs["calibration"] = CalibrationSpec(str(fam.calibration(skill)))
     dest = out / (f"{method}" if tv.is_dir() else f"{method}.safetensors")
     out.mkdir(parents=True, exist_ok=True)
@@ -188,13 +189,15 @@ def _fmt(v: float | None, pct: bool = True) -> str:
     return f"{100 * v:.0f}" if pct else f"{v:.3f}"
 
 
-SHOWN = ("base", "pad", "naive", "theseus", "theseus-data-free", "gradfix", "finetuned")
+def _shown() -> tuple[str, ...]:
+    """The table's columns: the base, every registered method in listing order, the direct fine-tune."""
+    return ("base", *method_names(), "finetuned")
 
 
 def _method_row(cell: dict, render) -> list[str]:
     """Target, task, then one rendered cell per shown method ("n/a" where it does not apply)."""
     row = [cell["target"], cell["task"]]
-    for m in SHOWN:
+    for m in _shown():
         r = cell["methods"].get(m)
         row.append("n/a" if r is None or "not_applicable" in r else render(m, r, cell))
     return row
@@ -218,15 +221,15 @@ def markdown_table(results: dict) -> str:
                      f"{_fmt(r['v1_finetuned']['exact_match'])} | {_fmt(base['token_accuracy']) if base else '–'} | "
                      f"{_fmt(r['v1_finetuned']['token_accuracy'])} |")
     lines += ["", "## Targets: test exact match % [α]", "",
-              "| target | task | " + " | ".join(SHOWN) + " | selected | selected recovered |",
-              "|---|---|" + "---|" * (len(SHOWN) + 2)]
+              "| target | task | " + " | ".join(_shown()) + " | selected | selected recovered |",
+              "|---|---|" + "---|" * (len(_shown()) + 2)]
     for cell in results["cells"]:
         row = _method_row(cell, _em_cell)
         sel = cell["methods"][cell["selected"]]
         row += [cell["selected"], _fmt(sel.get("recovered"))]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Targets: test answer-token accuracy % and held-out LM loss (nats) at the chosen α", "",
-              "| target | task | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN)]
+              "| target | task | " + " | ".join(_shown()) + " |", "|---|---|" + "---|" * len(_shown())]
     for cell in results["cells"]:
         row = _method_row(cell, lambda _m, r, _c: f"{_fmt(r['test']['token_accuracy'])} / "
                                                    f"{r['test'].get('lm_loss', float('nan')):.3f}")

@@ -14,7 +14,7 @@ tasks through XCom and retry any step on its own. Nothing here imports Airflow.
         mark_processed(cfg, release["family"], release["version"], run_id)
 """
 
-from theseus_ops.workflow.config import DEFAULT_ALPHAS, DEFAULT_METHODS, WorkflowConfig
+from theseus_ops.workflow.config import DEFAULT_ALPHAS, DEFAULT_METHODS, WorkflowConfig, default_methods, methods_param
 from theseus_ops.workflow.reconcile import (
     ANNOUNCED_TAG,
     PROCESSED_TAG,
@@ -52,11 +52,13 @@ __all__ = [
     "SUMMARY_TAG",
     "WorkflowConfig",
     "collect_outcomes",
+    "default_methods",
     "families",
     "list_task_vectors",
     "local_pair",
     "mark_announced",
     "mark_processed",
+    "methods_param",
     "pending_releases",
     "process_task_vector",
     "record_failure",

@@ -11,9 +11,28 @@ from pathlib import Path
 from theseus_ops.catalog.config import CatalogConfig, GateConfig
 from theseus_ops.errors import InputError
 from theseus_ops.storage.zones import StorageConfig
-from theseus_ops.transport.methods import get_method
+from theseus_ops.transport.methods import get_method, method_names
 
-DEFAULT_METHODS: tuple[str, ...] = ("pad", "theseus", "theseus-data-free", "naive", "gradfix")
+
+def default_methods() -> tuple[str, ...]:
+    """Every registered method, in the registry's listing order: a new method package is tried too."""
+    return tuple(method_names())
+
+
+def methods_param() -> dict:
+    """The DAG's ``methods`` Param (keyword arguments of ``airflow.sdk.Param``), built from the registry.
+
+    The enum and each method's line of the description come from the method packages, so a new
+    method appears in the trigger form without editing the DAG.
+    """
+    names = method_names()
+    lines = "; ".join(f"{n}: {get_method(n).summary}" for n in names)
+    return {"default": None, "type": ["null", "array"], "items": {"type": "string", "enum": names},
+            "minItems": 1, "uniqueItems": True, "title": "Methods",
+            "description": f"Transport methods; empty: THESEUS_METHODS or all of {', '.join(names)}. {lines}."}
+
+
+DEFAULT_METHODS: tuple[str, ...] = default_methods()  # at import; WorkflowConfig reads the registry when built
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]*$")
 
@@ -42,7 +61,7 @@ class WorkflowConfig:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     work_dir: Path = Path(".theseus/work")
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = field(default_factory=default_methods)
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     gate: GateConfig = field(default_factory=GateConfig)
     serving_suffix: str = "-serving"

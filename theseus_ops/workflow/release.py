@@ -41,6 +41,7 @@ from theseus_ops.io.atomic import normalize_modes, temp_file
 from theseus_ops.io.calibration import fingerprint
 from theseus_ops.io.models import inspect_model_dir
 from theseus_ops.io.task_vectors import dense_deltas
+from theseus_ops.transport.methods import get_method
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.evaluation import dataset_dir, task_config  # noqa: F401 - dataset_dir: re-exported
 from theseus_ops.workflow.reconcile import base_versions, catalog_of
@@ -50,7 +51,6 @@ log = logging.getLogger("theseus_ops")
 WORKFLOW_FORMAT = "theseus-workflow/1"
 OUTCOME_KEY_TAG = "theseus.outcome_key"
 OUTCOME_FILE = "outcome.json"
-ALIGNED = ("theseus", "theseus-data-free")
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -226,12 +226,13 @@ def _calibration(cfg: WorkflowConfig, pair: dict, evaluator: Evaluator) -> tuple
 def _alignment(cfg: WorkflowConfig, pair: dict, method: str, spec: CalibrationSpec, cal_fp: str) -> str:
     """Prepare once per (pair, method, calibration fingerprint) and cache under the work dir."""
     src, tgt = pair["source"], pair["target"]
-    suffix = f"-{cal_fp[:16]}" if method == "theseus" else ""
+    uses_data = get_method(method).capabilities.needs_calibration
+    suffix = f"-{cal_fp[:16]}" if uses_data else ""
     name = f"{src['sha256'][:12]}-{tgt['sha256'][:12]}-{method}{suffix}.safetensors"
     path = cfg.work_dir / "alignments" / pair["family"] / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        prep = PrepareConfig(src["dir"], tgt["dir"], spec if method == "theseus" else CalibrationSpec(), method=method,
+        prep = PrepareConfig(src["dir"], tgt["dir"], spec if uses_data else CalibrationSpec(), method=method,
                              device=cfg.device)
         api.prepare(prep, path)
     return str(path.resolve())
@@ -239,14 +240,15 @@ def _alignment(cfg: WorkflowConfig, pair: dict, method: str, spec: CalibrationSp
 
 def _transport(cfg: WorkflowConfig, pair: dict, method: str, tv_path: Path, spec: CalibrationSpec, cal_fp: str,
                out_dir: Path) -> tuple[Path, str]:
-    """(transported vector, alignment URI) for one method."""
+    """(transported vector, alignment URI) for one method; its capabilities say which inputs it gets."""
+    caps = get_method(method).capabilities
     kwargs: dict = {}
     alignment_uri = f"none://{method}"
-    if method in ALIGNED:
+    if caps.estimates_maps:  # prepared once per pair and calibration, reused by every task vector
         path = _alignment(cfg, pair, method, spec, cal_fp)
         kwargs["alignment"] = path
         alignment_uri = Path(path).as_uri()
-    elif method == "gradfix":
+    elif caps.needs_calibration:
         kwargs["calibration"] = spec
     dest = out_dir / (method if tv_path.is_dir() else f"{method}.safetensors")
     api.transport(TransportConfig(pair["source"]["dir"], pair["target"]["dir"], method, task_vector=str(tv_path),
@@ -306,7 +308,7 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: dict, ref: VersionRef
     chosen, metric = selection.chosen, selection.metric
     path, alignment_uri = paths[selection.selected]
     options = {"workflow": WORKFLOW_FORMAT,
-               "calibration_sha256": cal_fp if selection.selected in ("theseus", "gradfix") else None}
+               "calibration_sha256": cal_fp if get_method(selection.selected).capabilities.needs_calibration else None}
     vec = register_transported_vector(catalog, ref, target_ref, path, method=selection.selected, alpha=chosen.alpha,
                                       alignment=alignment_uri, options=options)
     model_dir = api.apply_task_vector(pair["target"]["dir"], path, chosen.alpha, scratch / "model")

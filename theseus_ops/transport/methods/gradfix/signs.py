@@ -1,39 +1,15 @@
-"""GradFix (arXiv 2510.09658): between two bases of identical shape, keep the coordinates of τ
-whose sign agrees with −∇L of the target on a few labeled examples (or force them to it).
-"""
+"""GradFix's algorithm (arXiv 2510.09658): the target's descent signs, and τ masked (or re-signed) by them."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from theseus_ops.errors import InputError, NotApplicableError
+from theseus_ops.errors import InputError
+from theseus_ops.transport.methods.gradfix.config import GradFixConfig
 from theseus_ops.transport.statistics import model_inputs
 from theseus_ops.transport.task_vector import TaskVector
-
-log = logging.getLogger("theseus_ops")
-
-
-@dataclass(frozen=True)
-class GradFixConfig:
-    """``mode``: normal keeps agreeing coordinates; force uses |τ|·(−sign g) everywhere g ≠ 0.
-    ``signs``: mean takes the sign of the mean gradient; vote a per-example majority.
-    """
-
-    mode: str = "normal"
-    signs: str = "mean"
-    batch_size: int = 4
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("normal", "force"):
-            raise InputError(f"gradfix mode must be normal or force, got {self.mode!r}")
-        if self.signs not in ("mean", "vote"):
-            raise InputError(f"gradfix signs must be mean or vote, got {self.signs!r}")
-        if self.batch_size < 1:
-            raise InputError("gradfix batch size must be at least 1")
 
 
 def descent_signs(
@@ -41,12 +17,13 @@ def descent_signs(
     names: list[str],
     data: dict[str, torch.Tensor],
     config: GradFixConfig,
+    batch_size: int,
     device: torch.device,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """sign(g) of the model's own task loss at its current weights, per named parameter."""
-    if "labels" not in data:
-        raise NotApplicableError("gradfix needs 'labels' in the target calibration file (LM: -100 outside the answer)")
+    if "labels" not in data:  # the API's capability check (needs_labels) refuses this before any work
+        raise InputError("gradfix needs 'labels' in the target calibration file (LM: -100 outside the answer)")
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
@@ -60,7 +37,7 @@ def descent_signs(
     if total == 0:
         raise InputError("gradfix: every calibration label is ignored (-100); label the answer tokens")
     data = {k: v[labeled] for k, v in data.items()}
-    step = 1 if config.signs == "vote" else config.batch_size
+    step = 1 if config.signs == "vote" else batch_size
     votes = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
     model.zero_grad(set_to_none=True)
     for start in range(0, total, step):

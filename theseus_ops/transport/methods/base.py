@@ -1,0 +1,142 @@
+"""What a method implements, and what the API hands it.
+
+A method turns a :class:`TransportContext` into a :class:`MethodOutput`: either one map per
+coordinate space (the engine then applies the family's rules, so fused projections, Conv1D layouts
+and LoRA factors are handled once for every map method), or a finished task vector with its report
+lines (a method that edits the vector itself, like GradFix). A method that estimates its maps from
+the two models (``Capabilities.estimates_maps``) also implements :meth:`Method.estimate`, which
+``prepare`` calls; at transport time it usually just returns ``ctx.prepared_maps()``.
+
+The contexts are protocols the API implements: the engine stays free of files, MLflow and model
+loading, and a method asks only for what it uses (a calibration file is read, a model loaded,
+only when asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from theseus_ops.transport.engine import ParamPlan, ParamRecord
+    from theseus_ops.transport.maps import MapOptions
+    from theseus_ops.transport.statistics import SpaceRequest
+    from theseus_ops.transport.task_vector import TaskVector
+
+Inputs = dict[str, "torch.Tensor"]
+
+
+@dataclass
+class MethodOutput:
+    """Maps for the engine to apply, or (``result``, ``records``) when the method wrote the vector itself.
+
+    ``quality``: per-space figures for the report; ``extra``: further report sections.
+    """
+
+    maps: dict[str, torch.Tensor] | None = None
+    quality: dict[str, dict] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    result: TaskVector | None = None
+    records: list[ParamRecord] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.maps is None) == (self.result is None):
+            raise ValueError("a method returns either maps or a result task vector, not both or neither")
+        if self.result is not None and self.records is None:
+            raise ValueError("a method that returns a result task vector returns its report records too")
+
+
+@dataclass
+class Estimate:
+    """What :meth:`Method.estimate` returns: maps, per-space quality objects, and calibration provenance."""
+
+    maps: dict[str, torch.Tensor]
+    quality: dict[str, Any]
+    calibration: dict[str, Any]
+
+
+@dataclass
+class CalibrationInputs:
+    """Both models' inputs for the same examples, and their provenance (fingerprints, rows)."""
+
+    source: Inputs
+    target: Inputs
+    info: dict[str, Any]
+
+
+@dataclass
+class LoadedModels:
+    """The two base models, and the space requests whose modules both of them have."""
+
+    source: torch.nn.Module
+    target: torch.nn.Module
+    requests: list[SpaceRequest]
+
+
+class EstimateContext(Protocol):
+    """What ``prepare`` (or transport without an alignment) gives a map-estimating method."""
+
+    options: MapOptions
+    layout: str
+    batch_size: int
+    probe_seed: int
+    device: torch.device
+    progress: Callable[[str], None]
+
+    def calibration(self) -> CalibrationInputs:
+        """The calibration files, loaded and checked against both vocabularies."""
+        ...
+
+    def models(self) -> LoadedModels:
+        """Both base models on the device (loaded once)."""
+        ...
+
+    def probes(self, min_examples: int = 8) -> tuple[Inputs, Inputs]:
+        """Seeded synthetic inputs, the same examples for both models."""
+        ...
+
+
+class TransportContext(Protocol):
+    """What ``transport`` gives every method, after the capability checks passed."""
+
+    task_vector: TaskVector
+    plans: list[ParamPlan]
+    batch_size: int
+    device: torch.device
+    progress: Callable[[str], None]
+
+    def space_widths(self) -> dict[str, tuple[int, int]]:
+        """(d_A, d_B) of every space the plans read or write."""
+        ...
+
+    def prepared_maps(self) -> MethodOutput:
+        """The maps of a map-estimating method: the given alignment, checked, or estimated now."""
+        ...
+
+    def target_calibration(self) -> tuple[Inputs, int]:
+        """The target model's calibration tensors (labels included) and their row count."""
+        ...
+
+    def target_model(self, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """The target base model on the device."""
+        ...
+
+
+class Method:
+    """A method's behaviour. Subclass and override :meth:`run` (and :meth:`estimate` if it estimates maps)."""
+
+    def run(self, ctx: TransportContext, config: Any) -> MethodOutput:
+        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
+
+    def estimate(self, ctx: EstimateContext, config: Any) -> Estimate:
+        raise NotImplementedError(f"{type(self).__name__} does not estimate maps")
+
+
+class PreparedMaps(Method):
+    """A map-estimating method at transport time: the prepared (or freshly estimated) maps."""
+
+    def run(self, ctx: TransportContext, config: Any) -> MethodOutput:
+        return ctx.prepared_maps()

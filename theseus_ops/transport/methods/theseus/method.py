@@ -1,0 +1,32 @@
+"""Theseus: activation-aligned Procrustes maps per coordinate space (arXiv 2602.12952)."""
+
+from __future__ import annotations
+
+from theseus_ops.transport.methods import Capabilities, register_method
+from theseus_ops.transport.methods.base import Estimate, EstimateContext, PreparedMaps
+from theseus_ops.transport.methods.theseus.config import TheseusConfig
+
+
+class Theseus(PreparedMaps):
+    """Maps from the calibration data; with the project fill, undetermined directions come from probes."""
+
+    def estimate(self, ctx: EstimateContext, config: TheseusConfig) -> Estimate:
+        from theseus_ops.transport.methods.theseus.estimate import estimate_maps
+
+        calibration = ctx.calibration()  # read and checked before the (slow) model loads
+        models = ctx.models()
+        maps, quality = estimate_maps(
+            models.source, models.target, models.requests, calibration.source, calibration.target,
+            layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
+            progress=ctx.progress, probes=ctx.probes,
+        )
+        info = dict(calibration.info)
+        if ctx.options.fill == "project":
+            info["completion"] = {"probe_seed": ctx.probe_seed,
+                                  "spaces": sorted(k for k, q in quality.items() if q.probe_filled)}
+        return Estimate(maps, quality, info)
+
+
+register_method("theseus", TheseusConfig, Theseus(), order=20,
+                summary="activation-aligned Procrustes maps per coordinate space",
+                capabilities=Capabilities(needs_calibration=True, estimates_maps=True))

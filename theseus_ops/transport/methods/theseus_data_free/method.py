@@ -1,0 +1,30 @@
+"""Theseus from seeded probe inputs: Procrustes maps without any calibration data."""
+
+from __future__ import annotations
+
+from theseus_ops.transport.methods import Capabilities, register_method
+from theseus_ops.transport.methods.base import Estimate, EstimateContext, PreparedMaps
+from theseus_ops.transport.methods.theseus_data_free.config import TheseusDataFreeConfig
+
+
+class TheseusDataFree(PreparedMaps):
+    """The probes are the data; no completion pass, since nothing is left to complete them from."""
+
+    def estimate(self, ctx: EstimateContext, config: TheseusDataFreeConfig) -> Estimate:
+        from theseus_ops.transport.methods.theseus.estimate import estimate_maps
+
+        info: dict = {"probe": "seeded synthetic inputs", "seed": ctx.probe_seed}
+        models = ctx.models()
+        source, target = ctx.probes()
+        info["rows"] = next(iter(source.values())).shape[0]
+        maps, quality = estimate_maps(
+            models.source, models.target, models.requests, source, target,
+            layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
+            progress=ctx.progress, probes=None,
+        )
+        return Estimate(maps, quality, info)
+
+
+register_method("theseus-data-free", TheseusDataFreeConfig, TheseusDataFree(), order=30,
+                summary="Procrustes maps from seeded probe inputs, no data",
+                capabilities=Capabilities(estimates_maps=True))
