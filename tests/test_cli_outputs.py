@@ -455,3 +455,27 @@ def test_quiet_catalog_commands_print_nothing_on_success(mlflow_sqlite, tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert json.loads(done.stdout)["created"] is True
+
+
+def test_an_owned_file_is_replaced_whole_or_kept(tmp_path):
+    """``replacing`` (caches, plots, a file landing zone): the new content replaces the old in one rename, in
+    the umask's mode; a writer that fails leaves the old file and no temporary behind."""
+    from theseus_ops.io.atomic import replacing
+
+    dest = tmp_path / "cache" / "plot.png"
+    with replacing(dest, ".png") as tmp:
+        assert tmp.suffix == ".png" and tmp.parent == dest.parent
+        tmp.write_bytes(b"one")
+    previous = os.umask(0o027)
+    try:
+        with pytest.raises(RuntimeError), replacing(dest, ".png") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the writer failed")
+        assert dest.read_bytes() == b"one" and [p.name for p in dest.parent.iterdir()] == ["plot.png"]
+        with replacing(dest, ".png") as tmp:
+            tmp.write_bytes(b"two")
+            os.chmod(tmp, 0o600)  # as safetensors' writer leaves it
+    finally:
+        os.umask(previous)
+    assert dest.read_bytes() == b"two" and stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~0o027
+    assert [p.name for p in dest.parent.iterdir()] == ["plot.png"]

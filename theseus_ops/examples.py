@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from theseus_ops.demo.grow import head_rows, permutations, permutations_for, permute_state
 from theseus_ops.errors import InputError
+from theseus_ops.permutations import head_rows, permutations, permutations_for, permute_state
 
 
 def permute_llama(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:

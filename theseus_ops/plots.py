@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from theseus_ops.errors import InputError
+from theseus_ops.io.atomic import replacing
 
 
 @dataclass
@@ -59,10 +60,11 @@ def sweep_figure(panels: list[SweepPanel], title: str, metric: str, path: Path) 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

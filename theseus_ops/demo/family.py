@@ -34,7 +34,7 @@ from theseus_ops.demo import grow, train
 from theseus_ops.demo import skills as skills_mod
 from theseus_ops.demo.tokenizer import save_tokenizer
 from theseus_ops.errors import InputError
-from theseus_ops.io.atomic import build_directory_once
+from theseus_ops.io.atomic import build_directory_once, replacing
 
 # Bump when the builder changes what it writes for the same config: the cache key includes it.
 FORMAT = "theseus-demo-family/2"
@@ -389,9 +389,8 @@ def ensure_references(fam: Family, progress: Callable[[str], None] | None = None
                           progress=lambda m, n=n: progress(f"family {cfg.scale}: reference {n}/{len(missing)} {m}"),
                           label=f"{release} {skill}")
         dest = fam.reference(release, skill)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        _save_delta(tuned, base_state, tmp, {"theseus.skill": skill, "theseus.release": release})
-        tmp.rename(dest)
+        with replacing(dest, ".safetensors") as tmp:
+            _save_delta(tuned, base_state, tmp, {"theseus.skill": skill, "theseus.release": release})
         timings[f"{release}/{skill}"] = round(time.perf_counter() - t0, 2)
         progress(f"family {cfg.scale}: reference fine-tune {release} {skill} in {timings[f'{release}/{skill}']}s")
     return timings

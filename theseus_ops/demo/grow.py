@@ -24,6 +24,9 @@ import torch
 import transformers
 
 from theseus_ops.errors import InputError
+from theseus_ops.permutations import head_rows, permutations, permutations_for, permute_state
+
+__all__ = ["head_rows", "permutations", "permutations_for", "permute_state", "widen_state", "widened_config"]
 
 
 def widened_config(config: transformers.LlamaConfig, hidden: int, heads: int, kv_heads: int,
@@ -81,51 +84,3 @@ def widen_state(state: dict[str, torch.Tensor], old: transformers.LlamaConfig, n
         else:
             raise InputError(f"widening has no rule for {name}")
     return out
-
-
-def permutations(config: transformers.LlamaConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Random residual, MLP-unit, kv-head and query-head (within their kv group) permutations."""
-    return permutations_for(config.hidden_size, config.intermediate_size, config.num_attention_heads,
-                            config.num_key_value_heads, seed)
-
-
-def permutations_for(hidden: int, intermediate: int, heads: int, kv: int, seed: int) -> dict[str, torch.Tensor]:
-    """The same permutations from explicit widths (any architecture with those units)."""
-    gen = torch.Generator().manual_seed(seed)
-    group = heads // kv
-    resid = torch.randperm(hidden, generator=gen)
-    mlp = torch.randperm(intermediate, generator=gen)
-    kv_perm = torch.randperm(kv, generator=gen)
-    q_heads = torch.cat([kv_perm[i] * group + torch.randperm(group, generator=gen) for i in range(kv)])
-    return {"resid": resid, "mlp": mlp, "kv_heads": kv_perm, "q_heads": q_heads}
-
-
-def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
-
-
-def permute_state(state: dict[str, torch.Tensor], config: transformers.LlamaConfig,
-                  perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same function in permuted coordinates: residual channels, heads and MLP units."""
-    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    pr, pm = perms["resid"], perms["mlp"]
-    qrows, kvrows = head_rows(perms["q_heads"], hd), head_rows(perms["kv_heads"], hd)
-    out = {}
-    for name, w in state.items():
-        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-            out[name] = w[:, pr]
-        elif name.endswith("q_proj.weight"):
-            out[name] = w[qrows][:, pr]
-        elif name.endswith(("k_proj.weight", "v_proj.weight")):
-            out[name] = w[kvrows][:, pr]
-        elif name.endswith("o_proj.weight"):
-            out[name] = w[pr][:, qrows]
-        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
-            out[name] = w[pm][:, pr]
-        elif name.endswith("down_proj.weight"):
-            out[name] = w[pr][:, pm]
-        elif name.endswith("norm.weight"):
-            out[name] = w[pr]
-        else:
-            raise InputError(f"permutation has no rule for {name}")
-    return {k: v.contiguous() for k, v in out.items()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
 from theseus_ops.demo.family import RELEASES, TARGETS, build_family, family_config
 from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.io.atomic import build_directory_once
 from theseus_ops.storage import land_release, open_zone
 from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_releases
 from theseus_ops.workflow.reconcile import base_versions
@@ -33,12 +35,12 @@ def _dataset_dir(family, skill: str, root: Path) -> Path:
     """A stable copy of the task's splits plus held-out text (what the task vector's catalog entry points at)."""
     dest = root / skill
     if not (dest / "heldout.txt").is_file():
-        tmp = root / f".{skill}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(family.task(skill), tmp)
-        shutil.copy(family.heldout, tmp / "heldout.txt")
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+        def copy_into(tmp: Path) -> None:
+            shutil.copytree(family.task(skill), tmp, dirs_exist_ok=True)
+            shutil.copy(family.heldout, tmp / "heldout.txt")
+
+        root.mkdir(parents=True, exist_ok=True)
+        build_directory_once(dest, root / f".{skill}.tmp-{os.getpid()}", copy_into)
     return dest
 
 

@@ -90,6 +90,28 @@ def temp_file(dest: str | Path, suffix: str = ".tmp") -> Path:
     return Path(name)
 
 
+@contextlib.contextmanager
+def replacing(dest: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``dest`` that replaces it once the block succeeds, and is removed if it fails.
+
+    For files theseus-ops owns by construction (its caches, its plots, a landing zone's objects), which a
+    re-run rewrites whole: a reader sees the old file or the new one, never a part. The file gets the
+    umask's mode, as ``open`` would give it (writers such as safetensors create 0600 files). ``suffix``
+    keeps the extension writers read the format from (matplotlib: ``.png``). Outputs a user names go
+    through :func:`atomic_path` instead, which also refuses to replace what theseus-ops did not write.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(dest, suffix)
+    try:
+        yield tmp
+        normalize_modes(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _listing(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
 

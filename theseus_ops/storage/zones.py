@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
-from theseus_ops.io.atomic import temp_file
+from theseus_ops.io.atomic import replacing, temp_file
 from theseus_ops.retry import RetryPolicy, call_with_retry
 
 Progress = Callable[[str], None]
@@ -110,14 +110,8 @@ class LocalLandingZone:
         return self.root / _check_key(key)
 
     def _atomic(self, dest: Path, write: Callable[[Path], None]) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_file(dest, ".part")  # the umask's mode, as open gives, not mkstemp's 0600
-        try:
+        with replacing(dest, ".part") as tmp:
             write(tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def put_file(self, local: Path, key: str) -> None:
         self._atomic(self._path(key), lambda tmp: shutil.copyfile(local, tmp))
