@@ -179,8 +179,8 @@ def summarize_release(cfg: WorkflowConfig, pair: Pair, results: list[Result]) ->
     outcomes = [r.to_json() for r in results]  # the record's shape (summary.json), as the view reads it back
     catalog = catalog_of(cfg)
     value = f"{target.name}/{target.version}"
-    results = sorted((o.get("vector", "?"), o.get("outcome_run") or f"error: {o.get('error')}") for o in outcomes)
-    key = hashlib.sha256(json.dumps({"release": value, "results": results}).encode()).hexdigest()
+    keyed = sorted((o.get("vector", "?"), o.get("outcome_run") or f"error: {o.get('error')}") for o in outcomes)
+    key = hashlib.sha256(json.dumps({"release": value, "results": keyed}).encode()).hexdigest()
     existing = find_finished_run(catalog, SUMMARY_KEY_TAG, key)
     if existing is not None:
         return existing.info.run_id
