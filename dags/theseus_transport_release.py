@@ -10,7 +10,6 @@ of the same release reuses every recorded outcome and registers nothing new.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pendulum
@@ -27,22 +26,17 @@ from theseus_airflow.dag_support import (
 )
 from theseus_airflow.kubernetes import gpu_executor_config
 
-from theseus_ops.workflow import (
-    DEFAULT_ALPHAS,
-    collect_outcomes,
-    families,
-    list_task_vectors,
-    mark_processed,
-    methods_param,
-    pending_releases,
-    process_task_vector,
-    record_failure,
-    resolve_pair,
-    summarize_release,
+from theseus_ops.workflow import DEFAULT_ALPHAS, methods_param
+from theseus_ops.workflow.contracts import Job, Outcome, Pair, Release, ReleaseSummary
+from theseus_ops.workflow.steps import (
+    failure_message,
+    plan_jobs,
+    port_job,
+    resolve_releases,
+    select_releases,
+    summarize_releases,
 )
-from theseus_ops.workflow.summary import is_failure
 
-log = logging.getLogger("theseus_ops")
 VERSION = {"type": ["null", "string"], "pattern": "^[0-9]+$"}
 
 PARAMS = {
@@ -66,10 +60,6 @@ PARAMS = {
 }
 
 
-def _release_key(release: dict) -> tuple[str, str]:
-    return release["family"], str(release["version"])
-
-
 @dag(
     dag_id="theseus_transport_release",
     schedule=[RELEASE_ASSET],
@@ -88,46 +78,25 @@ def theseus_transport_release():
     def releases(*, params=None, triggering_asset_events=None) -> list[dict]:
         """The releases of this run: named by Params, else carried by Asset events, else all pending."""
         cfg = workflow_config(params)
-        family = params.get("family")
-        if family and params.get("target_version"):
-            return [{"family": family, "version": str(params["target_version"]),
-                     "supersedes": params.get("source_version")}]
-        if params.get("source_version"):
-            raise AirflowFailException("source_version needs target_version (and family)")
-        if family:
-            with step_errors():
-                return pending_releases(cfg, family)
-        found: dict[tuple[str, str], dict] = {}
-        for events in (triggering_asset_events or {}).values():
-            for event in events:
-                extra = dict(event.extra or {})
-                if extra.get("family") and extra.get("version"):
-                    found.setdefault(_release_key(extra), extra)
-        if found:
-            return list(found.values())
+        announced = [dict(e.extra or {}) for events in (triggering_asset_events or {}).values() for e in events]
         with step_errors():
-            return [r for name in families(cfg) for r in pending_releases(cfg, name)]
+            todo = select_releases(cfg, params.get("family"), params.get("target_version"),
+                                   params.get("source_version"), announced)
+        return [r.to_json() for r in todo]
 
     @task
     def resolve(todo: list[dict], *, params=None) -> list[dict]:
         """Each release's (source, target) bases, verified and downloaded to the work dir."""
         cfg = workflow_config(params)
         with step_errors():
-            return [resolve_pair(cfg, r["family"], r["version"], r.get("supersedes")) for r in todo]
+            return [p.to_json() for p in resolve_releases(cfg, [Release.from_json(r) for r in todo])]
 
     @task
     def plan(pairs: list[dict], *, params=None) -> list[dict]:
         """One job per (release, task vector): the units the GPU tasks are mapped over."""
         cfg = workflow_config(params)
-        jobs = []
-        for pair in pairs:
-            with step_errors():
-                vectors = list_task_vectors(cfg, pair, params.get("tasks") or None)
-            for vector in vectors:
-                jobs.append({"pair": pair, "vector": vector,
-                             "label": f"{vector} -> {pair['family']}/{pair['target']['version']}"})
-        log.info("%d task vector(s) to port across %d release(s)", len(jobs), len(pairs))
-        return jobs
+        with step_errors():
+            return [j.to_json() for j in plan_jobs(cfg, [Pair.from_json(p) for p in pairs], params.get("tasks"))]
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ vector_label }}", multiple_outputs=False,
           executor_config=gpu_executor_config())
@@ -136,42 +105,25 @@ def theseus_transport_release():
         get_current_context()["vector_label"] = job["label"]
         cfg = workflow_config(params)
         try:
-            outcome = process_task_vector(cfg, job["pair"], job["vector"])
-        except Exception as exc:
-            try:  # so the summary can say why, even though this task's XCom will be empty
-                record_failure(cfg, job["pair"], job["vector"], exc)
-            except Exception:
-                log.warning("could not record the failure of %s", job["vector"], exc_info=True)
+            return port_job(cfg, Job.from_json(job)).to_json()
+        except Exception as exc:  # recorded by port_job, so the summary can say why
             raise airflow_error(exc) from exc
-        return outcome
 
     @task(trigger_rule="all_done")
     def summarize(pairs: list[dict], jobs: list[dict], outcomes, *, params=None) -> list[dict]:
         """One MLflow run per release (table + α-sweep plot); failed vectors listed with their error."""
         cfg = workflow_config(params)
-        done = [o for o in (outcomes or []) if o]
-        summaries = []
-        for pair in pairs:
-            target = (pair["family"], pair["target"]["version"])
-            vectors = [j["vector"] for j in jobs if (j["pair"]["family"], j["pair"]["target"]["version"]) == target]
-            with step_errors():
-                collected = collect_outcomes(cfg, pair, vectors, done)
-                run_id = summarize_release(cfg, pair, collected)
-                mark_processed(cfg, target[0], target[1], run_id)
-            failed = [{"vector": o["vector"], "error": o["error"]} for o in collected if is_failure(o)]
-            summaries.append({"family": target[0], "version": target[1], "summary_run": run_id,
-                              "vectors": len(vectors), "failed": failed,
-                              "candidates": [o["registered"]["model"] for o in collected
-                                             if not is_failure(o) and o["registered"]["candidate"]]})
-            log.info("%s/%s: %d vector(s), %d failed, summary run %s", *target, len(vectors), len(failed), run_id)
-        return summaries
+        with step_errors():
+            summaries = summarize_releases(cfg, [Pair.from_json(p) for p in pairs], [Job.from_json(j) for j in jobs],
+                                           [Outcome.from_json(o) for o in (outcomes or []) if o])
+        return [s.to_json() for s in summaries]
 
     @task
     def check(summaries: list[dict]) -> None:
         """Fail the run (after everything else was recorded) when any task vector failed."""
-        failed = [f"{f['vector']}: {f['error']}" for s in summaries for f in s["failed"]]
-        if failed:
-            raise AirflowFailException(f"{len(failed)} task vector(s) failed: " + "; ".join(failed))
+        message = failure_message([ReleaseSummary.from_json(s) for s in summaries])
+        if message:
+            raise AirflowFailException(message)
 
     todo = releases()
     pairs = resolve(todo)

@@ -18,7 +18,7 @@ from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError, NotApplicableError
 from theseus_ops.evaluation import NotApplicable
 from theseus_ops.io.models import inspect_model_dir
-from theseus_ops.workflow import WorkflowConfig
+from theseus_ops.workflow import Pair, WorkflowConfig
 from theseus_ops.workflow.release import transported_delta
 
 
@@ -37,18 +37,18 @@ def wide_pair(tmp_path_factory):
     bad = tiny.save_delta(broken, tmp / "nan.safetensors")
     side = {name: {"dir": str(d), "version": v, "sha256": inspect_model_dir(d).sha256()}
             for name, d, v in (("source", source, "1"), ("target", target, "2"))}
-    return {"pair": {"family": "tiny", **side}, "good": good, "bad": bad, "tmp": tmp}
+    return {"pair": Pair.from_json({"family": "tiny", **side}), "good": good, "bad": bad, "tmp": tmp}
 
 
 def test_capability_checks_raise_not_applicable_before_any_work(wide_pair):
     pair = wide_pair["pair"]
     out = wide_pair["tmp"] / "naive.safetensors"
     with pytest.raises(NotApplicableError, match="identical shape"):
-        api.transport(TransportConfig(pair["source"]["dir"], pair["target"]["dir"], "naive",
+        api.transport(TransportConfig(pair.source.dir, pair.target.dir, "naive",
                                       task_vector=str(wide_pair["good"])), out)
     assert not out.exists()
     with pytest.raises(NotApplicableError, match="needs --calibration"):
-        TransportConfig(pair["source"]["dir"], pair["target"]["dir"], "theseus", task_vector=str(wide_pair["good"]))
+        TransportConfig(pair.source.dir, pair.target.dir, "theseus", task_vector=str(wide_pair["good"]))
     assert issubclass(NotApplicableError, InputError)  # on the CLI still one line and exit 2
 
 

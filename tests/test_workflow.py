@@ -7,6 +7,7 @@ summarises the release and marks it processed. A second full run must create not
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -24,21 +25,22 @@ from theseus_ops.storage import LocalLandingZone, StorageConfig, land_release
 from theseus_ops.workflow import (
     PROCESSED_TAG,
     SUMMARY_TAG,
+    Pair,
+    ReleaseSummary,
     WorkflowConfig,
-    collect_outcomes,
     families,
-    list_task_vectors,
     local_pair,
     mark_announced,
-    mark_processed,
     pending_releases,
-    process_task_vector,
-    record_failure,
+    plan_jobs,
+    port_job,
     register_landed_releases,
     release_overview,
     releases_to_announce,
     resolve_pair,
-    summarize_release,
+    resolve_releases,
+    select_releases,
+    summarize_releases,
 )
 from theseus_ops.workflow.release import dataset_dir, parse_ref
 
@@ -49,28 +51,25 @@ METHODS = ("pad", "theseus", "theseus-data-free", "naive", "gradfix")  # the def
 
 
 
-def _process_all(cfg, pair) -> list[dict]:
-    """Every vector of the pair, one failure recorded without stopping the others (as the DAG's mapped tasks)."""
-    vectors = list_task_vectors(cfg, pair)
+def port_and_summarize(cfg: WorkflowConfig, pairs: list[Pair]) -> list[ReleaseSummary]:
+    """The DAG's plan, port and summarize steps: a failed port is recorded and the others go on (mapped tasks)."""
+    jobs = plan_jobs(cfg, pairs)
     outcomes = []
-    for ref in vectors:
-        try:
-            outcomes.append(process_task_vector(cfg, pair, ref))
-        except InputError as exc:
-            record_failure(cfg, pair, ref, exc)
-    return collect_outcomes(cfg, pair, vectors, outcomes)
+    for job in jobs:
+        with contextlib.suppress(InputError):  # recorded by port_job; its DAG task fails, its siblings go on
+            outcomes.append(port_job(cfg, job))
+    return summarize_releases(cfg, pairs, jobs, outcomes)
 
 
 def run_workflow(cfg: WorkflowConfig, family: str) -> dict:
-    """What the DAG does: reconcile, then per pending release port every vector (errors caught per vector)."""
+    """The DAG's steps in its order (reconcile, releases, resolve, plan, port, summarize), as JSON like XCom."""
     landed = register_landed_releases(cfg)
-    releases = []
-    for release in pending_releases(cfg, family):
-        pair = resolve_pair(cfg, family, release["version"])
-        outcomes = _process_all(cfg, pair)
-        run_id = summarize_release(cfg, pair, outcomes)
-        mark_processed(cfg, family, release["version"], run_id)
-        releases.append({"release": release, "pair": pair, "outcomes": outcomes, "run_id": run_id})
+    todo = select_releases(cfg, family)
+    pairs = resolve_releases(cfg, todo)
+    summaries = port_and_summarize(cfg, pairs)
+    releases = [{"release": release.to_json(), "pair": pair.to_json(),
+                 "outcomes": [o.to_json() for o in summary.results], "run_id": summary.summary_run}
+                for release, pair, summary in zip(todo, pairs, summaries, strict=True)]
     return {"landed": landed, "releases": releases}
 
 
@@ -113,9 +112,8 @@ def world(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     t0 = time.perf_counter()
     second = run_workflow(cfg, family)
     # a forced rerun of every step (what a cleared DAG run does) must not write either
-    pair = resolve_pair(cfg, family, "2")
-    rerun = _process_all(cfg, pair)
-    rerun_summary = summarize_release(cfg, pair, rerun)
+    [summary] = port_and_summarize(cfg, [resolve_pair(cfg, family, "2")])
+    rerun, rerun_summary = [o.to_json() for o in summary.results], summary.summary_run
     second_s = time.perf_counter() - t0
     return {"cfg": cfg, "catalog": catalog, "family": family, "tasks": tasks, "first": first, "second": second,
             "before": before, "after": all_versions(catalog), "rerun": rerun, "rerun_summary": rerun_summary,
@@ -231,10 +229,11 @@ def test_announce_once_then_again_when_stale(world):
 def test_local_pair_fetches_bases_missing_on_this_worker(world):
     pair = world["first"]["releases"][0]["pair"]
     elsewhere = {**pair, "source": {**pair["source"], "dir": "/nonexistent/source"}}
-    local = local_pair(world["cfg"], elsewhere)
+    local = local_pair(world["cfg"], Pair.from_json(elsewhere)).to_json()
     assert Path(local["source"]["dir"], "config.json").is_file()
     assert local["source"]["sha256"] == pair["source"]["sha256"]
-    assert local_pair(world["cfg"], pair) is pair
+    typed = Pair.from_json(pair)
+    assert local_pair(world["cfg"], typed) is typed
 
 
 def test_config_validation(tmp_path, monkeypatch):

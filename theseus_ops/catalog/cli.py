@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 
-from theseus_ops.catalog.schema import PREFIX, ROLE, ROLES, evaluation_tags
+from theseus_ops.catalog.schema import PREFIX, ROLE, ROLES, TaskVectorTags, evaluation_tags
 from theseus_ops.errors import InputError
 from theseus_ops.evaluation.config import KINDS
 from theseus_ops.service_errors import CatalogError
@@ -144,7 +144,7 @@ def _execute(args: argparse.Namespace):
         if args.role:
             tags[ROLE] = args.role
         if args.task:
-            tags["theseus.task"] = args.task
+            tags[TaskVectorTags.tag("task")] = args.task
         versions = catalog.search_versions(args.name, tags)
         return [describe(v) for v in versions if (v.tags or {}).get(ROLE) in ROLES]
     if cmd == "show":

@@ -23,7 +23,7 @@ from theseus_ops.catalog.schema import (
     CONTENT_SHA256,
     MANIFEST_SHA256,
     ROLE,
-    ROLE_BASE,
+    BaseReleaseTags,
     VersionRef,
 )
 from theseus_ops.errors import InputError
@@ -212,7 +212,7 @@ class Catalog:
         self.call("set alias", self.client.set_registered_model_alias, name, alias, str(version))
 
     def base_release_registered(self, family: str, release: str) -> bool:
-        return bool(self.search_versions(family, {ROLE: ROLE_BASE, "theseus.release": release}))
+        return bool(self.search_versions(family, BaseReleaseTags.search(release=release)))
 
     # -- writes ----------------------------------------------------------------------------------
     def upload_and_register(self, name: str, local: str | Path, tags: dict[str, str], artifact_path: str = "artifact",

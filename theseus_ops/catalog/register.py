@@ -32,8 +32,8 @@ from theseus_ops.catalog.schema import (
     IDEMPOTENCY_KEY,
     OPTIONS_SHA256,
     ROLE,
-    ROLE_BASE,
     ROLE_TASK_VECTOR,
+    SOURCE_URI,
     BaseReleaseTags,
     TaskVectorTags,
     TransportedModelTags,
@@ -98,20 +98,18 @@ def find_base_release(catalog: Catalog, family: str, release: str):
 
     The lowest one: it is the one that survives when two processes registered the release at once.
     """
-    found = catalog.search_versions(family, {ROLE: ROLE_BASE, "theseus.release": release})
+    found = catalog.search_versions(family, BaseReleaseTags.search(release=release))
     return found[0] if found else None
 
 
 def find_task_vectors(catalog: Catalog, task: str, base: VersionRef | None = None) -> list:
     """Every task-vector version for ``task`` (on ``base`` if given); CatalogError for a task the catalog lacks."""
     check_task(task)
-    tags = {ROLE: ROLE_TASK_VECTOR, "theseus.task": task}
-    if base is not None:
-        tags.update({"theseus.base_model": base.name, "theseus.base_version": base.version})
-    found = catalog.search_versions(tags=tags)
+    on_base = {} if base is None else {"base_model": base.name, "base_version": base.version}
+    found = catalog.search_versions(tags=TaskVectorTags.search(task=task, **on_base))
     if not found:
-        known = sorted({v.tags.get("theseus.task") for v in catalog.search_versions(tags={ROLE: ROLE_TASK_VECTOR})}
-                       - {None})
+        every = catalog.search_versions(tags=TaskVectorTags.search())
+        known = sorted({TaskVectorTags.read(v.tags, "task") for v in every} - {None})
         where = f" on base {base}" if base else ""
         raise CatalogError(f"unknown task {task!r}{where}: no task vector in the catalog "
                            f"(known tasks: {', '.join(known) or 'none'})")
@@ -160,24 +158,25 @@ def register_base(catalog: Catalog, family: str, release: str, model_dir: str | 
     check_model_name(family)
     check_name(release, "release")
     info = inspect_model_dir(model_dir)
-    tags = BaseReleaseTags(release=release, sha256=info.sha256()).to_tags()
+    sha256 = info.sha256()
+    tags = BaseReleaseTags(release=release, sha256=sha256).to_tags()
     if source_uri:
-        tags["theseus.source_uri"] = source_uri
+        tags[SOURCE_URI] = source_uri
     existing = find_base_release(catalog, family, release)
     if existing is not None:
-        _check_same_weights(existing, family, release, tags["theseus.sha256"])
+        _check_same_weights(existing, family, release, sha256)
         return Registration(existing, False)
     mv, created = catalog.register_entry(family, model_dir, tags, "model",
                                          description or f"{family} release {release}", progress=progress,
-                                         unique={ROLE: ROLE_BASE, "theseus.release": release})
+                                         unique=BaseReleaseTags.search(release=release))
     if not created:  # another writer registered the release at the same moment
-        _check_same_weights(mv, family, release, tags["theseus.sha256"])
+        _check_same_weights(mv, family, release, sha256)
     return Registration(mv, created)
 
 
 def _check_same_weights(existing, family: str, release: str, sha256: str) -> None:
     """ConflictError unless the registered version of the release holds these weights (releases are immutable)."""
-    registered = (existing.tags or {}).get("theseus.sha256")
+    registered = BaseReleaseTags.read(existing.tags, "sha256")
     if registered != sha256:
         raise ConflictError(f"release {release} of {family} is already registered as version {existing.version} "
                             f"with other weights (sha256 {registered}, these are {sha256}); releases are immutable, "
@@ -218,7 +217,7 @@ def register_task_vector(catalog: Catalog, name: str, path: str | Path, *, task:
     tags = TaskVectorTags(task=task, base_model=base_ref.name, base_version=base_ref.version, format=detected,
                           dataset=dataset, metric=metric, **(evaluation or {})).to_tags()
     content = build_manifest(path).digest()
-    identity = {ROLE: ROLE_TASK_VECTOR, "theseus.base_version": base_ref.version, "theseus.base_model": base_ref.name,
+    identity = {**TaskVectorTags.search(base_version=base_ref.version, base_model=base_ref.name),
                 CONTENT_SHA256: content}
     existing = _existing(catalog, name, identity)
     if existing is not None:

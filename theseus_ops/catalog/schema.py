@@ -33,6 +33,11 @@ MANIFEST_SHA256 = "theseus.manifest_sha256"  # sha256 of the manifest file itsel
 ARTIFACT_PATH = "theseus.artifact_path"
 ARTIFACT_FILE = "theseus.artifact_file"  # set when the artifact is a single file
 
+# workflow state kept on base releases (set by the reconciler, read by the watcher and the UI)
+SOURCE_URI = "theseus.source_uri"  # where the release landed
+PROCESSED_RUN = "theseus.processed_run"  # the summary run that finished the release
+ANNOUNCED_AT = "theseus.announced_at"  # when the watcher last announced it (epoch seconds)
+
 ALIAS_CANDIDATE = "candidate"
 ALIAS_CHAMPION = "champion"
 
@@ -73,6 +78,23 @@ class _Tags:
     """Dataclass <-> ``theseus.<field>`` tag dict, with every field a string."""
 
     ROLE_VALUE = ""
+
+    @classmethod
+    def tag(cls, field: str) -> str:
+        """The tag name of one field (``theseus.<field>``), checked, so no caller spells tag strings."""
+        if field not in {f.name for f in fields(cls)}:
+            raise ValueError(f"{cls.__name__} has no field {field!r}")
+        return PREFIX + field
+
+    @classmethod
+    def read(cls, tags: dict[str, str] | None, field: str) -> str | None:
+        """One field's tag value, or None: for lenient reads (dedupe, listings) where a full parse could fail."""
+        return (tags or {}).get(cls.tag(field))
+
+    @classmethod
+    def search(cls, **values: object) -> dict[str, str]:
+        """Search conditions (``Catalog.search_versions(tags=...)``) for this kind with these field values."""
+        return {ROLE: cls.ROLE_VALUE, **{cls.tag(k): str(v) for k, v in values.items()}}
 
     def to_tags(self) -> dict[str, str]:
         tags = {ROLE: self.ROLE_VALUE}

@@ -1,20 +1,20 @@
-"""The Airflow-free core of the release workflow: one function per DAG step.
+"""The Airflow-free core of the release workflow: one function per DAG step (``workflow/steps.py``).
 
-Every step takes a :class:`WorkflowConfig` plus strings/dicts and returns JSON-serialisable values
-(registry refs, URIs, outcome dicts), never tensors, so an orchestrator can pass results between
-tasks through XCom and retry any step on its own. Nothing here imports Airflow.
+Every step takes a :class:`WorkflowConfig` plus the typed contracts of ``workflow/contracts.py``
+(:class:`Release`, :class:`Pair`, :class:`Job`, :class:`Outcome`, :class:`ReleaseSummary`) and
+returns them, never tensors. An orchestrator passes them between tasks as JSON (``to_json()`` /
+``from_json()``, XCom) and can retry any step on its own. Nothing here imports Airflow.
 
     cfg = WorkflowConfig.from_env()
     register_landed_releases(cfg)
-    for release in pending_releases(cfg, "llama-tiny"):
-        pair = resolve_pair(cfg, release["family"], release["version"], release["supersedes"])
-        vectors = list_task_vectors(cfg, pair)
-        outcomes = [process_task_vector(cfg, pair, ref) for ref in vectors]  # one mapped task each
-        run_id = summarize_release(cfg, pair, collect_outcomes(cfg, pair, vectors, outcomes))
-        mark_processed(cfg, release["family"], release["version"], run_id)
+    pairs = resolve_releases(cfg, select_releases(cfg, family="llama-tiny"))
+    jobs = plan_jobs(cfg, pairs)
+    outcomes = [port_job(cfg, job) for job in jobs]  # one mapped task each; a failure is recorded, then raised
+    summaries = summarize_releases(cfg, pairs, jobs, outcomes)  # summary runs; releases marked processed
 """
 
 from theseus_ops.workflow.config import DEFAULT_ALPHAS, DEFAULT_METHODS, WorkflowConfig, default_methods, methods_param
+from theseus_ops.workflow.contracts import Failure, Job, Outcome, Pair, Registered, Release, ReleaseSummary
 from theseus_ops.workflow.reconcile import (
     ANNOUNCED_TAG,
     PROCESSED_TAG,
@@ -33,6 +33,14 @@ from theseus_ops.workflow.release import (
     process_task_vector,
     resolve_pair,
 )
+from theseus_ops.workflow.steps import (
+    failure_message,
+    plan_jobs,
+    port_job,
+    resolve_releases,
+    select_releases,
+    summarize_releases,
+)
 from theseus_ops.workflow.summary import (
     FAILURE_TAG,
     SUMMARY_TAG,
@@ -50,9 +58,17 @@ __all__ = [
     "OUTCOME_KEY_TAG",
     "PROCESSED_TAG",
     "SUMMARY_TAG",
+    "Failure",
+    "Job",
+    "Outcome",
+    "Pair",
+    "Registered",
+    "Release",
+    "ReleaseSummary",
     "WorkflowConfig",
     "collect_outcomes",
     "default_methods",
+    "failure_message",
     "families",
     "list_task_vectors",
     "local_pair",
@@ -60,6 +76,8 @@ __all__ = [
     "mark_processed",
     "methods_param",
     "pending_releases",
+    "plan_jobs",
+    "port_job",
     "process_task_vector",
     "record_failure",
     "register_landed_releases",
@@ -67,5 +85,8 @@ __all__ = [
     "release_overview",
     "releases_to_announce",
     "resolve_pair",
+    "resolve_releases",
+    "select_releases",
     "summarize_release",
+    "summarize_releases",
 ]

@@ -13,14 +13,14 @@ import time
 
 from theseus_ops.catalog import ROLE_BASE, Catalog, register_landed_release
 from theseus_ops.catalog.client import check_model_name
-from theseus_ops.catalog.schema import ROLE, VersionRef
+from theseus_ops.catalog.schema import ANNOUNCED_AT, PROCESSED_RUN, ROLE, BaseReleaseTags, VersionRef
 from theseus_ops.errors import InputError
 from theseus_ops.storage import open_zone, scan_landed_releases
 from theseus_ops.workflow.config import WorkflowConfig
 
 log = logging.getLogger("theseus_ops")
-PROCESSED_TAG = "theseus.processed_run"
-ANNOUNCED_TAG = "theseus.announced_at"
+PROCESSED_TAG = PROCESSED_RUN  # the names the workflow always exported
+ANNOUNCED_TAG = ANNOUNCED_AT
 
 
 def catalog_of(cfg: WorkflowConfig) -> Catalog:
@@ -33,11 +33,12 @@ def base_versions(catalog: Catalog, family: str) -> list:
     One per release: a duplicate left for a moment by a concurrent registration (which deletes
     itself, see ``Catalog._first_writer_wins``) is skipped in favour of the lowest version.
     """
-    found = sorted(catalog.search_versions(check_model_name(family), {ROLE: ROLE_BASE}), key=lambda v: int(v.version))
+    found = sorted(catalog.search_versions(check_model_name(family), BaseReleaseTags.search()),
+                   key=lambda v: int(v.version))
     seen: set[str | None] = set()
     unique = []
     for v in found:
-        release = (v.tags or {}).get("theseus.release")
+        release = BaseReleaseTags.read(v.tags, "release")
         if release not in seen:
             seen.add(release)
             unique.append(v)
@@ -75,7 +76,8 @@ def _pending(catalog: Catalog, family: str) -> list[tuple[dict, object]]:
         if (current.tags or {}).get(PROCESSED_TAG):
             continue
         pending.append(({"family": family, "version": str(current.version),
-                         "release": current.tags.get("theseus.release"), "supersedes": str(previous.version)}, current))
+                         "release": BaseReleaseTags.read(current.tags, "release"),
+                         "supersedes": str(previous.version)}, current))
     return pending
 
 
@@ -85,7 +87,7 @@ def families(cfg: WorkflowConfig) -> list[str]:
 
 
 def _families(catalog: Catalog) -> list[str]:
-    return sorted({v.name for v in catalog.search_versions(tags={ROLE: ROLE_BASE})})
+    return sorted({v.name for v in catalog.search_versions(tags=BaseReleaseTags.search())})
 
 
 def releases_to_announce(cfg: WorkflowConfig, reannounce_after_s: float = 3600.0,

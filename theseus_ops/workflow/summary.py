@@ -16,11 +16,14 @@ import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog.client import check_model_name
+from theseus_ops.catalog.schema import BaseReleaseTags
 from theseus_ops.errors import TheseusError
 from theseus_ops.plots import outcome_panel, sweep_figure
 from theseus_ops.workflow.config import WorkflowConfig
+from theseus_ops.workflow.contracts import Failure, Outcome, Pair, Result
+from theseus_ops.workflow.pairs import parse_ref
 from theseus_ops.workflow.reconcile import PROCESSED_TAG, base_versions, catalog_of, families
-from theseus_ops.workflow.release import _refs, config_params, parse_ref
+from theseus_ops.workflow.records import config_params
 from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
 log = logging.getLogger("theseus_ops")
@@ -69,22 +72,21 @@ def is_failure(outcome: dict) -> bool:
 
 
 # -- failures -------------------------------------------------------------------------------------
-def _failure_value(pair: dict, vector: str) -> str:
-    _source, target = _refs(pair)
-    return f"{target}|{parse_ref(vector)}"
+def _failure_value(pair: Pair, vector: str) -> str:
+    return f"{pair.target_ref}|{parse_ref(vector)}"
 
 
-def record_failure(cfg: WorkflowConfig, pair: dict, vector: str, error: BaseException | str) -> str:
+def record_failure(cfg: WorkflowConfig, pair: Pair, vector: str, error: BaseException | str) -> str:
     """Log why porting ``vector`` to the pair's target failed; the newest record is the one reported."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, BaseException) and not isinstance(error, TheseusError):
         text = f"{type(error).__name__}: {text}"
-    _source, target = _refs(pair)
+    target = pair.target_ref
     return log_run(catalog_of(cfg), f"failed-{parse_ref(vector).name}-to-{target.name}-{target.version}",
                    {FAILURE_TAG: _failure_value(pair, vector)}, {"error.txt": text + "\n"})
 
 
-def recorded_failure(cfg: WorkflowConfig, pair: dict, vector: str) -> str | None:
+def recorded_failure(cfg: WorkflowConfig, pair: Pair, vector: str) -> str | None:
     catalog = catalog_of(cfg)
     run = find_finished_run(catalog, FAILURE_TAG, _failure_value(pair, vector), newest=True)
     if run is None:
@@ -93,11 +95,10 @@ def recorded_failure(cfg: WorkflowConfig, pair: dict, vector: str) -> str | None
         return read_text_artifact(catalog, run.info.run_id, "error.txt", Path(tmp)).strip()
 
 
-def collect_outcomes(cfg: WorkflowConfig, pair: dict, vectors: list[str], outcomes: list[dict]) -> list[dict]:
-    """One entry per listed vector, in list order: its outcome, or ``{"vector", "error"}`` if it has none."""
-    by_vector = {o["vector"]: o for o in outcomes if o and "vector" in o}
-    return [by_vector.get(v) or {"vector": v, "error": recorded_failure(cfg, pair, v) or NO_OUTCOME}
-            for v in vectors]
+def collect_outcomes(cfg: WorkflowConfig, pair: Pair, vectors: list[str], outcomes: list[Outcome]) -> list[Result]:
+    """One entry per listed vector, in list order: its outcome, or a :class:`Failure` saying why it has none."""
+    by_vector = {o.vector: o for o in outcomes}
+    return [by_vector.get(v) or Failure(v, recorded_failure(cfg, pair, v) or NO_OUTCOME) for v in vectors]
 
 
 # -- tables and plots -----------------------------------------------------------------------------
@@ -140,10 +141,11 @@ def table(methods: list[str], outcomes: list[dict]) -> tuple[list[str], list[lis
     return head, rows, failed
 
 
-def markdown_table(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str:
-    source, target = _refs(pair)
+def markdown_table(cfg: WorkflowConfig, pair: Pair, outcomes: list[dict]) -> str:
+    """The release's table as Markdown (``summary.md``); ``outcomes`` as recorded (JSON)."""
+    source, target = pair.source_ref, pair.target_ref
     head, rows, failed = table(list(cfg.methods), outcomes)
-    lines = [f"# {target.name} release {pair['target'].get('release')} ({target}) from {source}", "",
+    lines = [f"# {target.name} release {pair.target.release} ({target}) from {source}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     if failed:
@@ -151,10 +153,9 @@ def markdown_table(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str
     return "\n".join(lines) + "\n"
 
 
-def sweep_plot(pair: dict, outcomes: list[dict], folder: Path) -> Path | None:
+def sweep_plot(pair: Pair, outcomes: list[dict], folder: Path) -> Path | None:
     """The release's α sweeps on val: a panel per task vector, the base's val score dashed, the selection starred."""
-    _source, target = _refs(pair)
-    return outcomes_plot(str(target), outcomes, folder)
+    return outcomes_plot(str(pair.target_ref), outcomes, folder)
 
 
 def outcomes_plot(target: str, outcomes: list[dict], folder: Path) -> Path | None:
@@ -167,24 +168,25 @@ def outcomes_plot(target: str, outcomes: list[dict], folder: Path) -> Path | Non
 
 
 # -- summaries ------------------------------------------------------------------------------------
-def summarize_release(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> str:
+def summarize_release(cfg: WorkflowConfig, pair: Pair, results: list[Result]) -> str:
     """One MLflow run per release and result set (table in Markdown and JSON, α-sweep PNG); its run id.
 
     Idempotent: the run is keyed by the release and by which outcome run (or error) each vector
     has, so a rerun that changed nothing returns the existing run, while a rerun that fixed a
     failed vector writes a new summary (the newest is the one the UI shows).
     """
-    source, target = _refs(pair)
+    source, target = pair.source_ref, pair.target_ref
+    outcomes = [r.to_json() for r in results]  # the record's shape (summary.json), as the view reads it back
     catalog = catalog_of(cfg)
     value = f"{target.name}/{target.version}"
-    results = sorted((o.get("vector", "?"), o.get("outcome_run") or f"error: {o.get('error')}") for o in outcomes)
-    key = hashlib.sha256(json.dumps({"release": value, "results": results}).encode()).hexdigest()
+    keyed = sorted((o.get("vector", "?"), o.get("outcome_run") or f"error: {o.get('error')}") for o in outcomes)
+    key = hashlib.sha256(json.dumps({"release": value, "results": keyed}).encode()).hexdigest()
     existing = find_finished_run(catalog, SUMMARY_KEY_TAG, key)
     if existing is not None:
         return existing.info.run_id
     ok = [o for o in outcomes if not is_failure(o)]
     payload = {"family": target.name, "source_base": str(source), "target_base": str(target),
-               "release": pair["target"].get("release"), "methods": list(cfg.methods), "outcomes": outcomes}
+               "release": pair.target.release, "methods": list(cfg.methods), "outcomes": outcomes}
     with tempfile.TemporaryDirectory(prefix="theseus-summary-") as tmp:
         plot = sweep_plot(pair, outcomes, Path(tmp))
         return log_run(catalog, f"release-{target.name}-{target.version}",
@@ -194,7 +196,7 @@ def summarize_release(cfg: WorkflowConfig, pair: dict, outcomes: list[dict]) -> 
                        {"vectors_ok": len(ok), "vectors_failed": len(outcomes) - len(ok),
                         "models_candidate": sum(bool(o["registered"]["candidate"]) for o in ok)},
                        files=[plot] if plot else None,
-                       params={**config_params(cfg, source, target), "release": pair["target"].get("release"),
+                       params={**config_params(cfg, source, target), "release": pair.target.release,
                                "vectors": ",".join(sorted(o.get("vector", "?") for o in outcomes))})
 
 
@@ -302,7 +304,8 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
             tags = mv.tags or {}
             run_id = tags.get(PROCESSED_TAG)
             status = "processed" if run_id else ("first" if index == 0 else "pending")
-            releases.append({"family": name, "version": str(mv.version), "release": tags.get("theseus.release"),
+            releases.append({"family": name, "version": str(mv.version),
+                             "release": BaseReleaseTags.read(tags, "release"),
                              "supersedes": str(versions[index - 1].version) if index else None,
                              "created": int(mv.creation_timestamp or 0), "status": status, "summary_run": run_id,
                              "url": _version_url(ui_url, f"{name}/{mv.version}")})
