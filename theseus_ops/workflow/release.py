@@ -36,7 +36,7 @@ from theseus_ops.errors import InputError, NotApplicableError
 from theseus_ops.evaluation import NotApplicable, Selection, TaskConfig, evaluator_for, sweep_and_select
 from theseus_ops.evaluation.config import resolve_metric
 from theseus_ops.evaluation.protocol import Evaluator
-from theseus_ops.io.atomic import normalize_modes, temp_file
+from theseus_ops.io.atomic import replacing
 from theseus_ops.io.calibration import fingerprint
 from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.service_errors import CatalogError
@@ -85,14 +85,8 @@ def _calibration(cfg: WorkflowConfig, pair: Pair, evaluator: Evaluator) -> tuple
     for side, tensors in sides.items():
         path = folder / f"{prints[side][:24]}.safetensors"
         if not path.is_file():
-            tmp = temp_file(path)
-            try:
+            with replacing(path, ".safetensors") as tmp:  # save_file writes 0600; replacing gives the umask's
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-                normalize_modes(tmp)  # save_file writes 0600; outputs get the umask's mode
-                tmp.replace(path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
         paths[side] = str(path)
     if prints["source"] == prints["target"]:
         return CalibrationSpec(both=paths["source"]), fp
