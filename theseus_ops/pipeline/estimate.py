@@ -11,6 +11,7 @@ import datetime as _dt
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -31,7 +32,7 @@ from theseus_ops.transport.probes import ProbeConfig, probe_inputs
 log = logging.getLogger("theseus_ops")
 
 
-def progress(message: str) -> None:
+def log_progress(message: str) -> None:
     """Progress of long steps goes through logging, so it reaches Airflow's task log."""
     log.info(message)
 
@@ -44,7 +45,7 @@ class EstimateRun:
     """The :class:`~theseus_ops.transport.methods.base.EstimateContext` of one estimate: inputs on demand."""
 
     def __init__(self, cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None,
-                 loaded: Loaded = NOTHING_LOADED) -> None:
+                 loaded: Loaded = NOTHING_LOADED, progress: Callable[[str], None] = log_progress) -> None:
         self.cfg, self.pair, self.keys, self.loaded = cfg, pair, keys, loaded
         self.options = cfg.map_options
         self.layout = pair.family.token_layout
@@ -73,7 +74,7 @@ class EstimateRun:
             return self._models
         pair, loaded = self.pair, self.loaded
         if loaded.source_model is None or loaded.target_model is None:
-            progress(f"loading models {pair.source.path} and {pair.target.path} on {self.device}")
+            self.progress(f"loading models {pair.source.path} and {pair.target.path} on {self.device}")
         source_model = loaded.source_model if loaded.source_model is not None else load_model(pair.source, self.device)
         target_model = loaded.target_model if loaded.target_model is not None else load_model(pair.target, self.device)
         wanted = self.keys if self.keys is not None else all_space_keys(pair.family, pair.layer_map)
@@ -97,10 +98,14 @@ class EstimateRun:
 
 
 def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None = None,
-                      loaded: Loaded = NOTHING_LOADED) -> Alignment:
-    """Maps for the given target-space keys (all of the family's when None), with provenance."""
+                      loaded: Loaded = NOTHING_LOADED, *, progress: Callable[[str], None] | None = None) -> Alignment:
+    """Maps for the given target-space keys (all of the family's when None), with provenance.
+
+    ``loaded`` hands over models and calibration examples the caller holds; ``progress`` receives the
+    long steps' lines (default: the ``theseus_ops`` log).
+    """
     started = time.perf_counter()
-    run = EstimateRun(cfg, pair, keys, loaded)
+    run = EstimateRun(cfg, pair, keys, loaded, progress or log_progress)
     estimate = get_method(cfg.method).impl.estimate(run, cfg.method_config)
     run._models = None  # the models go before the alignment is assembled
     provenance = {

@@ -8,6 +8,8 @@ and writes none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from theseus_ops.config import TransportConfig
@@ -63,11 +65,12 @@ class TransportRun:
     """The :class:`~theseus_ops.transport.methods.base.TransportContext` of one transport."""
 
     def __init__(self, cfg: TransportConfig, info: MethodInfo, pair: ModelPair, tv: TaskVector,
-                 plans: list[ParamPlan], loaded: Loaded = NOTHING_LOADED) -> None:
+                 plans: list[ParamPlan], loaded: Loaded = NOTHING_LOADED,
+                 progress: Callable[[str], None] = estimate.log_progress) -> None:
         self.cfg, self.info, self.pair, self.loaded = cfg, info, pair, loaded
         self.task_vector, self.plans = tv, plans
         self.batch_size = cfg.batch_size
-        self.progress = estimate.progress
+        self.progress = progress
         self._calibration: tuple[dict[str, torch.Tensor], int] | None = None
 
     @property
@@ -105,7 +108,8 @@ class TransportRun:
             check_map_shapes(alignment.maps, self.space_widths(), where)
             quality = {k: v for k, v in alignment.quality.items() if k in needed}
         else:
-            alignment = estimate.compute_alignment(cfg.prepare_config(), pair, needed, self.loaded)
+            alignment = estimate.compute_alignment(cfg.prepare_config(), pair, needed, self.loaded,
+                                                   progress=self.progress)
             quality = alignment.quality
         return MethodOutput(maps=alignment.maps, quality=quality,
                             extra={"alignment_provenance": alignment.provenance})
@@ -137,14 +141,16 @@ def _refusal(records: list[ParamRecord], pair: ModelPair, report: Report) -> Tra
 
 
 def transport_in_memory(cfg: TransportConfig, pair: ModelPair, task_vector: TaskVector,
-                        loaded: Loaded = NOTHING_LOADED, tv_label: str | None = None) -> tuple[TaskVector, Report]:
+                        loaded: Loaded = NOTHING_LOADED, *, tv_label: str | None = None,
+                        progress: Callable[[str], None] | None = None) -> tuple[TaskVector, Report]:
     """Port ``task_vector`` (already read and checked against ``pair.source``) to ``pair.target``.
 
     Strict unless ``cfg.allow_partial``: parameters that cannot go raise :class:`TransportRefused`
     carrying the report (before any statistics or maps when the plan alone shows it). The method's
     capabilities are checked first (:class:`NotApplicableError`). ``loaded`` hands over what the
     caller holds; the config's paths name the rest. ``tv_label`` is the report's task-vector path
-    (default: the config's). Returns the transported vector and its report; writes nothing.
+    (default: the config's); ``progress`` receives the long steps' lines (default: the log).
+    Returns the transported vector and its report; writes nothing.
 
     Example::
 
@@ -156,7 +162,7 @@ def transport_in_memory(cfg: TransportConfig, pair: ModelPair, task_vector: Task
     check_lora(info, task_vector.kind)
     plans = plan_transport(pair.family, task_vector.names(), pair.target.shapes, pair.layer_map, pair.target_prefix,
                            pair.source.config, pair.target.config)
-    run = TransportRun(cfg, info, pair, task_vector, plans, loaded)
+    run = TransportRun(cfg, info, pair, task_vector, plans, loaded, progress or estimate.log_progress)
     _check_applicable(info, pair, plans, run)
     if not cfg.allow_partial and any(p.reason for p in plans):
         # Known from the names and the layer map alone: refuse before statistics and maps (minutes).
