@@ -7,6 +7,10 @@
     transport(TransportConfig("v1", "v2", "theseus", task_vector="tv.safetensors",
                               alignment="v1-v2.alignment"), out="tv-v2.safetensors")
     apply_task_vector("v2", "tv-v2.safetensors", alpha=1.0, out="v2-tuned")
+
+Each function is a file adapter: it checks its outputs before any work, reads its inputs, hands
+them to :mod:`theseus_ops.pipeline` (where the work happens in memory) and publishes the results
+atomically. Callers that already hold the objects call the pipeline directly.
 """
 
 from __future__ import annotations
