@@ -4,9 +4,12 @@ Run from the repository root, e.g.
     .venv/bin/python benchmarks/transport_speed.py --pairs vit-cpu                 # CPU smoke
     python benchmarks/transport_speed.py --pairs vit-base,llama-1b --out $OUT/speed.json   # GPU
 
-Pairs are built from configs with random weights (nothing is downloaded). Every run also checks
-the identity oracle (A -> A must return the task vector unchanged), so speed never costs
-correctness. Prints a Markdown table and writes JSON.
+Pairs are built from configs with random weights (nothing is downloaded, nothing is written but the
+results). Every step goes through the library's in-memory entry points, the ones ``prepare`` and
+``transport`` wrap: :func:`theseus_ops.pipeline.compute_alignment` and
+:func:`theseus_ops.pipeline.transport_in_memory`; statistics and maps are told apart by the time the
+last statistics batch reports. Every run also checks the identity oracle (A -> A must return the
+task vector unchanged), so speed never costs correctness. Prints a Markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from theseus_ops.transport.engine import detect_prefix, execute_plan, plan_transport, space_requests
-from theseus_ops.transport.family import family_for_model_type
-from theseus_ops.transport.layer_map import build_layer_map
-from theseus_ops.transport.maps import MapOptions, estimate_space_map
-from theseus_ops.transport.statistics import collect_statistics
+from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
+from theseus_ops.io.alignment import Alignment
+from theseus_ops.io.calibration import Calibration, fingerprint
+from theseus_ops.pipeline import Loaded, ModelPair, compute_alignment, info_from_model, pair_of, transport_in_memory
 from theseus_ops.transport.task_vector import LoraFactors, TaskVector
+
+# the in-memory objects' stand-in for a path in configs and reports
+MEMORY = "<memory>"
 
 
 @dataclass(frozen=True)
@@ -106,14 +111,59 @@ def _task_vectors(model: torch.nn.Module, rank: int = 16) -> tuple[TaskVector, T
     return full, lora
 
 
+class _StageClock:
+    """Progress callback that notes when the statistics pass ends (its last batch's line), synchronised."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.statistics_done = device, None
+
+    def __call__(self, message: str) -> None:
+        if message.startswith("statistics: "):
+            done, total = message.removeprefix("statistics: ").split(" ", 1)[0].split("/")
+            if done == total:
+                _sync(self.device)
+                self.statistics_done = time.perf_counter()
+
+
+def _calibration(tensors: dict[str, torch.Tensor]) -> Calibration:
+    return Calibration(tensors, fingerprint(tensors), MEMORY)
+
+
+def _prepare(pair: ModelPair, loaded: Loaded, bench: Pair, device: torch.device,
+             solver: str = "eigh") -> tuple[float, float, Alignment]:
+    """(statistics s, maps s, alignment) of the family's every space, as ``prepare`` estimates them."""
+    cfg = PrepareConfig(MEMORY, MEMORY, CalibrationSpec(MEMORY), batch_size=bench.batch, device=device.type,
+                        solver=solver)
+    clock = _StageClock(device)
+    _sync(device)
+    start = time.perf_counter()
+    alignment = compute_alignment(cfg, pair, loaded=loaded, progress=clock)
+    _sync(device)
+    end = time.perf_counter()
+    split = clock.statistics_done or start
+    # the pipeline hands maps back on the CPU (as an alignment file holds them); apply on the device, as the
+    # task vectors are there
+    on_device = Alignment({k: v.to(device) for k, v in alignment.maps.items()}, alignment.quality,
+                          alignment.provenance)
+    return split - start, end - split, on_device
+
+
+def _transport(pair: ModelPair, tv: TaskVector, alignment: Alignment, bench: Pair,
+               device: torch.device) -> tuple[TaskVector, dict]:
+    """The prepared maps applied to ``tv``, as ``transport --alignment`` applies them."""
+    cfg = TransportConfig(MEMORY, MEMORY, "theseus", task_vector=MEMORY, alignment=MEMORY, allow_partial=True,
+                          batch_size=bench.batch, device=device.type)
+    result, report = transport_in_memory(cfg, pair, tv, Loaded(alignment=alignment))
+    return result, report.summary
+
+
 def run_pair(name: str, device: torch.device) -> dict:
-    pair = PAIRS[name]
-    family = family_for_model_type(pair.kind)
-    source, target = _build(pair, pair.source, device, 0), _build(pair, pair.target, device, 1)
-    data_a, data_b = _inputs(pair, pair.source, 2), _inputs(pair, pair.target, 2)
-    if pair.kind == "vit":  # the same images at each model's resolution
+    bench = PAIRS[name]
+    source, target = _build(bench, bench.source, device, 0), _build(bench, bench.target, device, 1)
+    data_a, data_b = _inputs(bench, bench.source, 2), _inputs(bench, bench.target, 2)
+    if bench.kind == "vit":  # the same images at each model's resolution
         data_b = {"pixel_values": torch.nn.functional.interpolate(data_a["pixel_values"],
-                                                                  size=pair.target["image_size"], mode="bilinear")}
+                                                                  size=bench.target["image_size"], mode="bilinear")}
     else:
         data_b = data_a
     if device.type == "cuda":
@@ -122,65 +172,46 @@ def run_pair(name: str, device: torch.device) -> dict:
     def forward():
         with torch.inference_mode():
             for model, data in ((source, data_a), (target, data_b)):
-                model(**{k: v.to(device).to(getattr(torch, pair.dtype)) if v.is_floating_point() else v.to(device)
+                model(**{k: v.to(device).to(getattr(torch, bench.dtype)) if v.is_floating_point() else v.to(device)
                          for k, v in data.items()})
 
     forward()  # warm-up
     t_forward, _ = _timed(device, forward)
+    info_a, info_b = info_from_model(source, f"{MEMORY}/source"), info_from_model(target, f"{MEMORY}/target")
+    pair = pair_of(info_a, info_b, "identity")
     full, lora = _task_vectors(source)
-    if pair.kind == "vit":
-        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if family.match(k)})
-        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if family.match(k)})
-    shapes = {n: tuple(p.shape) for n, p in target.named_parameters()}
-    layer_map = build_layer_map("identity", pair.source["num_hidden_layers"], pair.target["num_hidden_layers"])
-    prefix_a = detect_prefix(family, list(full.names()))
-    prefix_b = detect_prefix(family, list(shapes))
-    plans = plan_transport(family, full.names(), shapes, layer_map, prefix_b)
-    keys = set().union(*(p.spaces() for p in plans if not p.reason))
-    requests = space_requests(family, keys, layer_map, prefix_a, prefix_b)
-    layout = family.token_layout
+    if bench.kind == "vit":
+        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if pair.family.match(k)})
+        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if pair.family.match(k)})
+    loaded = Loaded(source_model=source, target_model=target, calibration=(_calibration(data_a), _calibration(data_b)))
 
-    def stats():
-        return collect_statistics(source, target, requests, data_a, data_b, layout=layout, batch_size=pair.batch,
-                                  device=device)
-
-    stats()  # warm-up (kernels, allocator)
-    t_stats, statistics = _timed(device, stats)
-
-    def maps():
-        return {k: estimate_space_map(s, k, MapOptions())[0] for k, s in statistics.items()}
-
-    t_maps, space_maps = _timed(device, maps)
-    # the SVD route, side by side in the same run: the speed-up of the eigh route is this ratio
-    t_maps_svd, _ = _timed(device, lambda: {k: estimate_space_map(s, k, MapOptions(solver="svd"))[0]
-                                            for k, s in statistics.items()})
-    t_apply_full, (full_b, records) = _timed(device, lambda: execute_plan(full, plans, space_maps))
-    lora_plans = plan_transport(family, lora.names(), shapes, layer_map, prefix_b)
-    t_apply_lora, _ = _timed(device, lambda: execute_plan(lora, lora_plans, space_maps))
+    # the SVD route, side by side in the same run (the speed-up of the eigh route is this ratio); its
+    # statistics pass is the warm-up (kernels, allocator) of the timed one
+    _, t_maps_svd, _ = _prepare(pair, loaded, bench, device, solver="svd")
+    t_stats, t_maps, alignment = _prepare(pair, loaded, bench, device)
+    t_apply_full, (full_b, summary) = _timed(device, lambda: _transport(pair, full, alignment, bench, device))
+    t_apply_lora, _ = _timed(device, lambda: _transport(pair, lora, alignment, bench, device))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     # identity oracle at this scale: A -> A must give tau back
-    id_requests = space_requests(family, keys, layer_map, prefix_a, prefix_a)
-    id_stats = collect_statistics(source, source, id_requests, data_a, data_a, layout=layout,
-                                  batch_size=pair.batch, device=device)
-    source_shapes = {n: tuple(p.shape) for n, p in source.named_parameters()}
-    id_plans = plan_transport(family, full.names(), source_shapes, layer_map, prefix_a)
+    id_pair = pair_of(info_a, info_a, "identity")
+    same = _calibration(data_a)
+    id_loaded = Loaded(source_model=source, target_model=source, calibration=(same, same))
 
     def identity_error(solver: str) -> float:
-        id_maps = {k: estimate_space_map(s, k, MapOptions(solver=solver))[0] for k, s in id_stats.items()}
-        id_out, _ = execute_plan(full, id_plans, id_maps)
+        id_maps = _prepare(id_pair, id_loaded, bench, device, solver=solver)[2]
+        id_out, _ = _transport(id_pair, full, id_maps, bench, device)
         return max(float((id_out.deltas[k].float() - v.float()).norm() / v.float().norm())
                    for k, v in full.deltas.items())
 
-    left = sum(r.status != "transported" for r in records)
-    return {"pair": name, "device": str(device), "dtype": pair.dtype, "spaces": len(space_maps),
+    return {"pair": name, "device": str(device), "dtype": bench.dtype, "spaces": len(alignment.maps),
             "forward_s": t_forward, "statistics_s": t_stats, "maps_s": t_maps, "maps_svd_s": t_maps_svd,
             "maps_over_forward": t_maps / t_forward, "statistics_over_forward": t_stats / t_forward,
             "prepare_over_forward": (t_stats + t_maps) / t_forward, "apply_full_s": t_apply_full,
             "apply_full_over_forward": t_apply_full / t_forward, "apply_lora16_over_forward": t_apply_lora / t_forward,
             "apply_lora16_s": t_apply_lora, "peak_gib": peak, "identity_oracle_rel_err": identity_error("eigh"),
             "identity_oracle_rel_err_svd": identity_error("svd"),
-            "left_out": left, "transported": len(full_b.names())}
+            "left_out": summary["left_out"], "transported": len(full_b.names())}
 
 
 def main() -> None:

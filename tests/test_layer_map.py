@@ -11,6 +11,7 @@ from tests import tiny
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError, PartialTransportError
+from theseus_ops.pipeline import estimate as pipeline_estimate
 from theseus_ops.transport.layer_map import build_layer_map, uniform_sources
 
 
@@ -89,7 +90,7 @@ def test_unused_source_layers_are_refused_before_any_statistics(tmp_path, monkey
     def never(*_args, **_kwargs):
         raise AssertionError("statistics were computed before the layer map was refused")
 
-    monkeypatch.setattr(api, "compute_alignment", never)
+    monkeypatch.setattr(pipeline_estimate, "compute_alignment", never)
     cfg = TransportConfig(str(tmp_path / "A"), str(tmp_path / "B"), "theseus",
                           task_vector=str(tmp_path / "tv.safetensors"),
                           calibration=CalibrationSpec(str(tmp_path / "cal.safetensors")), layer_map="uniform")
