@@ -26,7 +26,7 @@ from theseus_ops.errors import InputError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.atomic import atomic_outputs, atomic_path, check_output, overwriting
 from theseus_ops.io.finite import require_finite
-from theseus_ops.io.models import inspect_model_dir
+from theseus_ops.io.models import ModelInfo, inspect_model_dir
 from theseus_ops.io.task_vectors import (
     ADAPTER_CONFIG,
     META_BASE_SHA,
@@ -38,6 +38,7 @@ from theseus_ops.io.task_vectors import (
 from theseus_ops.pipeline import (
     LOST_SHARE_WARNING,
     ModelPair,
+    Report,
     TransportRefused,
     check_alignment_result,
     check_token_range,
@@ -54,8 +55,8 @@ from theseus_ops.transport.task_vector import TaskVector
 
 __all__ = [
     "LOST_SHARE_WARNING", "ModelPair", "apply_task_vector", "build_report", "check_alignment_result",
-    "check_token_range", "compute_alignment", "inspect_path", "load_calibrations", "lost_share_summary", "open_pair",
-    "prepare", "transport",
+    "check_token_range", "compute_alignment", "inspect_path", "load_calibrations", "lost_share_summary", "merge_into",
+    "open_pair", "prepare", "publish_transport", "transport",
 ]
 
 log = logging.getLogger("theseus_ops")
@@ -137,18 +138,28 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     except TransportRefused as refusal:
         _write_refusal_report(refusal, report_path, out, overwrite)
         raise
+    publish_transport(result, report, pair, cfg.method, out, report_path, overwrite)
+    return report.as_dict()
+
+
+def publish_transport(result: TaskVector, report: Report, pair: ModelPair, method: str, out: str | Path,
+                      report_path: str | Path | None = None, overwrite: bool = False) -> None:
+    """Write a transported vector (and its report) for the target: together, atomically, or neither.
+
+    The vector carries the target's hash and what it was transported from, so ``apply`` and the
+    catalog can check it belongs to the target. A NaN or Inf in it is never published.
+    """
     left = len(report.left_out)
     with overwriting([out, report_path] if overwrite else []):
         require_finite_result(result, f"transport to {out}")
         metadata = {
             META_BASE_SHA: pair.target.sha256(),
             META_BASE_TYPE: pair.target.model_type,
-            "theseus.method": cfg.method,
+            "theseus.method": method,
             "theseus.transported_from_base": pair.source.sha256(),
             "theseus.left_out": str(left),
             "theseus.written_by": f"theseus-ops {__version__}",
         }
-        # the result and its report are published together, or neither is
         outputs = [(out, result.kind == "lora")] + ([(report_path, False)] if report_path else [])
         with atomic_outputs(*outputs) as paths:
             write_task_vector(result, paths[0], metadata, target_dir=str(pair.target.path))
@@ -157,7 +168,6 @@ def transport(cfg: TransportConfig, out: str | Path, report_path: str | Path | N
     total = len(report.records)
     _progress(f"wrote {result.kind} task vector with {len(result.names())} tensors to {out} "
               f"({total - left}/{total} transported)")
-    return report.as_dict()
 
 
 def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, out: str | Path,
@@ -170,17 +180,30 @@ def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, o
     after the new one is complete) only if theseus-ops wrote it, or with ``overwrite``. A merged
     tensor with NaN or Inf (a huge α, a huge LoRA scaling) stops the run before anything is written.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     alpha = check_alpha(alpha)
     out = Path(out)
     check_output(out, directory=True, overwrite=overwrite, what="--out")
     info = inspect_model_dir(base)
     tv = read_task_vector(task_vector)
     validate_against_base(tv, info, f"task vector {task_vector}")
+    return merge_into(info, tv, alpha, out, overwrite, label=str(task_vector))
+
+
+def merge_into(info: ModelInfo, tv: TaskVector, alpha: float, out: str | Path, overwrite: bool = False,
+               label: str = "task vector") -> Path:
+    """Write θ + α·τ for a base read from its headers and a vector already in memory (checked against it).
+
+    The workflow merges the vector it selected without writing and re-reading it; ``apply`` reads it first.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    alpha = check_alpha(alpha)
+    out = Path(out)
+    check_output(out, directory=True, overwrite=overwrite, what="--out")
+    base = info.path
     pending = set(tv.names())
-    what = f"{base} + {alpha} x {task_vector}"
+    what = f"{base} + {alpha} x {label}"
     with overwriting([out] if overwrite else []), atomic_path(out, directory=True) as tmp:
         for shard in info.files:
             with safe_open(str(shard), framework="pt") as fh:
@@ -199,7 +222,7 @@ def apply_task_vector(base: str | Path, task_vector: str | Path, alpha: float, o
                 shutil.copy2(item, tmp / item.name)
         if pending:
             raise InputError(f"task vector entries not found in any shard of {base}: {sorted(pending)[:3]}")
-    _progress(f"wrote {out} = {base} + {alpha} x {task_vector}")
+    _progress(f"wrote {out} = {base} + {alpha} x {label}")
     return out
 
 

@@ -22,6 +22,7 @@ from theseus_ops.io.lora_config import LoraAdapterConfig
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_state
 from theseus_ops.io.paths import check_regular_file, safe_path
 from theseus_ops.io.safetensors_header import read_header
+from theseus_ops.transport.family import FamilySpec
 from theseus_ops.transport.task_vector import LoraFactors, TaskVector
 
 FORMAT_VERSION = "1"
@@ -215,8 +216,11 @@ def dense_deltas(path: str | Path, target_dir: str | Path) -> dict[str, torch.Te
 
     For evaluation, which adds α·δ to a loaded model's state dict; transport itself never densifies.
     """
+    return dense_deltas_of(read_task_vector(path), inspect_model_dir(target_dir).family)
+
+
+def dense_deltas_of(tv: TaskVector, family: FamilySpec) -> dict[str, torch.Tensor]:
+    """:func:`dense_deltas` of a vector in memory, for a target of ``family``."""
     from theseus_ops.transport.engine import storage_delta
 
-    tv = read_task_vector(path)
-    family = inspect_model_dir(target_dir).family
     return {name: storage_delta(family, name, tv).float() for name in tv.names()}

@@ -31,20 +31,20 @@ from theseus_ops.catalog import (
     register_transported_vector,
 )
 from theseus_ops.catalog.schema import BaseReleaseTags, TaskVectorTags, TransportedModelTags
-from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
+from theseus_ops.config import CalibrationSpec
 from theseus_ops.errors import InputError, NotApplicableError
 from theseus_ops.evaluation import NotApplicable, Selection, TaskConfig, evaluator_for, sweep_and_select
 from theseus_ops.evaluation.config import resolve_metric
 from theseus_ops.evaluation.protocol import Evaluator
 from theseus_ops.io.atomic import replacing
 from theseus_ops.io.calibration import fingerprint
-from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.service_errors import CatalogError
 from theseus_ops.transport.methods import get_method
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.contracts import Outcome, Pair, Registered
 from theseus_ops.workflow.evaluation import dataset_dir, task_config  # noqa: F401 - dataset_dir: re-exported
 from theseus_ops.workflow.pairs import list_task_vectors, local_pair, parse_ref, resolve_pair  # noqa: F401
+from theseus_ops.workflow.porting import PortInputs, Transported
 from theseus_ops.workflow.reconcile import catalog_of
 from theseus_ops.workflow.records import (  # noqa: F401 - re-exported: their old home
     OUTCOME_FILE,
@@ -93,86 +93,61 @@ def _calibration(cfg: WorkflowConfig, pair: Pair, evaluator: Evaluator) -> tuple
     return CalibrationSpec(source=paths["source"], target=paths["target"]), fp
 
 
-def _alignment(cfg: WorkflowConfig, pair: Pair, method: str, spec: CalibrationSpec, cal_fp: str) -> str:
-    """Prepare once per (pair, method, calibration fingerprint) and cache under the work dir."""
-    src, tgt = pair.source, pair.target
-    uses_data = get_method(method).capabilities.needs_calibration
-    suffix = f"-{cal_fp[:16]}" if uses_data else ""
-    name = f"{src.sha256[:12]}-{tgt.sha256[:12]}-{method}{suffix}.safetensors"
-    path = cfg.work_dir / "alignments" / pair.family / name
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prep = PrepareConfig(src.dir, tgt.dir, spec if uses_data else CalibrationSpec(), method=method,
-                             device=cfg.device)
-        api.prepare(prep, path)
-    return str(path.resolve())
-
-
-def _transport(cfg: WorkflowConfig, pair: Pair, method: str, tv_path: Path, spec: CalibrationSpec, cal_fp: str,
-               out_dir: Path) -> tuple[Path, str]:
-    """(transported vector, alignment URI) for one method; its capabilities say which inputs it gets."""
-    caps = get_method(method).capabilities
-    kwargs: dict = {}
-    alignment_uri = f"none://{method}"
-    if caps.estimates_maps:  # prepared once per pair and calibration, reused by every task vector
-        path = _alignment(cfg, pair, method, spec, cal_fp)
-        kwargs["alignment"] = path
-        alignment_uri = Path(path).as_uri()
-    elif caps.needs_calibration:
-        kwargs["calibration"] = spec
-    dest = out_dir / (method if tv_path.is_dir() else f"{method}.safetensors")
-    api.transport(TransportConfig(pair.source.dir, pair.target.dir, method, task_vector=str(tv_path),
-                                  device=cfg.device, **kwargs), dest, out_dir / f"{method}.report.json")
-    return dest, alignment_uri
-
-
-def transported_delta(cfg: WorkflowConfig, pair: Pair, method: str, tv_path: Path, spec: CalibrationSpec,
-                      cal_fp: str, out_dir: Path, paths: dict[str, tuple[Path, str]]):
+def transported_delta(inputs: PortInputs, method: str, done: dict[str, Transported]):
     """One method's transported vector as dense deltas on the target, or :class:`NotApplicable`.
 
     Only a :class:`NotApplicableError` (the method's declared requirements rule it out: identical
     shapes, calibration, labels, LoRA support) makes a method "not applicable". Any other error (a
     corrupt vector, a bad alignment) propagates and fails the task, so it can never drop every method
-    and quietly keep the base. ``paths`` records (vector path, alignment URI) per method that ran.
+    and quietly keep the base. ``done`` records each method that ran, its result kept in memory.
     """
     try:
-        paths[method] = _transport(cfg, pair, method, tv_path, spec, cal_fp, out_dir)
+        done[method] = inputs.transport(method)
     except NotApplicableError as exc:
-        log.info("%s is not applicable to %s -> %s: %s", method, pair.source.version,
-                 pair.target.version, exc)
+        log.info("%s is not applicable to %s -> %s: %s", method, inputs.pair.source.version,
+                 inputs.pair.target.version, exc)
         return NotApplicable(method, str(exc).splitlines()[0])
-    return dense_deltas(paths[method][0], pair.target.dir)
+    return inputs.dense(done[method])
 
 
 def _evaluate(cfg: WorkflowConfig, pair: Pair, ref: VersionRef, config: TaskConfig, tv_path: Path,
-              scratch: Path, started: float) -> tuple[Selection, dict[str, tuple[Path, str]], str]:
-    """Transport with every method and sweep-and-select on the target loaded once; (selection, paths, cal fp)."""
+              started: float) -> tuple[Selection, PortInputs, dict[str, Transported]]:
+    """Transport with every method and sweep-and-select on the target loaded once; the selection, the shared
+    inputs and each method's result (in memory)."""
     evaluator = evaluator_for(config, report=lambda m: log.info("%s: %s", ref, m))
     spec, cal_fp = _calibration(cfg, pair, evaluator)
+    inputs = PortInputs(cfg, pair, tv_path, spec, cal_fp)
     model = evaluator.load(pair.target.dir)
-    paths: dict[str, tuple[Path, str]] = {}
-
-    def delta_of(method: str):
-        return transported_delta(cfg, pair, method, tv_path, spec, cal_fp, scratch / "transported", paths)
-
-    selection = sweep_and_select(evaluator, model, cfg.methods, cfg.alphas, delta_of,
+    done: dict[str, Transported] = {}
+    selection = sweep_and_select(evaluator, model, cfg.methods, cfg.alphas,
+                                 lambda method: transported_delta(inputs, method, done),
                                  report=lambda m: log.info("%s: %s (%.1fs)", ref, m, time.perf_counter() - started))
-    return selection, paths, cal_fp
+    return selection, inputs, done
 
 
 def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef, selection: Selection,
-              paths: dict[str, tuple[Path, str]], cal_fp: str, scratch: Path) -> Registered:
-    """Register the selected vector and its merged model (gated); nothing when the base was kept."""
+              inputs: PortInputs, done: dict[str, Transported], scratch: Path) -> Registered:
+    """Register the selected vector and its merged model (gated); nothing when the base was kept.
+
+    The selected vector is written here, once, from memory; the merged model is built from it without
+    reading it back.
+    """
     if selection.selected == "base":
         return Registered()
     target_ref = pair.target_ref
     chosen, metric = selection.chosen, selection.metric
-    path, alignment_uri = paths[selection.selected]
+    transported = done[selection.selected]
+    path = scratch / "transported" / (selection.selected if transported.vector.kind == "lora"
+                                      else f"{selection.selected}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    api.publish_transport(transported.vector, transported.report, inputs.model_pair, selection.selected, path)
     options = {"workflow": WORKFLOW_FORMAT,
-               "calibration_sha256": cal_fp if get_method(selection.selected).capabilities.needs_calibration else None}
+               "calibration_sha256": (inputs.cal_fp if get_method(selection.selected).capabilities.needs_calibration
+                                      else None)}
     vec = register_transported_vector(catalog, ref, target_ref, path, method=selection.selected, alpha=chosen.alpha,
-                                      alignment=alignment_uri, options=options)
-    model_dir = api.apply_task_vector(pair.target.dir, path, chosen.alpha, scratch / "model")
+                                      alignment=transported.alignment_uri, options=options)
+    model_dir = api.merge_into(inputs.model_pair.target, transported.vector, chosen.alpha, scratch / "model",
+                               label=f"{selection.selected} transport of {ref}")
     evaluation = Evaluation(val_metric=chosen.val[metric], test_metric=chosen.test[metric],
                             base_test_metric=selection.base.test[metric], general_loss=chosen.general_loss,
                             base_general_loss=selection.base.general_loss)
@@ -276,8 +251,8 @@ def process_task_vector(cfg: WorkflowConfig, pair: Pair, tv_ref: str) -> Outcome
     config = task_config(tags)
     scratch = _fresh_scratch(cfg, key)
     tv_path = Path(catalog.download(ref, scratch / "source-vector"))
-    selection, paths, cal_fp = _evaluate(cfg, pair, ref, config, tv_path, scratch, started)
-    registered = _register(cfg, catalog, pair, ref, selection, paths, cal_fp, scratch)
+    selection, inputs, done = _evaluate(cfg, pair, ref, config, tv_path, started)
+    registered = _register(cfg, catalog, pair, ref, selection, inputs, done, scratch)
     outcome = _outcome(pair, ref, tags, selection, config, registered, key, started)
     run_id = record_outcome(cfg, catalog, outcome, scratch)
     shutil.rmtree(scratch, ignore_errors=True)
