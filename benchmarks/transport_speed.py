@@ -181,8 +181,8 @@ def run_pair(name: str, device: torch.device) -> dict:
     pair = pair_of(info_a, info_b, "identity")
     full, lora = _task_vectors(source)
     if bench.kind == "vit":
-        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if pair.family.match(k)})
-        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if pair.family.match(k)})
+        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if pair.architecture.match(k)})
+        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if pair.architecture.match(k)})
     loaded = Loaded(source_model=source, target_model=target, calibration=(_calibration(data_a), _calibration(data_b)))
 
     # the SVD route, side by side in the same run (the speed-up of the eigh route is this ratio); its

@@ -20,7 +20,7 @@ from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError
 from theseus_ops.io.calibration import load_calibration
-from theseus_ops.transport.family import family_for_model_type, parse_family
+from theseus_ops.transport.architecture import architecture_for_model_type, parse_architecture
 from theseus_ops.transport.layer_map import build_stacked_layer_map, uniform_sources
 
 
@@ -162,7 +162,7 @@ def test_a_fine_tuned_t5_ports_to_a_permuted_base(tmp_path):
 def _raw_t5() -> dict:
     from importlib import resources
 
-    return json.loads((resources.files("theseus_ops.transport.families") / "t5.json").read_text())
+    return json.loads((resources.files("theseus_ops.transport.architectures") / "t5.json").read_text())
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -182,11 +182,11 @@ def test_stack_schema_is_validated_strictly(edit, match):
     raw = _raw_t5()
     edit(raw)
     with pytest.raises(ValueError, match=match):
-        parse_family(raw)
+        parse_architecture(raw)
 
 
 def test_t5_family_declares_both_stacks_and_the_cross_reads():
-    family = family_for_model_type("t5")
+    family = architecture_for_model_type("t5")
     assert set(family.stacks) == {"layers", "decoder"} and family.encoder_decoder
     spec, layer, _ = family.match("decoder.block.2.layer.1.EncDecAttention.k.weight")
     assert (spec.stack, layer, spec.reads) == ("decoder", 2, "enc_out")

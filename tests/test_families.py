@@ -14,18 +14,18 @@ from tests import tiny
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import UnsupportedArchitectureError
-from theseus_ops.transport.family import all_families, family_for_model_type, parse_family
+from theseus_ops.transport.architecture import all_architectures, architecture_for_model_type, parse_architecture
 
 
 def _raw(name: str) -> dict:
-    return json.loads((resources.files("theseus_ops.transport.families") / f"{name}.json").read_text())
+    return json.loads((resources.files("theseus_ops.transport.architectures") / f"{name}.json").read_text())
 
 
 def test_every_family_file_loads():
-    names = {f.name for f in all_families()}
+    names = {f.name for f in all_architectures()}
     assert names == {"bert", "clip_vision", "distilbert", "gemma2", "gemma3", "gpt2", "gpt_neox", "llama", "phi3",
                      "qwen3", "roberta", "t5", "vit"}
-    for fam in all_families():
+    for fam in all_architectures():
         assert fam.parameters and fam.global_sites
 
 
@@ -33,34 +33,34 @@ def test_unknown_keys_are_refused():
     raw = _raw("llama")
     raw["parameters"][0]["in_space"] = "embed"
     with pytest.raises(ValueError, match="unknown parameter key"):
-        parse_family(raw)
+        parse_architecture(raw)
     raw = _raw("llama")
     raw["global_sites"]["embed"]["space"] = "x"
     with pytest.raises(ValueError, match="unknown site key"):
-        parse_family(raw)
+        parse_architecture(raw)
 
 
 def test_dangling_site_reference_is_refused():
     raw = _raw("gpt2")
     raw["parameters"][3]["writes"] = "no_such_site"
     with pytest.raises(ValueError, match="undefined site"):
-        parse_family(raw)
+        parse_architecture(raw)
 
 
 def test_llama_style_model_types_share_a_family():
-    assert {family_for_model_type(t).name for t in ("llama", "qwen2", "mistral")} == {"llama"}
+    assert {architecture_for_model_type(t).name for t in ("llama", "qwen2", "mistral")} == {"llama"}
 
 
 def test_unsupported_architecture_names_the_supported_ones():
     with pytest.raises(UnsupportedArchitectureError, match=r"llama") as err:
-        family_for_model_type("mamba")
+        architecture_for_model_type("mamba")
     assert "gpt2" in str(err.value) and "vit" in str(err.value)
 
 
 def test_gpt2_fused_projection_and_llama_names_resolve():
-    spec, layer, prefix = family_for_model_type("gpt2").match("transformer.h.7.attn.c_attn.weight")
+    spec, layer, prefix = architecture_for_model_type("gpt2").match("transformer.h.7.attn.c_attn.weight")
     assert (spec.writes, spec.layout, layer, prefix) == (("q", "k", "v"), "in_out", 7, "")
-    spec, layer, prefix = family_for_model_type("clip").match("vision_model.encoder.layers.3.mlp.fc2.weight")
+    spec, layer, prefix = architecture_for_model_type("clip").match("vision_model.encoder.layers.3.mlp.fc2.weight")
     assert (spec.reads, layer, prefix) == ("mlp_hidden", 3, "vision_model.")
 
 
@@ -149,15 +149,15 @@ def test_bare_encoder_task_vector_ports_onto_a_classifier_of_the_family(tmp_path
 
 
 def test_every_rule_is_one_row_of_the_rule_table():
-    from theseus_ops.transport import family
+    from theseus_ops.transport import architecture
     from theseus_ops.transport.rule_table import RULE_TABLE
 
-    assert tuple(RULE_TABLE) == family.RULES
-    assert {p.rule for fam in all_families() for p in fam.parameters} <= set(RULE_TABLE)
+    assert tuple(RULE_TABLE) == architecture.RULES
+    assert {p.rule for fam in all_architectures() for p in fam.parameters} <= set(RULE_TABLE)
     raw = _raw("gpt2")
     raw["parameters"][0]["rule"] = "affine"
     with pytest.raises(ValueError, match="unknown rule 'affine'"):
-        parse_family(raw)
+        parse_architecture(raw)
 
 
 def test_config_sections_and_the_tie_default_are_family_data():
@@ -167,15 +167,15 @@ def test_config_sections_and_the_tie_default_are_family_data():
     from theseus_ops.io.models import ModelInfo
 
     def info(config: dict) -> ModelInfo:
-        return ModelInfo(Path("m"), config, family_for_model_type(config["model_type"]), {}, {}, ())
+        return ModelInfo(Path("m"), config, architecture_for_model_type(config["model_type"]), {}, {}, ())
 
-    clip = family_for_model_type("clip")
+    clip = architecture_for_model_type("clip")
     assert clip.config_sections == ("vision_config",)
     assert info({"model_type": "clip", "vision_config": {"num_hidden_layers": 3}}).num_layers == 3
     assert info({"model_type": "clip_vision_model", "num_hidden_layers": 2}).num_layers == 2
     assert clip.settings({"image_size": 8, "vision_config": {"image_size": 4, "patch_size": 2}})["patch_size"] == 2
     assert clip.settings({"image_size": 8, "vision_config": {"image_size": 4}})["image_size"] == 8
-    assert family_for_model_type("llama").settings({"vision_config": {"a": 1}}) == {"vision_config": {"a": 1}}
+    assert architecture_for_model_type("llama").settings({"vision_config": {"a": 1}}) == {"vision_config": {"a": 1}}
     assert info({"model_type": "gpt2"}).tied_embeddings
     assert not info({"model_type": "gpt2", "tie_word_embeddings": False}).tied_embeddings
     assert not info({"model_type": "llama"}).tied_embeddings
@@ -190,4 +190,4 @@ def test_family_config_keys_are_validated_strictly(edit, match):
     raw = _raw("gpt2")
     edit(raw)
     with pytest.raises(ValueError, match=match):
-        parse_family(raw)
+        parse_architecture(raw)

@@ -32,6 +32,7 @@ from theseus_ops.transport.methods.base import MethodOutput
 from theseus_ops.transport.options import option
 from theseus_ops.transport.task_vector import TaskVector
 from theseus_ops.workflow import Pair, WorkflowConfig, methods_param
+from theseus_ops.workflow.porting import PortInputs
 from theseus_ops.workflow.release import transported_delta
 
 TOY = "toy-scale"
@@ -140,8 +141,8 @@ def test_not_applicable_comes_from_the_capabilities_before_any_work(toy, tmp_pat
     side = {name: {"dir": str(d), "version": v, "sha256": inspect_model_dir(d).sha256()}
             for name, d, v in (("source", case.source, "1"), ("target", case.target, "2"))}
     pair = Pair.from_json({"family": "tiny", **side})
-    result = transported_delta(WorkflowConfig(work_dir=tmp_path / "work"), pair, TOY, case.task_vector,
-                               CalibrationSpec(), "", tmp_path, {})
+    inputs = PortInputs(WorkflowConfig(work_dir=tmp_path / "work"), pair, case.task_vector, CalibrationSpec(), "")
+    result = transported_delta(inputs, TOY, {})
     assert isinstance(result, NotApplicable) and "identical shapes" in result.reason and toy.impl.runs == 0
 
 

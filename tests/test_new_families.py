@@ -22,8 +22,8 @@ from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.errors import InputError, UnsupportedArchitectureError
 from theseus_ops.examples import quarter_turns
+from theseus_ops.transport.architecture import Split, architecture_for_model_type, parse_architecture
 from theseus_ops.transport.engine import plan_transport
-from theseus_ops.transport.family import Split, family_for_model_type, parse_family
 from theseus_ops.transport.fused import merge_rows, select_part, split_rows
 from theseus_ops.transport.head_maps import HeadStructure, head_block_map
 from theseus_ops.transport.layer_map import build_layer_map
@@ -32,7 +32,7 @@ NEW = ["mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert", "qwen3", "gem
 
 
 def _raw(name: str) -> dict:
-    return json.loads((resources.files("theseus_ops.transport.families") / f"{name}.json").read_text())
+    return json.loads((resources.files("theseus_ops.transport.architectures") / f"{name}.json").read_text())
 
 
 @pytest.mark.parametrize("family", NEW)
@@ -107,7 +107,7 @@ def test_gemma_scaled_embedding_delta_is_rescaled_to_the_target_width(tmp_path):
 
 
 def test_output_scale_factor_comes_from_both_configs():
-    family = family_for_model_type("gemma3_text")
+    family = architecture_for_model_type("gemma3_text")
     plans = plan_transport(family, ["model.embed_tokens.weight"], {"model.embed_tokens.weight": (64, 48)},
                            build_layer_map("identity", 2, 2), "", {"hidden_size": 32}, {"hidden_size": 48})
     assert plans[0].targets[0].factor == pytest.approx(math.sqrt(32 / 48))
@@ -240,15 +240,15 @@ def test_new_schema_options_are_validated_strictly(edit, match):
     raw = _raw("phi3")
     edit(raw)
     with pytest.raises(ValueError, match=match):
-        parse_family(raw)
+        parse_architecture(raw)
 
 
 def test_new_families_load_and_unsupported_names_them():
     for model_type in ("phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3_text", "mistral", "xlm-roberta",
                        "t5"):
-        assert family_for_model_type(model_type)
+        assert architecture_for_model_type(model_type)
     with pytest.raises(UnsupportedArchitectureError) as err:
-        family_for_model_type("bart")
+        architecture_for_model_type("bart")
     assert all(t in str(err.value) for t in ("phi3", "gpt_neox", "distilbert", "qwen3", "gemma2", "gemma3_text", "t5"))
 
 

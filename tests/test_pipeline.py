@@ -88,7 +88,7 @@ def test_given_alignment_models_and_calibration_replace_the_files(tmp_path, monk
     expected = load_file(str(case.root / "out.safetensors"))
 
     pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
-    cal = load_calibration(case.calibration, pair.family.input_kind)
+    cal = load_calibration(case.calibration, pair.architecture.input_kind)
     device = torch.device("cpu")
     alignment = compute_alignment(prep, pair, loaded=Loaded(calibration=(cal, cal)))
     held = Loaded(source_model=load_model(pair.source, device), target_model=load_model(pair.target, device),

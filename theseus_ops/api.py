@@ -211,7 +211,7 @@ def merge_into(info: ModelInfo, tv: TaskVector, alpha: float, out: str | Path, o
                 tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
             for name in pending & set(tensors):
                 value = tensors[name]
-                delta = storage_delta(info.family, name, tv)
+                delta = storage_delta(info.architecture, name, tv)
                 merged = (value.double() + alpha * delta.double()).to(value.dtype)
                 require_finite({name: merged}, what)
                 tensors[name] = merged
@@ -233,7 +233,7 @@ def inspect_path(path: str | Path) -> dict:
         raise InputError(f"{path} does not exist")
     if path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         info = inspect_model_dir(path)
-        summary = {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.family.name,
+        summary = {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.architecture.name,
                    "layers": info.num_layers}
         further = {name: depth for name, depth in info.depths.items() if name != "layers"}
         if further:  # an encoder-decoder: the decoder's depth beside the encoder's

@@ -20,7 +20,7 @@ from theseus_ops.io.display import shown
 from theseus_ops.io.loading_lock import MODEL_BUILDING
 from theseus_ops.io.paths import check_regular_file, iter_model_files, open_regular, safe_path
 from theseus_ops.io.safetensors_header import read_header
-from theseus_ops.transport.family import FamilySpec, config_int, family_for_model_type
+from theseus_ops.transport.architecture import ArchitectureSpec, architecture_for_model_type, config_int
 
 WEIGHT_SUFFIXES = (".safetensors",)
 INDEX_NAME = "model.safetensors.index.json"
@@ -32,7 +32,7 @@ class ModelInfo:
 
     path: Path
     config: dict
-    family: FamilySpec
+    architecture: ArchitectureSpec
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]
     files: tuple[Path, ...]
@@ -44,24 +44,24 @@ class ModelInfo:
     @property
     def num_layers(self) -> int:
         """The main stack's depth (an encoder-decoder's encoder)."""
-        value = self.family.settings(self.config)[self.family.num_layers_key]
+        value = self.architecture.settings(self.config)[self.architecture.num_layers_key]
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{self.family.num_layers_key} is not an integer")
+            raise TypeError(f"{self.architecture.num_layers_key} is not an integer")
         return value
 
     @property
     def depths(self) -> dict[str, int]:
         """Every stack's depth, the main one (``layers``) first: T5's decoder reads num_decoder_layers."""
         found = {"layers": self.num_layers}
-        for name, stack in self.family.stacks.items():
+        for name, stack in self.architecture.stacks.items():
             if name != "layers":
                 found[name] = config_int(self.config, stack.num_layers_key, f"{self.path}/config.json ({name} depth)")
         return found
 
     @property
     def tied_embeddings(self) -> bool:
-        """Whether the head shares the embedding: the config's say, else the family's default."""
-        return bool(self.config.get("tie_word_embeddings", self.family.tie_default))
+        """Whether the head shares the embedding: the config's say, else the architecture's default."""
+        return bool(self.config.get("tie_word_embeddings", self.architecture.tie_default))
 
     def sha256(self) -> str:
         return weights_sha256(self.files)
@@ -147,7 +147,7 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
         raise InputError(f"model directory {directory} does not exist")
     iter_model_files(directory)  # refuses symlinks and special files anywhere in the directory
     config = read_config(directory)
-    family = family_for_model_type(config["model_type"])
+    architecture = architecture_for_model_type(config["model_type"])
     files = weight_files(directory)
     shapes, dtypes, where = {}, {}, {}
     for file in files:
@@ -161,12 +161,12 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
     for name, shard in (index or {}).items():
         if where.get(name) != shard:
             raise InputError(f"{directory / INDEX_NAME}: tensor {shown(name)} is not in its shard {shown(shard)}")
-    info = ModelInfo(directory, config, family, shapes, dtypes, files)
+    info = ModelInfo(directory, config, architecture, shapes, dtypes, files)
     try:
         if info.num_layers < 1:
             raise ValueError
     except (KeyError, TypeError, ValueError):
-        raise InputError(f"{directory}: config.json has no valid {family.num_layers_key} (layer count)") from None
+        raise InputError(f"{directory}: config.json has no valid {architecture.num_layers_key} (layer count)") from None
     info.depths  # noqa: B018 - a further stack's depth is checked here too, before any work
     return info
 

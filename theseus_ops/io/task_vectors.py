@@ -22,7 +22,7 @@ from theseus_ops.io.lora_config import LoraAdapterConfig
 from theseus_ops.io.models import ModelInfo, inspect_model_dir, load_state
 from theseus_ops.io.paths import check_regular_file, safe_path
 from theseus_ops.io.safetensors_header import read_header
-from theseus_ops.transport.family import FamilySpec
+from theseus_ops.transport.architecture import ArchitectureSpec
 from theseus_ops.transport.task_vector import LoraFactors, TaskVector
 
 FORMAT_VERSION = "1"
@@ -109,8 +109,9 @@ def read_lora_adapter(directory: Path) -> TaskVector:
 def delta_from_tuned(tuned_dir: Path, source: ModelInfo) -> TaskVector:
     """tuned − base for every tensor that changed; shapes and names must match the base."""
     tuned = inspect_model_dir(tuned_dir)
-    if tuned.family.name != source.family.name:
-        raise InputError(f"{tuned_dir} is a {tuned.family.name} model but the source base is {source.family.name}")
+    if tuned.architecture.name != source.architecture.name:
+        raise InputError(f"{tuned_dir} is a {tuned.architecture.name} model but the source base is "
+                         f"{source.architecture.name}")
     unknown = sorted(set(tuned.shapes) - set(source.shapes))
     if unknown:
         raise InputError(f"{tuned_dir}: parameter {shown(unknown[0])} does not exist in the source base "
@@ -216,10 +217,10 @@ def dense_deltas(path: str | Path, target_dir: str | Path) -> dict[str, torch.Te
 
     For evaluation, which adds α·δ to a loaded model's state dict; transport itself never densifies.
     """
-    return dense_deltas_of(read_task_vector(path), inspect_model_dir(target_dir).family)
+    return dense_deltas_of(read_task_vector(path), inspect_model_dir(target_dir).architecture)
 
 
-def dense_deltas_of(tv: TaskVector, family: FamilySpec) -> dict[str, torch.Tensor]:
+def dense_deltas_of(tv: TaskVector, family: ArchitectureSpec) -> dict[str, torch.Tensor]:
     """:func:`dense_deltas` of a vector in memory, for a target of ``family``."""
     from theseus_ops.transport.engine import storage_delta
 

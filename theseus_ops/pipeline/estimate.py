@@ -48,7 +48,7 @@ class EstimateRun:
                  loaded: Loaded = NOTHING_LOADED, progress: Callable[[str], None] = log_progress) -> None:
         self.cfg, self.pair, self.keys, self.loaded = cfg, pair, keys, loaded
         self.options = cfg.map_options
-        self.layout = pair.family.token_layout
+        self.layout = pair.architecture.token_layout
         self.batch_size = cfg.batch_size
         self.probe_seed = cfg.probe_seed
         self.device = resolve_device(cfg.device)
@@ -61,7 +61,7 @@ class EstimateRun:
         if self.loaded.calibration is not None:
             source_cal, target_cal = trim_calibrations(*self.loaded.calibration, self.cfg.max_rows)
         else:
-            source_cal, target_cal = load_calibrations(self.cfg.calibration, pair.family.input_kind,
+            source_cal, target_cal = load_calibrations(self.cfg.calibration, pair.architecture.input_kind,
                                                        self.cfg.max_rows, pair.decoder_start())
         check_token_range(source_cal, pair.source, "source")
         check_token_range(target_cal, pair.target, "target")
@@ -77,8 +77,8 @@ class EstimateRun:
             self.progress(f"loading models {pair.source.path} and {pair.target.path} on {self.device}")
         source_model = loaded.source_model if loaded.source_model is not None else load_model(pair.source, self.device)
         target_model = loaded.target_model if loaded.target_model is not None else load_model(pair.target, self.device)
-        wanted = self.keys if self.keys is not None else all_space_keys(pair.family, pair.layer_map)
-        requests = space_requests(pair.family, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
+        wanted = self.keys if self.keys is not None else all_space_keys(pair.architecture, pair.layer_map)
+        requests = space_requests(pair.architecture, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
                                   pair.source.config, pair.target.config)
         present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
         self.skipped = [r.key for r in requests
@@ -92,8 +92,9 @@ class EstimateRun:
         pair = self.pair
         # The widest space is the widest trailing dimension of any weight (e.g. an MLP's hidden width).
         max_width = max(int(s[-1]) for info in (pair.source, pair.target) for s in info.shapes.values())
-        return probe_inputs(pair.family.settings(pair.source.config), pair.family.settings(pair.target.config),
-                            pair.family.input_kind, max_width,
+        arch = pair.architecture
+        return probe_inputs(arch.settings(pair.source.config), arch.settings(pair.target.config), arch.input_kind,
+                            max_width,
                             ProbeConfig(seed=self.probe_seed, min_examples=max(8, min_examples)), pair.decoder_start())
 
 
@@ -111,7 +112,7 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     provenance = {
         "theseus_ops_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "family": pair.family.name,
+        "family": pair.architecture.name,
         "source": model_summary(pair.source),
         "target": model_summary(pair.target),
         "calibration": estimate.calibration,
@@ -128,7 +129,7 @@ def check_alignment_result(alignment: Alignment, pair: ModelPair) -> None:
     """An alignment with no spaces, or with a NaN map or quality figure, would silently port nothing."""
     if not alignment.maps:
         archs = pair.target.config.get("architectures")
-        raise InputError(f"no space of the {pair.family.name} family could be aligned: the loaded models lack "
+        raise InputError(f"no space of the {pair.architecture.name} family could be aligned: the loaded models lack "
                          f"every module it maps (config.json architectures of {pair.target.path}: {archs!r}; "
                          f"of {pair.source.path}: {pair.source.config.get('architectures')!r})")
     require_finite(alignment.maps, "alignment")

@@ -10,8 +10,13 @@ import torch
 
 from theseus_ops.errors import InputError
 from theseus_ops.io.models import ModelInfo, inspect_model_dir
+from theseus_ops.transport.architecture import (
+    ArchitectureSpec,
+    architecture_for_model_type,
+    config_value,
+    same_architecture,
+)
 from theseus_ops.transport.engine import detect_prefix
-from theseus_ops.transport.family import FamilySpec, config_value, family_for_model_type, same_family
 from theseus_ops.transport.layer_map import LayerMap, build_stacked_layer_map
 
 log = logging.getLogger("theseus_ops")
@@ -28,14 +33,14 @@ class ModelPair:
 
     source: ModelInfo
     target: ModelInfo
-    family: FamilySpec
+    architecture: ArchitectureSpec
     layer_map: LayerMap
     source_prefix: str
     target_prefix: str
 
     def decoder_start(self) -> int | None:
         """An encoder-decoder's decoder start token, which both models must share; None for other models."""
-        ref = self.family.decoder_start
+        ref = self.architecture.decoder_start
         if ref is None:
             return None
         tokens = [config_value(info.config, ref, f"{info.path}/config.json (decoder start token)")
@@ -51,14 +56,14 @@ class ModelPair:
 
 def pair_of(source: ModelInfo, target: ModelInfo, layer_map: str) -> ModelPair:
     """Pair two described models: one family, valid configs, and the layer map between their stacks."""
-    family = same_family(source.model_type, target.model_type)
-    family.check_config(source.config, f"{source.path}/config.json")
-    family.check_config(target.config, f"{target.path}/config.json")
+    architecture = same_architecture(source.model_type, target.model_type)
+    architecture.check_config(source.config, f"{source.path}/config.json")
+    architecture.check_config(target.config, f"{target.path}/config.json")
     lm = build_stacked_layer_map(layer_map, source.depths, target.depths)
     if lm.unmapped_targets:
         log.warning("target layers without a source layer (they receive no update): %s", lm.unmapped_targets)
-    return ModelPair(source, target, family, lm, detect_prefix(family, list(source.shapes)),
-                     detect_prefix(family, list(target.shapes)))
+    return ModelPair(source, target, architecture, lm, detect_prefix(architecture, list(source.shapes)),
+                     detect_prefix(architecture, list(target.shapes)))
 
 
 def open_pair(source_base: str | Path, target_base: str | Path, layer_map: str) -> ModelPair:
@@ -74,7 +79,7 @@ def info_from_model(model: torch.nn.Module, name: str) -> ModelInfo:
     """
     config = model.config.to_dict()
     state = model.state_dict()
-    return ModelInfo(Path(name), config, family_for_model_type(config.get("model_type", "")),
+    return ModelInfo(Path(name), config, architecture_for_model_type(config.get("model_type", "")),
                      {n: tuple(t.shape) for n, t in state.items()},
                      {n: _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)) for n, t in state.items()}, ())
 

@@ -86,7 +86,7 @@ class TransportRun:
             if self.loaded.calibration is not None:
                 _source, target = trim_calibrations(*self.loaded.calibration, self.cfg.max_rows)
             else:
-                _source, target = load_calibrations(self.cfg.calibration, pair.family.input_kind,
+                _source, target = load_calibrations(self.cfg.calibration, pair.architecture.input_kind,
                                                     self.cfg.max_rows, pair.decoder_start())
             check_token_range(target, pair.target, "target")
             self._calibration = (target.tensors, target.rows)
@@ -160,8 +160,8 @@ def transport_in_memory(cfg: TransportConfig, pair: ModelPair, task_vector: Task
     info = get_method(cfg.method)
     label = tv_label if tv_label is not None else str(cfg.task_vector or cfg.source_tuned)
     check_lora(info, task_vector.kind)
-    plans = plan_transport(pair.family, task_vector.names(), pair.target.shapes, pair.layer_map, pair.target_prefix,
-                           pair.source.config, pair.target.config)
+    plans = plan_transport(pair.architecture, task_vector.names(), pair.target.shapes, pair.layer_map,
+                           pair.target_prefix, pair.source.config, pair.target.config)
     run = TransportRun(cfg, info, pair, task_vector, plans, loaded, progress or estimate.log_progress)
     _check_applicable(info, pair, plans, run)
     if not cfg.allow_partial and any(p.reason for p in plans):

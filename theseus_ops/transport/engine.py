@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from theseus_ops.transport.family import (
-    FamilySpec,
+from theseus_ops.transport.architecture import (
+    ArchitectureSpec,
     ParamSpec,
     SiteSpec,
     Split,
@@ -99,7 +99,7 @@ class ParamRecord:
         return {**self.__dict__, "norm_lost_share": self.norm_lost_share}
 
 
-def storage_delta(family: FamilySpec, name: str, tv: TaskVector) -> torch.Tensor:
+def storage_delta(family: ArchitectureSpec, name: str, tv: TaskVector) -> torch.Tensor:
     """An entry's dense delta in the parameter's storage layout (Conv1D weights are [in, out]).
 
     The layout comes from the family description, never from comparing shapes: a square Conv1D
@@ -115,7 +115,7 @@ def storage_delta(family: FamilySpec, name: str, tv: TaskVector) -> torch.Tensor
     return delta
 
 
-def detect_prefix(family: FamilySpec, names: list[str]) -> str:
+def detect_prefix(family: ArchitectureSpec, names: list[str]) -> str:
     """The naming prefix a model uses (e.g. ``vision_model.`` for a full CLIP model)."""
     counts = {p: 0 for p in family.prefixes}
     for name in names:
@@ -135,7 +135,7 @@ def _factor(spec: ParamSpec, source_config: Config, target_config: Config) -> fl
 
 
 def plan_transport(
-    family: FamilySpec,
+    family: ArchitectureSpec,
     names: list[str],
     target_shapes: Mapping[str, tuple[int, ...]],
     layer_map: LayerMap,
@@ -199,7 +199,7 @@ def plan_transport(
     return plans
 
 
-def _resolved_site(family: FamilySpec, site: SiteSpec, layer: int | None, prefix: str, config: Config,
+def _resolved_site(family: ArchitectureSpec, site: SiteSpec, layer: int | None, prefix: str, config: Config,
                    what: str) -> ResolvedSite:
     modules = tuple(resolve_name(m, layer, prefix, site.absolute) for m in site.module)
     if site.split is not None:
@@ -210,7 +210,7 @@ def _resolved_site(family: FamilySpec, site: SiteSpec, layer: int | None, prefix
 
 
 def space_requests(
-    family: FamilySpec,
+    family: ArchitectureSpec,
     keys: set[str],
     layer_map: LayerMap,
     source_prefix: str,
@@ -247,7 +247,7 @@ def space_requests(
     return requests
 
 
-def all_space_keys(family: FamilySpec, layer_map: LayerMap) -> set[str]:
+def all_space_keys(family: ArchitectureSpec, layer_map: LayerMap) -> set[str]:
     """Every space of the family for a layer map: what ``prepare`` estimates for reuse."""
     keys = set(family.global_sites)
     for name, stack in family.stacks.items():

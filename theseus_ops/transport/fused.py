@@ -1,6 +1,6 @@
 """Fused projections: one weight whose output axis holds several spaces (q, k, v; gate, up).
 
-A :class:`~theseus_ops.transport.family.Split` says how: ``groups`` repeats of the parts, each part
+A :class:`~theseus_ops.transport.architecture.Split` says how: ``groups`` repeats of the parts, each part
 contiguous inside its group. GPT-2's ``c_attn`` and Phi-3's ``qkv_proj`` and ``gate_up_proj`` are
 one group; GPT-NeoX's ``query_key_value`` is one group per head ([q_h, k_h, v_h] for each head h).
 Splitting gathers each part across groups, in group order, so a part's rows are head-major like
@@ -16,7 +16,7 @@ import torch
 from theseus_ops.errors import InputError
 
 if TYPE_CHECKING:  # imported by the rules, which the family loader imports: no import back at run time
-    from theseus_ops.transport.family import Split
+    from theseus_ops.transport.architecture import Split
 
 
 def split_rows(x: torch.Tensor, split: Split, what: str) -> list[torch.Tensor]:

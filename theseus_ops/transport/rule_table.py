@@ -22,8 +22,8 @@ from theseus_ops.transport.rules import ROW_KINDS, LoraResult, Map, Operands, Ru
 from theseus_ops.transport.task_vector import LoraFactors
 
 if TYPE_CHECKING:  # the family loader imports this table: no import back at run time
+    from theseus_ops.transport.architecture import ParamSpec, SiteSpec
     from theseus_ops.transport.engine import TargetPlan
-    from theseus_ops.transport.family import ParamSpec, SiteSpec
 
 Dense = Callable[[torch.Tensor, Operands], torch.Tensor]
 Lora = Callable[[torch.Tensor, torch.Tensor, Operands], LoraResult]

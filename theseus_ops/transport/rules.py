@@ -22,7 +22,7 @@ from theseus_ops.transport.fused import merge_rows, split_rows
 from theseus_ops.transport.head_maps import head_correspondence
 
 if TYPE_CHECKING:  # the family loader imports the rule table, hence this module: no import back at run time
-    from theseus_ops.transport.family import ParamSpec, Split
+    from theseus_ops.transport.architecture import ParamSpec, Split
 
 Map = torch.Tensor | None
 # A fused parameter's layout in the source and in the target (None: equal contiguous parts).

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from theseus_ops.errors import InputError
 from theseus_ops.progress import Ticker
-from theseus_ops.transport.family import Split
+from theseus_ops.transport.architecture import Split
 from theseus_ops.transport.fused import select_part
 
 if TYPE_CHECKING:

@@ -117,4 +117,4 @@ class PortInputs:
 
     def dense(self, transported: Transported) -> dict[str, torch.Tensor]:
         """A result as float32 dense deltas in the target's storage layout, for the scorer."""
-        return dense_deltas_of(transported.vector, self.model_pair.target.family)
+        return dense_deltas_of(transported.vector, self.model_pair.target.architecture)

@@ -1,6 +1,7 @@
-"""Architecture families: which parameter reads and writes which activation site.
+"""Architecture specs: which parameter reads and writes which activation site.
 
-Each family is one JSON file in ``families/``. Loading turns it into frozen records and refuses
+Each architecture (a *family* of model types sharing one layout: ``llama`` covers Llama, Qwen2 and
+Mistral) is one JSON file in ``architectures/``. Loading turns it into frozen records and refuses
 unknown keys and dangling site references, so a typo fails in a test instead of silently
 dropping a parameter from transport.
 """
@@ -145,7 +146,7 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
-class FamilySpec:
+class ArchitectureSpec:
     """A whole architecture family, as loaded from its JSON file."""
 
     name: str
@@ -223,7 +224,7 @@ def space_key(site: str, layer: int | None, stack: str | None) -> str:
     return f"{stack}.{layer}.{site}" if stack is not None else site
 
 
-def parse_space_key(key: str, family: FamilySpec) -> tuple[str | None, int | None, str]:
+def parse_space_key(key: str, family: ArchitectureSpec) -> tuple[str | None, int | None, str]:
     """(stack, layer, site) of a space key; (None, None, site) for a global space."""
     parts = key.split(".", 2)
     if len(parts) == 3 and parts[0] in family.stacks and parts[1].isdigit():
@@ -245,7 +246,7 @@ def resolve_name(template: str, layer: int | None, prefix: str = "", absolute: b
 _PLACEHOLDER = re.compile(r"\$\{[a-z_]+\}")  # any stack's layer placeholder; a name holds at most one
 
 
-_FAMILY_KEYS = {
+_ARCHITECTURE_KEYS = {
     "name", "description", "model_types", "num_layers_key", "input_kind", "token_layout",
     "global_sites", "layer_sites", "parameters", "prefixes", "splits", "requires", "stacks", "decoder_start",
     "config_sections", "tie_default",
@@ -265,9 +266,9 @@ def _reject_unknown(kind: str, where: str, data: dict[str, Any], allowed: set[st
         raise ValueError(f"{where}: unknown {kind} key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
+def parse_architecture(data: dict[str, Any], where: str = "<family>") -> ArchitectureSpec:
     """Validate one family description and build its frozen record."""
-    _reject_unknown("family", where, data, _FAMILY_KEYS)
+    _reject_unknown("family", where, data, _ARCHITECTURE_KEYS)
     splits = _parse_splits(data.get("splits", {}), where)
 
     stack_raw = data.get("stacks", {})
@@ -367,7 +368,7 @@ def parse_family(data: dict[str, Any], where: str = "<family>") -> FamilySpec:
             body += r"(?P<layer>)?"
         prefix = "(?P<prefix>)" if spec.absolute else rf"(?P<prefix>{prefix_group})"
         patterns.append((re.compile(prefix + body), spec))
-    return FamilySpec(
+    return ArchitectureSpec(
         name=data["name"],
         description=data["description"],
         model_types=tuple(data["model_types"]),
@@ -471,19 +472,20 @@ def _check_param_extras(spec: ParamSpec, raw: dict[str, Any], splits: dict[str, 
 
 
 @cache
-def all_families() -> tuple[FamilySpec, ...]:
-    """Every family shipped with the package, loaded and validated once."""
-    files = sorted(p for p in resources.files("theseus_ops.transport.families").iterdir() if p.name.endswith(".json"))
-    return tuple(parse_family(json.loads(p.read_text()), where=p.name) for p in files)
+def all_architectures() -> tuple[ArchitectureSpec, ...]:
+    """Every architecture spec shipped with the package, loaded and validated once."""
+    folder = resources.files("theseus_ops.transport.architectures")
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".json"))
+    return tuple(parse_architecture(json.loads(p.read_text()), where=p.name) for p in files)
 
 
 def supported_model_types() -> list[str]:
-    return sorted(t for fam in all_families() for t in fam.model_types)
+    return sorted(t for fam in all_architectures() for t in fam.model_types)
 
 
-def family_for_model_type(model_type: str) -> FamilySpec:
+def architecture_for_model_type(model_type: str) -> ArchitectureSpec:
     """The family of a Hugging Face ``config.model_type``, or an error naming the supported ones."""
-    for fam in all_families():
+    for fam in all_architectures():
         if model_type in fam.model_types:
             return fam
     raise UnsupportedArchitectureError(
@@ -491,9 +493,9 @@ def family_for_model_type(model_type: str) -> FamilySpec:
     )
 
 
-def same_family(source_type: str, target_type: str) -> FamilySpec:
+def same_architecture(source_type: str, target_type: str) -> ArchitectureSpec:
     """Both models' family; models of different families cannot share a transport."""
-    source, target = family_for_model_type(source_type), family_for_model_type(target_type)
+    source, target = architecture_for_model_type(source_type), architecture_for_model_type(target_type)
     if source.name != target.name:
         raise InputError(
             f"source and target are different families ({source.name} vs {target.name}); "

@@ -1,1 +1,0 @@
-"""Declarative family descriptions, one JSON file per architecture family (see ``family.py``)."""
