@@ -113,6 +113,9 @@ class PortInputs:
                               device=self.cfg.device, **kwargs)
         result, report = transport_in_memory(cfg, self.model_pair, vector, loaded, tv_label=str(self.tv_path))
         require_finite_result(result, f"{method} transport of {self.tv_path}")
+        total = len(report.records)
+        log.info("transported %s task vector with %d tensors by %s (%d/%d transported), kept in memory",
+                 result.kind, len(result.names()), method, total - len(report.left_out), total)
         return Transported(result, report, alignment_uri)
 
     def dense(self, transported: Transported) -> dict[str, torch.Tensor]:
