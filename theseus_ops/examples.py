@@ -211,40 +211,10 @@ def _head_dim(config) -> int:
 
 def permute_decoder(state: dict[str, torch.Tensor], config, seed: int = 5) -> dict[str, torch.Tensor]:
     """Llama-layout decoders (Mistral, Qwen2/3, Gemma 2/3): residual channels, kv-head groups, query
-    heads within groups and MLP units permuted.
-
-    The per-head ``q_norm``/``k_norm`` weights stay as they are: every head shares them, so a head
-    permutation leaves them alone. Gemma's pre/post feed-forward and post-attention norms act on the
-    residual, like every other norm.
-    """
+    heads within groups and MLP units permuted (:func:`theseus_ops.permutations.permute_state`)."""
     kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    p = _perms(config.hidden_size, config.intermediate_size, config.num_attention_heads, kv, _head_dim(config), seed)
-    pr, pm, qrows, kvrows = p["resid"], p["mlp"], p["q_rows"], p["kv_rows"]
-    out = {}
-    for name, w in state.items():
-        if name.endswith(("q_norm.weight", "k_norm.weight")):
-            out[name] = w
-        elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
-            out[name] = w[:, pr]
-        elif name.endswith("q_proj.weight"):
-            out[name] = w[qrows][:, pr]
-        elif name.endswith("q_proj.bias"):
-            out[name] = w[qrows]
-        elif name.endswith(("k_proj.weight", "v_proj.weight")):
-            out[name] = w[kvrows][:, pr]
-        elif name.endswith(("k_proj.bias", "v_proj.bias")):
-            out[name] = w[kvrows]
-        elif name.endswith("o_proj.weight"):
-            out[name] = w[pr][:, qrows]
-        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
-            out[name] = w[pm][:, pr]
-        elif name.endswith("down_proj.weight"):
-            out[name] = w[pr][:, pm]
-        elif name.endswith(("norm.weight", "o_proj.bias")):
-            out[name] = w[pr]
-        else:
-            raise AssertionError(f"unhandled {name}")
-    return {k: v.contiguous() for k, v in out.items()}
+    return permute_state(state, config, permutations_for(config.hidden_size, config.intermediate_size,
+                                                         config.num_attention_heads, kv, seed))
 
 
 def quarter_turns(head_dim: int, seed: int = 3) -> torch.Tensor:

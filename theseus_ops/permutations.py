@@ -35,27 +35,39 @@ def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
-def permute_state(state: dict[str, torch.Tensor], config: transformers.LlamaConfig,
+def permute_state(state: dict[str, torch.Tensor], config: transformers.PretrainedConfig,
                   perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same function in permuted coordinates: residual channels, heads and MLP units."""
+    """The same function in permuted coordinates: residual channels, heads and MLP units.
+
+    For the Llama layout and the decoders that share it (Mistral, Qwen2/3, Gemma 2/3). The per-head
+    ``q_norm``/``k_norm`` weights stay as they are: every head shares them, so a head permutation leaves
+    them alone. Every other norm (Gemma's pre/post feed-forward and post-attention ones too) acts on
+    the residual.
+    """
     hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     pr, pm = perms["resid"], perms["mlp"]
     qrows, kvrows = head_rows(perms["q_heads"], hd), head_rows(perms["kv_heads"], hd)
     out = {}
     for name, w in state.items():
-        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            out[name] = w
+        elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
             out[name] = w[:, pr]
         elif name.endswith("q_proj.weight"):
             out[name] = w[qrows][:, pr]
+        elif name.endswith("q_proj.bias"):
+            out[name] = w[qrows]
         elif name.endswith(("k_proj.weight", "v_proj.weight")):
             out[name] = w[kvrows][:, pr]
+        elif name.endswith(("k_proj.bias", "v_proj.bias")):
+            out[name] = w[kvrows]
         elif name.endswith("o_proj.weight"):
             out[name] = w[pr][:, qrows]
         elif name.endswith(("gate_proj.weight", "up_proj.weight")):
             out[name] = w[pm][:, pr]
         elif name.endswith("down_proj.weight"):
             out[name] = w[pr][:, pm]
-        elif name.endswith("norm.weight"):
+        elif name.endswith(("norm.weight", "o_proj.bias")):
             out[name] = w[pr]
         else:
             raise InputError(f"permutation has no rule for {name}")
