@@ -235,7 +235,7 @@ def inspect_path(path: str | Path) -> dict:
         info = inspect_model_dir(path)
         summary = {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.architecture.name,
                    "layers": info.num_layers}
-        further = {name: depth for name, depth in info.depths.items() if name != "layers"}
+        further = info.further_depths
         if further:  # an encoder-decoder: the decoder's depth beside the encoder's
             summary["stack_layers"] = further
         return {**summary, "parameters": sum(math.prod(s) for s in info.shapes.values()),

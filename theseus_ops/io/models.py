@@ -52,11 +52,13 @@ class ModelInfo:
     @property
     def depths(self) -> dict[str, int]:
         """Every stack's depth, the main one (``layers``) first: T5's decoder reads num_decoder_layers."""
-        found = {"layers": self.num_layers}
-        for name, stack in self.architecture.stacks.items():
-            if name != "layers":
-                found[name] = config_int(self.config, stack.num_layers_key, f"{self.path}/config.json ({name} depth)")
-        return found
+        return {"layers": self.num_layers, **self.further_depths}
+
+    @property
+    def further_depths(self) -> dict[str, int]:
+        """The depths of the stacks beside the main one (an encoder-decoder's decoder); empty for most models."""
+        return {name: config_int(self.config, stack.num_layers_key, f"{self.path}/config.json ({name} depth)")
+                for name, stack in self.architecture.stacks.items() if name != "layers"}
 
     @property
     def tied_embeddings(self) -> bool:

@@ -88,5 +88,5 @@ def model_summary(info: ModelInfo) -> dict:
     """A model as reports and provenance name it: path, content hash, type and depths."""
     summary = {"path": str(info.path), "sha256": info.sha256(), "model_type": info.model_type,
                "layers": info.num_layers}
-    further = {name: depth for name, depth in info.depths.items() if name != "layers"}
+    further = info.further_depths
     return {**summary, "stack_layers": further} if further else summary
