@@ -33,7 +33,7 @@ from tests import tiny
 from theseus_ops import api
 from theseus_ops.config import CalibrationSpec, TransportConfig
 
-FILLS = ("pad", "project")
+FILLS = ("pad", "project", "weights")
 
 
 class _Factory:

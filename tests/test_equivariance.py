@@ -4,7 +4,8 @@ Trained models have numerically low-rank q/k spaces: the calibration data determ
 each map. A target whose residual channels, heads and MLP units are permuted computes the same
 function, so transporting onto it must give the permuted task vector, exactly. That holds only if
 what the map does on the undetermined directions does not depend on coordinate order: the default
-``project`` fill keeps it, the ``pad`` fill (kept as an option) does not, and this test shows both.
+``weights`` and ``project`` fills keep it, the ``pad`` fill (kept as an option) does not, and these
+tests show each.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def test_the_data_leaves_qk_spaces_undetermined(pair):
     assert q_spaces and all(v["data_rank"] <= QK_RANK + 1 for v in q_spaces.values())
 
 
-def test_project_fill_is_exactly_equivariant_on_every_parameter(pair):
-    worst, report = _worst_relative_gap(pair, "project")
+@pytest.mark.parametrize("fill", ["project", "weights"])
+def test_equivariant_fills_are_exactly_equivariant_on_every_parameter(pair, fill):
+    worst, report = _worst_relative_gap(pair, fill)
     assert worst < 1e-5
     # The dropped share is measured per parameter and summarised: q/k updates lose most of their norm.
     lost = {r["name"]: r["norm_lost_share"] for r in report["parameters"]}
@@ -130,3 +132,54 @@ def test_project_fill_completes_from_probes_when_calibration_is_short(tmp_path, 
     assert hidden["data_rank"] < 64 and hidden["data_rank"] + hidden["probe_filled"] == 64
     assert "layers.0.mlp_hidden" in report["alignment_provenance"]["calibration"]["completion"]["spaces"]
     assert case.error(load_file(str(tmp_path / "out.safetensors"))) < 1e-3
+
+
+@pytest.mark.parametrize("oracle", ["identity", "permutation"])
+def test_weights_fill_completes_from_the_base_weights_when_calibration_is_short(tmp_path, oracle):
+    """The same short calibration, completed by weight matching instead of probes: no second forward pass,
+    and the oracles stay exact because the weight-matching moment is the permutation times a positive
+    semi-definite matrix on an identical or permuted target."""
+    case = tiny.Case(tmp_path, "llama", oracle)
+    short = tiny.calibration(tmp_path / "short.safetensors", rows=2)
+    cfg = TransportConfig(str(case.source), str(case.target), "theseus", task_vector=str(case.task_vector),
+                          calibration=CalibrationSpec(str(short)), fill="weights")
+    report = api.transport(cfg, tmp_path / "out.safetensors")
+    hidden = report["spaces"]["layers.0.mlp_hidden"]
+    assert hidden["data_rank"] < 64 and hidden["data_rank"] + hidden["weight_filled"] == 64
+    assert hidden["probe_filled"] == 0
+    completion = report["alignment_provenance"]["calibration"]["completion"]
+    assert completion["prior"] == "base weights" and "layers.0.mlp_hidden" in completion["spaces"]
+    assert case.error(load_file(str(tmp_path / "out.safetensors"))) < 1e-4
+
+
+def test_weights_fill_keeps_structurally_unexcited_directions(tmp_path):
+    """A BERT at init: LayerNorm outputs never move along γ⁻¹ (β = 0), so every space behind a norm,
+    and the query/key/value spaces it feeds, miss one direction in any calibration data. The
+    ``project`` fill drops that direction of every update; the ``weights`` fill completes it from the
+    weights (the norm's space first, then, a round later, the projections it feeds), so the identity
+    oracle is exact again."""
+    import transformers
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=64, num_labels=3, max_position_embeddings=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4)).eval()
+    model.save_pretrained(tmp_path / "bert")
+    delta = tiny.random_delta(load_file(str(tmp_path / "bert" / "model.safetensors")), 0.02)
+    tiny.save_delta(delta, tmp_path / "tv.safetensors")
+    ids = torch.randint(3, 64, (16, 24), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(tmp_path / "cal.safetensors"))
+    worst = {}
+    for fill in ("project", "weights"):
+        cfg = TransportConfig(str(tmp_path / "bert"), str(tmp_path / "bert"), "theseus",
+                              task_vector=str(tmp_path / "tv.safetensors"),
+                              calibration=CalibrationSpec(str(tmp_path / "cal.safetensors")), fill=fill)
+        report = api.transport(cfg, tmp_path / f"{fill}.safetensors")
+        out = load_file(str(tmp_path / f"{fill}.safetensors"))
+        worst[fill] = max(float((out[k] - v).norm() / v.norm()) for k, v in delta.items() if v.norm() > 0)
+        if fill == "weights":
+            query = report["spaces"]["layers.0.q"]
+            assert query["data_rank"] == 31 and query["weight_filled"] == 1
+    assert worst["project"] > 0.1  # guard: the direction really is missing from the data
+    assert worst["weights"] < 1e-4

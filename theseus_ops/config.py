@@ -60,7 +60,8 @@ class MapSettings:
                              "the data (reported; default %(default).2g)", metavar="TOL")
     fill: str = option(DEFAULT_FILL, "what a map does on directions the data leaves undetermined: pad fills them "
                        "with the zero-pad prior (default; depends on coordinate order), project drops them or "
-                       "completes them from probe inputs (equivariant)", choices=FILLS)
+                       "completes them from probe inputs (equivariant), weights completes them from the base "
+                       "weights by weight matching (equivariant)", choices=FILLS)
     solver: str = option(DEFAULT_SOLVER, "how the pad fill's polar factors are computed: eigh (default; "
                          "eigendecompositions of the smaller Gram, several times faster) or svd (exact to float64 "
                          "rounding on every direction)", choices=SOLVERS)

@@ -24,7 +24,7 @@ from theseus_ops.io.models import load_model, resolve_device
 from theseus_ops.pipeline.calibration import check_token_range, load_calibrations, trim_calibrations
 from theseus_ops.pipeline.loaded import NOTHING_LOADED, Loaded
 from theseus_ops.pipeline.pair import ModelPair, model_summary
-from theseus_ops.transport.engine import all_space_keys, space_requests
+from theseus_ops.transport.engine import ParamPlan, all_space_keys, plan_transport, space_requests
 from theseus_ops.transport.methods import get_method
 from theseus_ops.transport.methods.base import CalibrationInputs, LoadedModels
 from theseus_ops.transport.probes import ProbeConfig, probe_inputs
@@ -87,6 +87,11 @@ class EstimateRun:
             raise InputError(f"space(s) {', '.join(self.skipped)} are needed but a model lacks their module")
         self._models = LoadedModels(source_model, target_model, [r for r in requests if r.key not in self.skipped])
         return self._models
+
+    def weight_plans(self) -> list[ParamPlan]:
+        pair = self.pair
+        return plan_transport(pair.architecture, list(pair.source.shapes), pair.target.shapes, pair.layer_map,
+                              pair.target_prefix, pair.source.config, pair.target.config)
 
     def probes(self, min_examples: int = 8) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         pair = self.pair

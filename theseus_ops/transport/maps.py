@@ -26,7 +26,14 @@ from dataclasses import dataclass
 import torch
 
 from theseus_ops.errors import InputError
-from theseus_ops.transport.tolerances import DEFAULT_FILL, DEFAULT_RANK_TOL, DEFAULT_SOLVER, FILLS, SOLVERS
+from theseus_ops.transport.tolerances import (
+    DEFAULT_FILL,
+    DEFAULT_RANK_TOL,
+    DEFAULT_SOLVER,
+    FILLS,
+    PROJECTING_FILLS,
+    SOLVERS,
+)
 
 # The decomposition, as a module attribute so a test can swap in one with other sign choices. Every map
 # is built from symmetric eigendecompositions; none needs an SVD.
@@ -105,7 +112,7 @@ def polar_factor(cross: torch.Tensor, rank_tol: float = DEFAULT_RANK_TOL, seed: 
     Returns:
         PolarResult; with ``pad`` T has full rank min(d_A, d_B), with ``project`` its rank is the data rank.
     """
-    if fill == "project":
+    if fill in PROJECTING_FILLS:
         return _projected_polar(cross, rank_tol)
     if fill != "pad":
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
@@ -131,6 +138,14 @@ PROBE_WHITEN_POWER = 0.5
 # prior keeps only correlations a decade above that, so it never invents a direction or a sign.
 PROBE_RIDGE = 1e-4
 PROBE_PRIOR_RANK_TOL = 1e-2
+# The weight prior's weight against the data, each scaled to unit Frobenius norm (``weights`` fill).
+WEIGHT_PRIOR_WEIGHT = 1e-3
+# The weight-matching moment is a float64 product of weights and float32-rounded maps. Directions of it
+# below this (relative to its largest) are dropped from the prior: there the rounding of the maps (1e-7)
+# can flip a direction's sign, and the prior's polar factor would carry that flip at full weight. The
+# price: a direction a weight barely reaches (a random square weight's smallest singular value, 1e-4 of
+# its largest, is 1e-8 in this squared moment) is left to the data.
+WEIGHT_PRIOR_RANK_TOL = 1e-6
 
 
 def _projected_polar(cross: torch.Tensor, rank_tol: float, scale: float | None = None) -> PolarResult:
@@ -305,6 +320,7 @@ class SpaceQuality:
     underdetermined: bool
     probe_filled: int = 0
     weakly_determined: int = 0
+    weight_filled: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -317,7 +333,7 @@ class SpaceQuality:
     @property
     def needs_completion(self) -> bool:
         """Some direction is undetermined, or so weakly determined that the cut-off shrinks it."""
-        return self.weakly_determined > 0 and self.probe_filled == 0
+        return self.weakly_determined > 0 and self.probe_filled == 0 and self.weight_filled == 0
 
 
 def _statistics_terms(stats, options: MapOptions) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
@@ -356,7 +372,8 @@ def _unit(m: torch.Tensor) -> torch.Tensor:
 
 
 def estimate_space_map(stats, source_key: str, options: MapOptions,
-                       probe_stats=None, structure=None) -> tuple[torch.Tensor, SpaceQuality]:
+                       probe_stats=None, structure=None,
+                       weight_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, SpaceQuality]:
     """The map T (float32, d_A × d_B) of one space, and its quality report.
 
     ``probe_stats`` (``project`` fill only): the same space's statistics on seeded probe inputs, which
@@ -372,6 +389,12 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
 
     What neither determines stays dropped: directions the architecture never excites, in data or
     probes alike, such as a LayerNorm output's null direction (γ⁻¹, the mean direction at init).
+
+    ``weight_prior`` (``weights`` fill only): the space's weight-matching cross moment
+    (``weight_prior.weight_matching_priors``). It enters like the probe prior, as
+    C/‖C‖ + w·G/‖G‖ with w = ``WEIGHT_PRIOR_WEIGHT``: the data decides every direction it determines
+    beyond w of its largest, the weights decide the rest. On an identical or permuted target both terms
+    are the permutation times a positive semi-definite matrix, so the completed map is exact there.
 
     ``structure``: a per-head constraint (``head_maps.HeadStructure``) whose ``polar`` replaces the
     unconstrained polar factor; it needs no completion from probes.
@@ -393,6 +416,14 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
         mixed = _unit(target) + PROBE_PRIOR_WEIGHT * _unit(prior)
         polar = polar_factor(mixed, options.rank_tol, fill="project")
         probe_filled = max(0, polar.data_rank - data_only.data_rank)
+    weight_filled = 0
+    if weight_prior is not None and options.fill == "weights" and structure is None:
+        # The prior enters as its own polar factor (singular values 1), so every direction the weights
+        # determine stands well above the cut-off, as the probe prior does.
+        prior = polar_factor(weight_prior.to(target), WEIGHT_PRIOR_RANK_TOL, fill="project").map
+        mixed = _unit(target) + WEIGHT_PRIOR_WEIGHT * _unit(prior)
+        polar = polar_factor(mixed, options.rank_tol, fill="project")
+        weight_filled = max(0, polar.data_rank - data_only.data_rank)
     t = polar.map
     # Without Gram statistics, tr(Tᵀ G_A T) = ‖X_A‖² is exact when T Tᵀ = I (d_A ≤ d_B), an upper bound otherwise
     # (a projected map only drops directions the data barely reaches, so the bound stays tight).
@@ -412,6 +443,7 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
         underdetermined=stats.rows < max(width_a, width_b),
         probe_filled=probe_filled,
         weakly_determined=data_only.weak,
+        weight_filled=weight_filled,
     )
     return t.float(), quality
 

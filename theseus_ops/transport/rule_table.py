@@ -173,10 +173,14 @@ def transport_dense(
     target_shape: Sequence[int],
     splits: Splits = None,
 ) -> torch.Tensor:
-    """τ_B for one full-delta tensor, in the target's storage layout and dtype."""
+    """τ_B for one full-delta tensor, in the target's storage layout and dtype.
+
+    A float64 tensor is moved in float64 (the weight prior differentiates through this); others in float32.
+    """
     if spec.head_block:
         maps_out = _head_block_maps(maps_out, tensor, target_shape, name)
-    out = RULE_TABLE[spec.rule].dense(tensor.float(), Operands(spec, name, map_in, maps_out, target_shape, splits))
+    compute = tensor if tensor.dtype == torch.float64 else tensor.float()
+    out = RULE_TABLE[spec.rule].dense(compute, Operands(spec, name, map_in, maps_out, target_shape, splits))
     check_shape(out.shape, target_shape, name)
     return out.to(tensor.dtype)
 

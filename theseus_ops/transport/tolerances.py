@@ -7,10 +7,13 @@ from __future__ import annotations
 # spaces directions just above this threshold can still be noise (see docs/method.md).
 DEFAULT_RANK_TOL = 1e-6
 
-# What a map does on directions the data leaves undetermined (see ``maps``). ``pad`` stays the default
-# until an equivariant fill also keeps the identity oracle exact on structurally rank-deficient spaces.
-FILLS = ("project", "pad")
+# What a map does on directions the data leaves undetermined (see ``maps``): ``weights`` completes them
+# from the base weights (``weight_prior``), ``project`` drops them (or completes them from probe inputs),
+# ``pad`` fills them with the zero-pad prior, which is not equivariant.
+FILLS = ("weights", "project", "pad")
 DEFAULT_FILL = "pad"
+# The fills whose data-only map is the projected polar factor (equivariant; the rest is completed or dropped).
+PROJECTING_FILLS = ("weights", "project")
 
 # How the ``pad`` fill's polar factor is computed. ``eigh``: symmetric eigendecompositions of the smaller
 # Gram and of the restricted priors, polished to orthonormal rows (several times faster than an SVD on the

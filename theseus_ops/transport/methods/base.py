@@ -98,6 +98,10 @@ class EstimateContext(Protocol):
         """Seeded synthetic inputs, the same examples for both models."""
         ...
 
+    def weight_plans(self) -> list[ParamPlan]:
+        """The plan of every source base parameter onto the target (what the ``weights`` fill matches)."""
+        ...
+
 
 class TransportContext(Protocol):
     """What ``transport`` gives every method, after the capability checks passed."""

@@ -8,8 +8,10 @@ from collections.abc import Callable
 import torch
 
 from theseus_ops.progress import Ticker
+from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
+from theseus_ops.transport.weight_prior import weight_matching_priors
 
 log = logging.getLogger("theseus_ops")
 
@@ -27,12 +29,14 @@ def estimate_maps(
     device: torch.device,
     progress: Callable[[str], None] | None = None,
     probes: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None,
+    weight_plans: Callable[[], list[ParamPlan]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, SpaceQuality]]:
     """Statistics for every requested space, then one polar factor per space.
 
     With the ``project`` fill and ``probes`` given, spaces the calibration data leaves partly
     undetermined are completed from a second statistics pass over the probe inputs (only those spaces
-    are hooked), see ``maps.complete_from_probes``.
+    are hooked), see ``maps.complete_from_probes``. With the ``weights`` fill and ``weight_plans`` given,
+    they are completed from the base weights instead (``weight_prior``): no second forward pass.
     """
     stats = collect_statistics(
         source_model, target_model, requests, source_data, target_data,
@@ -40,7 +44,8 @@ def estimate_maps(
     )
     maps, quality = {}, {}
     by_key = {r.key: r for r in requests}
-    complete = probes is not None and options.fill == "project"
+    complete = (probes is not None and options.fill == "project") or (
+        weight_plans is not None and options.fill == "weights")
     ticker = Ticker(len(stats))
     for k, key in enumerate(sorted(stats), 1):
         maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options,
@@ -49,15 +54,22 @@ def estimate_maps(
             progress(f"maps: space {k}/{ticker.total} ({key}), {ticker.elapsed:.1f} s")
         if not (complete and quality[key].needs_completion):
             del stats[key]  # the spaces left are completed from probe inputs below
-    if complete and stats:
+    if complete and stats and options.fill == "weights":
+        _complete_from_weights(source_model, target_model, weight_plans(), stats, by_key, maps, quality,
+                               options=options, progress=progress)
+    elif complete and stats:
         _complete_from_probes(source_model, target_model, [by_key[k] for k in sorted(stats)], stats,
                               maps, quality, probes, layout=layout, options=options, batch_size=batch_size,
                               device=device, progress=progress)
     for key in sorted(maps):
         q = quality[key]
         if q.underdetermined:
-            what = (f"{q.prior_filled + q.seeded_filled} filled by the pad prior" if options.fill == "pad"
-                    else f"{q.probe_filled} filled from probe inputs, {q.undetermined - q.probe_filled} dropped")
+            if options.fill == "pad":
+                what = f"{q.prior_filled + q.seeded_filled} filled by the pad prior"
+            else:
+                filled, source = ((q.weight_filled, "the base weights") if options.fill == "weights"
+                                  else (q.probe_filled, "probe inputs"))
+                what = f"{filled} filled from {source}, {max(0, q.undetermined - filled)} dropped"
             log.warning("space %s: %d activation rows for width %d; the map is underdetermined "
                         "(data rank %d, %s)", key, q.rows, max(q.width_a, q.width_b), q.data_rank, what)
     if progress:
@@ -94,3 +106,69 @@ def _complete_from_probes(
         key = request.key
         maps[key], quality[key] = estimate_space_map(data_stats.pop(key), request.source_key, options,
                                                      probe_stats=stats.pop(key), structure=request.structure)
+
+
+def _complete_from_weights(
+    source_model: torch.nn.Module,
+    target_model: torch.nn.Module,
+    plans: list[ParamPlan],
+    data_stats: dict,
+    by_key: dict[str, SpaceRequest],
+    maps: dict[str, torch.Tensor],
+    quality: dict[str, SpaceQuality],
+    *,
+    options: MapOptions,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """Re-estimate, in place, the maps of partly undetermined spaces with the weight-matching prior.
+
+    Each round takes every prior at the current maps of all spaces, so the order of the spaces does not
+    matter. A direction a structure leaves open propagates: a LayerNorm output misses its mean
+    direction, so the query space it feeds misses that direction's image, which the prior of the
+    query weights can only supply once the norm's space is complete. Hence a few rounds, each over
+    the spaces still short of full rank, until a round gains no direction anywhere.
+    """
+    keys = sorted(k for k in data_stats if by_key[k].structure is None)
+    if progress:
+        progress(f"maps: completing {len(keys)} partly undetermined space(s) from the base weights")
+    with torch.no_grad():
+        source_weights = dict(source_model.state_dict())
+        target_weights = dict(target_model.state_dict())
+    neighbours = _neighbours(plans)
+    for _ in range(WEIGHT_PRIOR_ROUNDS):
+        priors = weight_matching_priors(plans, source_weights, target_weights, maps, keys)
+        gained = []
+        for key in keys:
+            if key not in priors:
+                continue  # no parameter of this space carries weights to match (what is open stays dropped)
+            before = quality[key].data_rank + quality[key].weight_filled
+            maps[key], quality[key] = estimate_space_map(data_stats[key], by_key[key].source_key, options,
+                                                         structure=None, weight_prior=priors[key])
+            if quality[key].data_rank + quality[key].weight_filled > before:
+                gained.append(key)
+        # Only a space next to one that gained (sharing a parameter with it) can have a new prior.
+        touched = set().union(*(neighbours.get(k, set()) for k in gained)) if gained else set()
+        keys = [k for k in keys if k in touched
+                and quality[k].data_rank + quality[k].weight_filled < _full_rank(quality[k])]
+        if not keys:
+            break
+    data_stats.clear()
+
+
+def _neighbours(plans: list[ParamPlan]) -> dict[str, set[str]]:
+    """For each space, the spaces some parameter reads or writes together with it."""
+    out: dict[str, set[str]] = {}
+    for plan in plans:
+        for target in plan.targets:
+            spaces = {s for s in (target.reads, *target.writes) if s}
+            for space in spaces:
+                out.setdefault(space, set()).update(spaces - {space})
+    return out
+
+
+def _full_rank(q: SpaceQuality) -> int:
+    return min(q.width_a, q.width_b)
+
+
+# Rounds of weight completion: a structural gap travels one linear layer per round (see above).
+WEIGHT_PRIOR_ROUNDS = 3

@@ -8,7 +8,8 @@ from theseus_ops.transport.methods.theseus.config import TheseusConfig
 
 
 class Theseus(PreparedMaps):
-    """Maps from the calibration data; with the project fill, undetermined directions come from probes."""
+    """Maps from the calibration data; undetermined directions come from the base weights (``weights``
+    fill), from probes (``project``) or from the zero-pad prior (``pad``)."""
 
     def estimate(self, ctx: EstimateContext, config: TheseusConfig) -> Estimate:
         from theseus_ops.transport.methods.theseus.estimate import estimate_maps
@@ -18,12 +19,15 @@ class Theseus(PreparedMaps):
         maps, quality = estimate_maps(
             models.source, models.target, models.requests, calibration.source, calibration.target,
             layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
-            progress=ctx.progress, probes=ctx.probes,
+            progress=ctx.progress, probes=ctx.probes, weight_plans=ctx.weight_plans,
         )
         info = dict(calibration.info)
         if ctx.options.fill == "project":
             info["completion"] = {"probe_seed": ctx.probe_seed,
                                   "spaces": sorted(k for k, q in quality.items() if q.probe_filled)}
+        elif ctx.options.fill == "weights":
+            info["completion"] = {"prior": "base weights",
+                                  "spaces": sorted(k for k, q in quality.items() if q.weight_filled)}
         return Estimate(maps, quality, info)
 
 

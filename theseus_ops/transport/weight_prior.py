@@ -1,0 +1,83 @@
+"""A weight-matching prior for the directions calibration data leaves open (the ``weights`` fill).
+
+Where the data determines a space's map only partly (a LayerNorm output never moves along its
+mean direction, a pooled space sees one row per example, massive activations leave most of a real
+model's residual stream below the rank tolerance), the rest of the map must come from something that
+depends on neither model's coordinate order, or a permuted target would receive a different task
+vector. The base weights are such a thing: the map T_s of space s should also carry A's weights onto
+B's. With every other space's map held at its data estimate, the score
+
+    S(T) = Σ_p ⟨rule_p(W_A[p]; T), W_B[p]⟩
+
+(each parameter moved by its own transport rule, compared with the target's parameter) is linear in
+T_s, and its gradient G_s = ∂S/∂T_s is the weight-matching cross moment of the space: for a linear
+weight reading s it is W_Aᵀ T_out W_B, for one writing s it is W_A T_in W_Bᵀ, for an embedding table
+E_Aᵀ E_B over the shared vocabulary, for a norm or bias γ_A γ_Bᵀ. The rules are equivariant, so G_s is
+too; on an identical or permuted target it is that permutation times a positive semi-definite
+matrix, which is why a map completed from it stays exact there.
+
+One backward pass through the rules gives every space's G_s at once (autograd), so the prior costs
+about one transport of the base weights, and no decomposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from theseus_ops.transport.architecture import is_shared
+from theseus_ops.transport.engine import ParamPlan
+from theseus_ops.transport.rule_table import transport_dense
+from theseus_ops.transport.rules import RuleRefused
+
+
+def weight_matching_priors(
+    plans: Iterable[ParamPlan],
+    source_weights: Mapping[str, torch.Tensor],
+    target_weights: Mapping[str, torch.Tensor],
+    maps: Mapping[str, torch.Tensor],
+    keys: Iterable[str],
+) -> dict[str, torch.Tensor]:
+    """G_s (d_A × d_B, float64) for each space in ``keys``, from the base weights and the other maps.
+
+    Args:
+        plans: the base weights' plans (``engine.plan_transport`` over the source's parameter names).
+        source_weights / target_weights: the bases' parameters by name (A's source names, B's target names).
+        maps: every space's current map (the data estimate); the spaces in ``keys`` are differentiated.
+        keys: the spaces that need a prior.
+
+    A parameter whose rule refuses it (a vocabulary that differs, a patch kernel that does not fit) or
+    whose spaces lack a map contributes nothing. A space no parameter touches gets no entry.
+    """
+    wanted = set(keys)
+    leaves = {k: maps[k].detach().double().clone().requires_grad_(True) for k in wanted if k in maps}
+    score = None
+    for plan in plans:
+        if plan.reason or plan.spec is None or plan.source_name not in source_weights:
+            continue
+        for target in plan.targets:
+            spaces = [s for s in (target.reads, *target.writes) if s and not is_shared(s)]
+            if not any(s in leaves for s in spaces) or any(s not in maps for s in spaces):
+                continue
+            tw = target_weights.get(target.name)
+            if tw is None:
+                continue
+
+            def map_of(space: str | None) -> torch.Tensor | None:
+                if space is None or is_shared(space):
+                    return None
+                return leaves[space] if space in leaves else maps[space].detach().double()
+
+            try:
+                moved = transport_dense(plan.spec, plan.source_name, source_weights[plan.source_name].double(),
+                                        map_of(target.reads), [map_of(w) for w in target.writes], target.shape,
+                                        target.splits)
+            except RuleRefused:
+                continue
+            term = (moved * tw.double()).sum() * target.factor
+            score = term if score is None else score + term
+    if score is None or not leaves:
+        return {}
+    grads = torch.autograd.grad(score, list(leaves.values()), allow_unused=True)
+    return {k: g.detach() for k, g in zip(leaves, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)}
