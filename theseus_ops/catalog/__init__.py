@@ -22,6 +22,7 @@ from theseus_ops.catalog.register import (
     register_base,
     register_landed_release,
     register_task_vector,
+    register_transported_adapter,
     register_transported_model,
     register_transported_vector,
 )
@@ -36,6 +37,7 @@ from theseus_ops.catalog.schema import (
     TransportedModelTags,
     VersionRef,
 )
+from theseus_ops.catalog.serving import load_registered
 
 __all__ = [
     "ALIAS_CANDIDATE",
@@ -59,10 +61,12 @@ __all__ = [
     "get_base",
     "get_task_vector",
     "idempotency_key",
+    "load_registered",
     "options_sha256",
     "register_base",
     "register_landed_release",
     "register_task_vector",
+    "register_transported_adapter",
     "register_transported_model",
     "register_transported_vector",
 ]

@@ -11,6 +11,7 @@ no other pipeline can run it.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from theseus_ops.errors import InputError
@@ -91,6 +92,72 @@ def build_pipeline(task: str, model_dir: Path):
         need = "image processor" if task == IMAGE_CLASSIFICATION_TASK else "tokenizer"
         raise InputError(f"{model_dir}: cannot build a {task} pipeline (model and {need} are needed in the "
                          f"directory): {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+
+
+class _QuietPeftPipeline(logging.Filter):
+    """Drops transformers' "The model 'PeftModel' is not supported for <task>" line: a PEFT model runs in any
+    pipeline its base runs in (MLflow hides the same line when it loads an adapter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is not supported for" not in record.getMessage()
+
+
+def scale_lora(model, alpha: float) -> int:
+    """Multiply every LoRA ``B`` factor of a PEFT model by ``alpha``, so the adapter adds α·ΔW; returns how many."""
+    import torch
+
+    scaled = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name or ".lora_embedding_B." in name:
+                param.mul_(alpha)
+                scaled += 1
+    return scaled
+
+
+def build_adapter_pipeline(task: str, base_dir: Path, adapter_dir: Path, alpha: float = 1.0):
+    """The pipeline of ``task`` with the base model of ``base_dir`` wrapped in the PEFT adapter of ``adapter_dir``.
+
+    The adapter's LoRA ``B`` factors are scaled by ``alpha`` here, so the wrapped model computes
+    base + α·ΔW, the model a merge at α would give; the base's own weights are not touched.
+    """
+    import transformers
+    from peft import PeftModel
+
+    from theseus_ops.io.task_vectors import ADAPTER_CONFIG
+
+    config = _adapter_config(adapter_dir / ADAPTER_CONFIG)
+    if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("modules_to_save"):
+        raise InputError(f"{adapter_dir}: only plain LoRA adapters (no DoRA, no modules_to_save) are registered "
+                         f"as adapters")
+    base = build_pipeline(task, base_dir)
+    try:
+        with MODEL_BUILDING:
+            model = PeftModel.from_pretrained(base.model, str(adapter_dir)).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"{adapter_dir}: not a PEFT adapter for {base_dir}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    if not scale_lora(model, alpha):
+        raise InputError(f"{adapter_dir}: the adapter has no LoRA factors")
+    parts = ({"image_processor": base.image_processor} if task == IMAGE_CLASSIFICATION_TASK
+             else {"tokenizer": base.tokenizer})
+    quiet = _QuietPeftPipeline()
+    pipeline_log = logging.getLogger("transformers.pipelines.base")
+    pipeline_log.addFilter(quiet)
+    try:
+        return transformers.pipeline(task, model=model, **parts)
+    finally:
+        pipeline_log.removeFilter(quiet)
+
+
+def _adapter_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: no readable adapter config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: the adapter config is not a JSON object")
+    return config
 
 
 def signature_and_example(pipe, task: str):

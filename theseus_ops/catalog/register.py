@@ -343,6 +343,62 @@ def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n"
                                    pip_requirements=_requirements(), model_card=_model_card(model_dir))
 
 
+_STOP_KEYS = ("eos_token_id", "pad_token_id", "stop_strings")
+
+
+def stop_config(pipe, stop: str | None) -> dict:
+    """What :func:`stop_on` sets on the pipeline's generation config, as generation keyword arguments.
+
+    An adapter's registered model has no generation config of its own (that is the base's), so the
+    stop ships in MLflow's ``model_config`` instead: pyfunc passes it to every generation call and
+    :func:`~theseus_ops.catalog.serving.load_registered` sets it on the loaded pipeline.
+    """
+    config = pipe.model.generation_config
+    before = {k: getattr(config, k, None) for k in _STOP_KEYS}
+    stop_on(pipe, stop)
+    return {k: getattr(config, k) for k in _STOP_KEYS if getattr(config, k, None) != before[k]}
+
+
+def _save_transformers_adapter(base_dir: Path, adapter_dir: Path, alpha: float, out: Path,
+                               stop: str | None = "\n", kind: str = GENERATION) -> None:
+    """A PEFT adapter on ``base_dir`` as an MLflow model: adapter weights and tokenizer, no base weights.
+
+    MLflow's transformers flavor saves a PEFT model's adapter under ``peft/`` and, with
+    ``base_model_path``, records the base by a local path instead of saving it (or of looking it up on
+    the Hugging Face Hub); the path is the registering worker's, so consumers pass their own copy of
+    the base at load time (:func:`~theseus_ops.catalog.serving.load_registered`). The adapter is
+    saved with its LoRA factors scaled by ``alpha``: it adds what a merge at ``alpha`` would.
+    """
+    import mlflow
+
+    from theseus_ops.catalog.flavors import (
+        TEXT_GENERATION,
+        build_adapter_pipeline,
+        pipeline_task,
+        signature_and_example,
+    )
+    from theseus_ops.io.finite import require_finite
+
+    task = pipeline_task(kind, base_dir)
+    pipe = build_adapter_pipeline(task, base_dir, adapter_dir, alpha)
+    adapter_weights = {k: v for k, v in pipe.model.state_dict().items() if "lora_" in k}
+    require_finite(adapter_weights, f"adapter {adapter_dir} at alpha {alpha}")  # never register a broken model
+    extra: dict = {}
+    if task == TEXT_GENERATION:
+        extra["model_config"] = stop_config(pipe, stop) or None
+    else:
+        extra["signature"], extra["input_example"] = signature_and_example(pipe, task)
+    mlflow.transformers.save_model(transformers_model=pipe, path=str(out), task=task, base_model_path=str(base_dir),
+                                   pip_requirements=_adapter_requirements(), model_card=_model_card(adapter_dir),
+                                   **extra)
+
+
+def _adapter_requirements() -> list[str]:
+    import peft
+
+    return [*_requirements(), f"peft=={peft.__version__}"]
+
+
 def model_metrics(metric: str, alpha: float, evaluation: Evaluation) -> dict[str, float]:
     """What a transported model's run carries as MLflow metrics, so the registry and run views show them.
 
@@ -377,6 +433,9 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
                                progress: Progress | None = None, stop: str | None = "\n") -> Registration:
     """Log a ready-to-serve model (target base + ported vector) and gate its ``candidate`` alias.
 
+    ``model_dir`` is the merged model (``theseus.format=full``); a transported LoRA is registered as
+    an adapter instead (:func:`register_transported_adapter`).
+
     ``stop`` is the text that ends an answer (the workflow's tasks end theirs at a newline); it ships
     in the model's generation config, so a consumer's generation stops there (``None``: no stop).
 
@@ -386,6 +445,56 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
 
     Idempotent on (source vector, target base, method, options incl. alpha): a re-run returns the
     existing version and moves no alias.
+    """
+    return _register_transported(catalog, name, "full",
+                                 lambda source, out: _save_transformers_model(Path(model_dir), out, stop, source.kind),
+                                 source_vector=source_vector, target_base=target_base, method=method, alpha=alpha,
+                                 evaluation=evaluation, gate=gate, options=options, progress=progress)
+
+
+def register_transported_adapter(catalog: Catalog, name: str, adapter_dir: str | Path, *, base_dir: str | Path,
+                                 source_vector: VersionRef, target_base: VersionRef, method: str, alpha: float,
+                                 evaluation: Evaluation, gate: GateConfig, options: dict | None = None,
+                                 progress: Progress | None = None, stop: str | None = "\n") -> Registration:
+    """Log a transported LoRA as a PEFT adapter on its target base (``theseus.format=lora``) and gate ``candidate``.
+
+    ``adapter_dir`` is the transported PEFT adapter (unscaled, as :func:`register_transported_vector`
+    takes it); it is saved with its LoRA factors scaled by ``alpha``. ``base_dir`` is a local copy of
+    ``target_base``, checked against its registered weights hash: it builds the pipeline (tokenizer,
+    signature), but its weights are not uploaded. The registered artifact holds the adapter and the
+    tokenizer or image processor; the version's ``theseus.base_model``/``theseus.base_version`` name
+    the base, which :func:`~theseus_ops.catalog.serving.load_registered` fetches to load it. For
+    generation, the stop ships in MLflow's ``model_config`` (the generation config is the base's).
+
+    Same identity, gate and aliases as :func:`register_transported_model`: idempotent on (source
+    vector, target base, method, options incl. alpha).
+    """
+    from theseus_ops.io.models import inspect_model_dir
+
+    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
+
+    def save(source: TaskVectorTags, out: Path) -> None:
+        target = get_base(catalog, target_base)
+        if _vector_format(adapter_dir) != "lora":
+            raise InputError(f"{adapter_dir} is not a LoRA adapter")
+        _check_vector_against_base(adapter_dir, target, target_base)
+        if inspect_model_dir(base_dir).sha256() != target.sha256:
+            raise InputError(f"{base_dir} does not hold the weights of base {target_base} (release {target.release})")
+        _save_transformers_adapter(base_dir, adapter_dir, float(alpha), out, stop, source.kind)
+
+    return _register_transported(catalog, name, "lora", save, source_vector=source_vector, target_base=target_base,
+                                 method=method, alpha=alpha, evaluation=evaluation, gate=gate, options=options,
+                                 progress=progress)
+
+
+def _register_transported(catalog: Catalog, name: str, fmt: str, save: Callable[[TaskVectorTags, Path], None], *,
+                          source_vector: VersionRef, target_base: VersionRef, method: str, alpha: float,
+                          evaluation: Evaluation, gate: GateConfig, options: dict | None,
+                          progress: Progress | None) -> Registration:
+    """The registration both kinds of transported model share: identity, tags, metrics, params, gate, aliases.
+
+    ``save(source_tags, out)`` writes the MLflow model into ``out``; it runs only when no version
+    with the same idempotency key exists.
     """
     check_model_name(name)
     options = {**(options or {}), "alpha": float(alpha)}
@@ -404,23 +513,24 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
         base_test_metric=repr(evaluation.base_test_metric),
         general_loss=None if evaluation.general_loss is None else repr(evaluation.general_loss),
         base_general_loss=None if evaluation.base_general_loss is None else repr(evaluation.base_general_loss),
-        gate=decision.tag,
+        gate=decision.tag, format=fmt,
     ).to_tags()
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
     metrics = model_metrics(source.metric, float(alpha), evaluation)
     with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
         saved = Path(tmp) / "model"
-        _save_transformers_model(Path(model_dir), saved, stop, source.kind)
+        save(source, saved)
+        what = "PEFT adapter" if fmt == "lora" else "task vector"
         mv, created = catalog.register_entry(
             name, saved, tags, "model",
-            f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",
+            f"{source.task}: {target_base} + {what} ported from {source_vector} by {method}",
             metrics=metrics, progress=progress, unique={ROLE: TransportedModelTags.ROLE_VALUE, IDEMPOTENCY_KEY: key})
     if not created:  # registered at the same moment by another writer, which moves the aliases
         return Registration(mv, False)
     _log_model_params(catalog, mv.run_id, {
         "method": method, "alpha": repr(float(alpha)), "source_vector": str(source_vector),
         "target_base": str(target_base), "source_base": f"{source.base_model}/{source.base_version}",
-        "task": source.task, "metric": source.metric, "gate_margin": repr(gate.margin),
+        "task": source.task, "metric": source.metric, "format": fmt, "gate_margin": repr(gate.margin),
         "gate_max_general_loss_increase": repr(gate.max_general_loss_increase),
         **{f"option.{k}": v for k, v in sorted(options.items()) if k != "alpha" and v is not None}})
     if decision.candidate:

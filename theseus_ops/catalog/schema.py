@@ -4,7 +4,8 @@ Three kinds of model versions, told apart by ``theseus.role``:
 
 * a base release: a version of the registered model named after the family;
 * a task vector (fine-tuned or transported): a delta file or a LoRA adapter for one base version;
-* a transported model: base + task vector, logged with the transformers flavor, ready to serve.
+* a transported model: base + task vector, logged with the transformers flavor, ready to serve: merged
+  into a full copy (a full delta), or a PEFT adapter on its target base (a LoRA; ``theseus.format``).
 """
 
 from __future__ import annotations
@@ -226,3 +227,19 @@ class TransportedModelTags(_Tags):
     general_loss: str | None = None
     base_general_loss: str | None = None
     gate: str | None = None  # passed | failed: reason
+    # full: a merged model; lora: a PEFT adapter on the target base (base_model/base_version). Absent: full
+    format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in (None, *FORMATS):
+            raise InputError(f"transported-model format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+    @property
+    def base(self) -> VersionRef:
+        """The target base the model is built on."""
+        return VersionRef(self.base_model, self.base_version)
+
+    @property
+    def is_adapter(self) -> bool:
+        """Whether the artifact is a PEFT adapter that needs its base (``format`` lora) rather than a merged model."""
+        return self.format == "lora"

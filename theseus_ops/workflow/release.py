@@ -27,6 +27,7 @@ from theseus_ops.catalog import (
     Evaluation,
     VersionRef,
     get_task_vector,
+    register_transported_adapter,
     register_transported_model,
     register_transported_vector,
 )
@@ -127,10 +128,11 @@ def _evaluate(cfg: WorkflowConfig, pair: Pair, ref: VersionRef, config: TaskConf
 
 def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef, selection: Selection,
               inputs: PortInputs, done: dict[str, Transported], scratch: Path) -> Registered:
-    """Register the selected vector and its merged model (gated); nothing when the base was kept.
+    """Register the selected vector and its serving model (gated); nothing when the base was kept.
 
-    The selected vector is written here, once, from memory; the merged model is built from it without
-    reading it back.
+    The selected vector is written here, once, from memory. A full delta's serving model is the
+    target merged with it, built without reading the vector back; a LoRA's is the written adapter,
+    registered as a PEFT adapter on the target base (docs/catalog.md).
     """
     if selection.selected == "base":
         return Registered()
@@ -146,15 +148,19 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
                                       else None)}
     vec = register_transported_vector(catalog, ref, target_ref, path, method=selection.selected, alpha=chosen.alpha,
                                       alignment=transported.alignment_uri, options=options)
-    model_dir = api.merge_into(inputs.model_pair.target, transported.vector, chosen.alpha, scratch / "model",
-                               label=f"{selection.selected} transport of {ref}")
     evaluation = Evaluation(val_metric=chosen.val[metric], test_metric=chosen.test[metric],
                             base_test_metric=selection.base.test[metric], general_loss=chosen.general_loss,
                             base_general_loss=selection.base.general_loss)
     gate = replace(cfg.gate, higher_is_better=selection.higher_is_better)  # the metric's direction decides
-    model = register_transported_model(catalog, f"{ref.name}{cfg.serving_suffix}", model_dir, source_vector=ref,
-                                       target_base=target_ref, method=selection.selected, alpha=chosen.alpha,
-                                       evaluation=evaluation, gate=gate, options=options)
+    common = dict(source_vector=ref, target_base=target_ref, method=selection.selected, alpha=chosen.alpha,
+                  evaluation=evaluation, gate=gate, options=options)
+    name = f"{ref.name}{cfg.serving_suffix}"
+    if transported.vector.kind == "lora":  # a PEFT adapter on the target base, never a merged copy
+        model = register_transported_adapter(catalog, name, path, base_dir=pair.target.dir, **common)
+    else:
+        model_dir = api.merge_into(inputs.model_pair.target, transported.vector, chosen.alpha, scratch / "model",
+                                   label=f"{selection.selected} transport of {ref}")
+        model = register_transported_model(catalog, name, model_dir, **common)
     gate_tag = TransportedModelTags.read(model.version.tags, "gate")
     return Registered(task_vector=str(vec.ref), model=str(model.ref), gate=gate_tag,
                       candidate=bool(gate_tag and gate_tag.startswith("passed")),
