@@ -20,7 +20,7 @@ from theseus_ops.config import PrepareConfig
 from theseus_ops.errors import InputError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.finite import require_finite
-from theseus_ops.io.models import load_model, resolve_device
+from theseus_ops.io.models import load_model, load_state, resolve_device
 from theseus_ops.pipeline.calibration import check_token_range, load_calibrations, trim_calibrations
 from theseus_ops.pipeline.loaded import NOTHING_LOADED, Loaded
 from theseus_ops.pipeline.pair import ModelPair, model_summary
@@ -92,6 +92,12 @@ class EstimateRun:
         pair = self.pair
         return plan_transport(pair.architecture, list(pair.source.shapes), pair.target.shapes, pair.layer_map,
                               pair.target_prefix, pair.source.config, pair.target.config)
+
+    def base_state(self, source_names: set[str], target_names: set[str]) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, torch.Tensor]]:
+        # From the shards, not the built models: a model's module names may differ from its stored ones.
+        return (load_state(self.pair.source, sorted(source_names)),
+                load_state(self.pair.target, sorted(target_names)))
 
     def probes(self, min_examples: int = 8) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         pair = self.pair

@@ -102,6 +102,10 @@ class EstimateContext(Protocol):
         """The plan of every source base parameter onto the target (what the ``weights`` fill matches)."""
         ...
 
+    def base_state(self, source_names: set[str], target_names: set[str]) -> tuple[Inputs, Inputs]:
+        """The named base weights of the source and the target, as stored (the plans' names)."""
+        ...
+
 
 class TransportContext(Protocol):
     """What ``transport`` gives every method, after the capability checks passed."""

@@ -30,6 +30,7 @@ def estimate_maps(
     progress: Callable[[str], None] | None = None,
     probes: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None,
     weight_plans: Callable[[], list[ParamPlan]] | None = None,
+    base_state: Callable[[set[str], set[str]], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, SpaceQuality]]:
     """Statistics for every requested space, then one polar factor per space.
 
@@ -45,7 +46,7 @@ def estimate_maps(
     maps, quality = {}, {}
     by_key = {r.key: r for r in requests}
     complete = (probes is not None and options.fill == "project") or (
-        weight_plans is not None and options.fill == "weights")
+        weight_plans is not None and base_state is not None and options.fill == "weights")
     ticker = Ticker(len(stats))
     for k, key in enumerate(sorted(stats), 1):
         maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options,
@@ -55,7 +56,7 @@ def estimate_maps(
         if not (complete and quality[key].needs_completion):
             del stats[key]  # the spaces left are completed from probe inputs below
     if complete and stats and options.fill == "weights":
-        _complete_from_weights(source_model, target_model, weight_plans(), stats, by_key, maps, quality,
+        _complete_from_weights(weight_plans(), base_state, stats, by_key, maps, quality,
                                options=options, progress=progress)
     elif complete and stats:
         _complete_from_probes(source_model, target_model, [by_key[k] for k in sorted(stats)], stats,
@@ -109,9 +110,8 @@ def _complete_from_probes(
 
 
 def _complete_from_weights(
-    source_model: torch.nn.Module,
-    target_model: torch.nn.Module,
     plans: list[ParamPlan],
+    base_state: Callable[[set[str], set[str]], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
     data_stats: dict,
     by_key: dict[str, SpaceRequest],
     maps: dict[str, torch.Tensor],
@@ -131,9 +131,11 @@ def _complete_from_weights(
     keys = sorted(k for k in data_stats if by_key[k].structure is None)
     if progress:
         progress(f"maps: completing {len(keys)} partly undetermined space(s) from the base weights")
-    with torch.no_grad():
-        source_weights = dict(source_model.state_dict())
-        target_weights = dict(target_model.state_dict())
+    # Only the parameters of the spaces to complete (and their neighbours' maps) enter the priors.
+    wanted = set(keys)
+    plans = [p for p in plans if any(s in wanted for t in p.targets for s in (t.reads, *t.writes) if s)]
+    source_weights, target_weights = base_state({p.source_name for p in plans},
+                                                {t.name for p in plans for t in p.targets})
     neighbours = _neighbours(plans)
     for _ in range(WEIGHT_PRIOR_ROUNDS):
         priors = weight_matching_priors(plans, source_weights, target_weights, maps, keys)

@@ -19,7 +19,7 @@ class Theseus(PreparedMaps):
         maps, quality = estimate_maps(
             models.source, models.target, models.requests, calibration.source, calibration.target,
             layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
-            progress=ctx.progress, probes=ctx.probes, weight_plans=ctx.weight_plans,
+            progress=ctx.progress, probes=ctx.probes, weight_plans=ctx.weight_plans, base_state=ctx.base_state,
         )
         info = dict(calibration.info)
         if ctx.options.fill == "project":

@@ -20,7 +20,7 @@ class TheseusDataFree(PreparedMaps):
         maps, quality = estimate_maps(
             models.source, models.target, models.requests, source, target,
             layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
-            progress=ctx.progress, probes=None, weight_plans=ctx.weight_plans,
+            progress=ctx.progress, probes=None, weight_plans=ctx.weight_plans, base_state=ctx.base_state,
         )
         return Estimate(maps, quality, info)
 
