@@ -127,7 +127,8 @@ def test_the_method_config_is_validated_and_a_real_error_stays_an_error(toy, tmp
         TransportConfig("a", "b", TOY, task_vector="t", method_config={"fcator": 2.0})
     with pytest.raises(InputError, match="takes a ToyConfig"):
         TransportConfig("a", "b", TOY, task_vector="t", method_config=object())
-    with pytest.raises(InputError, match="prepare makes alignments for theseus or theseus-data-free, not toy"):
+    with pytest.raises(InputError, match="prepare makes alignments for theseus or theseus-hybrid or "
+                                         "theseus-data-free, not toy"):
         PrepareConfig("a", "b", method=TOY)
 
 

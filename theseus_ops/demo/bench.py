@@ -23,6 +23,7 @@ from theseus_ops.evaluation.generation import GenerationEvaluator
 from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.plots import SweepPanel, sweep_figure
 from theseus_ops.transport.methods import get_method, method_names
+from theseus_ops.transport.tolerances import DEFAULT_FILL
 
 log = logging.getLogger("theseus_ops")
 SHOWN_VAL = ("exact_match", "token_accuracy")
@@ -39,6 +40,7 @@ class BenchConfig:
     test_limit: int | None = None
     plots: bool = True
     family_overrides: dict = field(default_factory=dict, hash=False)
+    fill: str = DEFAULT_FILL  # what the estimated maps do on directions the calibration leaves open
 
 
 class Release:
@@ -74,7 +76,8 @@ def _share(value: float, base: float, tuned: float) -> float | None:
     return None if gain <= 1e-9 else (value - base) / gain
 
 
-def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out: Path, alignments: dict) -> Path:
+def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out: Path, alignments: dict,
+               fill: str = DEFAULT_FILL) -> Path:
     from theseus_ops import api
     from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
 
@@ -82,16 +85,17 @@ def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out:
     caps = get_method(method).capabilities
     kwargs: dict = {}
     if caps.estimates_maps:  # prepared once per target (and skill, when it uses calibration data)
-        key = (target, skill if caps.needs_calibration else None)
+        key = (target, method, skill if caps.needs_calibration else None)
         if key not in alignments:
-            path = out.parent.parent / "alignments" / f"{target}-{method}{'-' + skill if key[1] else ''}.safetensors"
+            path = out.parent.parent / "alignments" / f"{target}-{method}{'-' + skill if key[2] else ''}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             cal = CalibrationSpec(str(fam.calibration(skill))) if caps.needs_calibration else CalibrationSpec()
-            api.prepare(PrepareConfig(source, tgt, cal, method=method), path)
+            api.prepare(PrepareConfig(source, tgt, cal, method=method, fill=fill), path)
             alignments[key] = str(path)
         kwargs["alignment"] = alignments[key]
     elif caps.needs_calibration:
         kwargs["calibration"] = CalibrationSpec(str(fam.calibration(skill)))
+        kwargs["fill"] = fill
     dest = out / (f"{method}" if tv.is_dir() else f"{method}.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     api.transport(TransportConfig(source, tgt, method, task_vector=str(tv), **kwargs), dest, out / f"{method}.json")
@@ -103,7 +107,7 @@ def _run_cell(fam: Family, release: Release, cfg: BenchConfig, target: str, skil
     """All methods for one (target, task vector), through the evaluation package's sweep-and-select."""
     def delta_of(method: str):
         try:
-            path = _transport(fam, target, method, tv, skill, out / target / label, alignments)
+            path = _transport(fam, target, method, tv, skill, out / target / label, alignments, cfg.fill)
         except TheseusError as exc:
             return NotApplicable(method, str(exc).splitlines()[0])
         return dense_deltas(path, fam.model(target))

@@ -30,6 +30,9 @@ def add_subcommands(sub) -> None:
     q.add_argument("--cache", metavar="DIR", help="family cache root (default .theseus/families)")
     q.add_argument("--alphas", default="0,0.5,1,1.5,2,3,4,5", help="comma-separated α grid searched on val")
     q.add_argument("--no-plots", action="store_true")
+    q.add_argument("--fill", default=None, metavar="FILL",
+                   help="what estimated maps do on directions the calibration leaves open (pad, project, weights; "
+                        "default: the engine's)")
 
 
 def _alphas(text: str) -> tuple[float, ...]:
@@ -58,8 +61,13 @@ def run(args: argparse.Namespace) -> int | None:
         print(json.dumps(evaluate_model(args.model, args.task, args.split, args.heldout, args.limit), indent=2))
         return 0
     from theseus_ops.demo.bench import BenchConfig, run_quality
+    from theseus_ops.transport.tolerances import DEFAULT_FILL, FILLS
 
-    cfg = BenchConfig(family=args.family, alphas=_alphas(args.alphas), cache=args.cache, plots=not args.no_plots)
+    fill = args.fill or DEFAULT_FILL
+    if fill not in FILLS:
+        raise InputError(f"--fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    cfg = BenchConfig(family=args.family, alphas=_alphas(args.alphas), cache=args.cache, plots=not args.no_plots,
+                      fill=fill)
     quiet = getattr(args, "quiet", False)
     results = run_quality(cfg, args.out, progress=(lambda _m: None) if quiet else
                           (lambda m: print(f"theseus-ops: {m}", file=sys.stderr)))

@@ -15,8 +15,9 @@ from theseus_ops.transport.methods import get_method, method_names
 
 
 def default_methods() -> tuple[str, ...]:
-    """Every registered method, in the registry's listing order: a new method package is tried too."""
-    return tuple(method_names())
+    """Every registered method the registry offers by default, in its listing order: a new method package is
+    tried too, unless its capabilities keep it out (``in_default_workflow``)."""
+    return tuple(n for n in method_names() if get_method(n).capabilities.in_default_workflow)
 
 
 def methods_param() -> dict:

@@ -42,6 +42,8 @@ class Capabilities:
     ``handles_lora``: accepts LoRA adapters (else full deltas only).
     ``estimates_maps``: the maps are estimated from the two models, so ``prepare`` can write them once
     and ``transport --alignment`` reuse them.
+    ``in_default_workflow``: tried by the workflow when no methods are configured (a new, still measured
+    method says False and is run only when named).
     """
 
     needs_calibration: bool = False
@@ -49,6 +51,7 @@ class Capabilities:
     same_shapes_only: bool = False
     handles_lora: bool = True
     estimates_maps: bool = False
+    in_default_workflow: bool = True
 
     def __post_init__(self) -> None:
         if self.needs_labels and not self.needs_calibration:
