@@ -7,8 +7,9 @@
                                              (--base-version V | --base-release R) --dataset URI --metric M
     theseus-ops catalog land --family F --release R --model-dir DIR
 
-Results go to stdout as JSON. Wire-up in ``theseus_ops/cli.py``: ``add_subcommands(sub)`` in
-``build_parser`` and ``run(args)`` (None when the command is not ``catalog``) in ``_run``.
+Results go to stdout as JSON. Wire-up in ``theseus_ops/cli.py`` (``subcommand_providers``, the
+catalog directly, as part of the library): ``add_subcommands(sub)`` in ``build_parser`` and
+``run(args)`` (None when the command is not ``catalog``) in ``_run``.
 """
 
 from __future__ import annotations
