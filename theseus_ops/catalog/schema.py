@@ -38,6 +38,16 @@ SOURCE_URI = "theseus.source_uri"  # where the release landed
 PROCESSED_RUN = "theseus.processed_run"  # the summary run that finished the release
 ANNOUNCED_AT = "theseus.announced_at"  # when the watcher last announced it (epoch seconds)
 
+# tags on the workflow's MLflow runs (runs, not model versions): the keys that make rerunning a lookup
+OUTCOME_KEY_TAG = "theseus.outcome_key"  # a ported vector's run: vector, target base and its hash, the options
+SOURCE_VECTOR_TAG = "theseus.source_vector"  # name/version of the vector ported
+SOURCE_BASE_TAG = "theseus.source_base"  # name/version of the base ported from
+TARGET_BASE_TAG = "theseus.target_base"  # name/version of the base ported to
+SELECTED_TAG = "theseus.selected"  # the method (or naive/none) an outcome selected
+SUMMARY_TAG = "theseus.release_summary"  # a release's summary run: <base line>/<version>
+SUMMARY_KEY_TAG = "theseus.release_summary_key"  # the summary's inputs, so an unchanged rerun reuses it
+FAILURE_TAG = "theseus.failed_vector"  # a vector's failure run, per release
+
 ALIAS_CANDIDATE = "candidate"
 ALIAS_CHAMPION = "champion"
 

@@ -16,7 +16,14 @@ import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog.client import check_model_name
-from theseus_ops.catalog.schema import BaseReleaseTags
+from theseus_ops.catalog.schema import (
+    FAILURE_TAG,
+    SOURCE_BASE_TAG,
+    SUMMARY_KEY_TAG,
+    SUMMARY_TAG,
+    TARGET_BASE_TAG,
+    BaseReleaseTags,
+)
 from theseus_ops.errors import TheseusError
 from theseus_ops.plots import outcome_panel, sweep_figure
 from theseus_ops.workflow.config import WorkflowConfig
@@ -27,9 +34,6 @@ from theseus_ops.workflow.records import config_params
 from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
 log = logging.getLogger("theseus_ops")
-SUMMARY_TAG = "theseus.release_summary"
-SUMMARY_KEY_TAG = "theseus.release_summary_key"
-FAILURE_TAG = "theseus.failed_vector"
 SUMMARY_JSON = "summary.json"
 NO_OUTCOME = "its task ended without an outcome or a recorded error (killed, or an upstream step failed)"
 
@@ -190,8 +194,8 @@ def summarize_release(cfg: WorkflowConfig, pair: Pair, results: list[Result]) ->
     with tempfile.TemporaryDirectory(prefix="theseus-summary-") as tmp:
         plot = sweep_plot(pair, outcomes, Path(tmp))
         return log_run(catalog, f"release-{target.name}-{target.version}",
-                       {SUMMARY_TAG: value, SUMMARY_KEY_TAG: key, "theseus.source_base": str(source),
-                        "theseus.target_base": str(target)},
+                       {SUMMARY_TAG: value, SUMMARY_KEY_TAG: key, SOURCE_BASE_TAG: str(source),
+                        TARGET_BASE_TAG: str(target)},
                        {"summary.md": markdown_table(cfg, pair, outcomes), SUMMARY_JSON: json.dumps(payload, indent=2)},
                        {"vectors_ok": len(ok), "vectors_failed": len(outcomes) - len(ok),
                         "models_candidate": sum(bool(o["registered"]["candidate"]) for o in ok)},
