@@ -50,6 +50,7 @@ from theseus_ops.pipeline import (
     transport_in_memory,
 )
 from theseus_ops.pipeline import build_report as _build_report
+from theseus_ops.transport.architecture import ARCHITECTURE_KEY
 from theseus_ops.transport.engine import ParamRecord, storage_delta
 from theseus_ops.transport.task_vector import TaskVector
 
@@ -233,7 +234,8 @@ def inspect_path(path: str | Path) -> dict:
         raise InputError(f"{path} does not exist")
     if path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         info = inspect_model_dir(path)
-        summary = {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.architecture.name,
+        summary = {"kind": "model", "path": str(path), "model_type": info.model_type,
+                   ARCHITECTURE_KEY: info.architecture.name,
                    "layers": info.num_layers}
         further = info.further_depths
         if further:  # an encoder-decoder: the decoder's depth beside the encoder's

@@ -40,7 +40,7 @@ def _architectures(model_dir: Path) -> list[str]:
 
 
 def is_bare(architectures: list[str]) -> bool:
-    """A model with no task head: every architecture is ``<Family>Model`` (``BertModel``, ``ViTModel``)."""
+    """A model with no task head: every architecture is ``<Name>Model`` (``BertModel``, ``ViTModel``)."""
     return bool(architectures) and all(a.endswith("Model") and "For" not in a and "Head" not in a
                                        for a in architectures)
 

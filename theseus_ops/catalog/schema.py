@@ -2,7 +2,7 @@
 
 Three kinds of model versions, told apart by ``theseus.role``:
 
-* a base release: a version of the registered model named after the family;
+* a base release: a version of its base line, the registered model named after the model (``llama-tiny``);
 * a task vector (fine-tuned or transported): a delta file or a LoRA adapter for one base version;
 * a transported model: base + task vector, logged with the transformers flavor, ready to serve.
 """

@@ -220,8 +220,8 @@ def dense_deltas(path: str | Path, target_dir: str | Path) -> dict[str, torch.Te
     return dense_deltas_of(read_task_vector(path), inspect_model_dir(target_dir).architecture)
 
 
-def dense_deltas_of(tv: TaskVector, family: ArchitectureSpec) -> dict[str, torch.Tensor]:
-    """:func:`dense_deltas` of a vector in memory, for a target of ``family``."""
+def dense_deltas_of(tv: TaskVector, architecture: ArchitectureSpec) -> dict[str, torch.Tensor]:
+    """:func:`dense_deltas` of a vector in memory, for a target of ``architecture``."""
     from theseus_ops.transport.engine import storage_delta
 
-    return {name: storage_delta(family, name, tv).float() for name in tv.names()}
+    return {name: storage_delta(architecture, name, tv).float() for name in tv.names()}

@@ -1,9 +1,9 @@
-"""The rule table: every transport rule a family file may name, each defined here, once.
+"""The rule table: every transport rule a architecture file may name, each defined here, once.
 
 A rule is all of what a parameter's ``rule`` decides: which keys its declaration needs and takes (the
-family loader asks), how it moves a dense delta and a LoRA adapter (the engine asks), and which of its
+architecture loader asks), how it moves a dense delta and a LoRA adapter (the engine asks), and which of its
 spaces' widths its shapes give (what pad and naive maps are built from). A new rule is a new row; a new
-architecture whose parameters use the existing rules is a new family file and no code.
+architecture whose parameters use the existing rules is a new architecture file and no code.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from theseus_ops.transport.head_maps import head_block_map
 from theseus_ops.transport.rules import ROW_KINDS, LoraResult, Map, Operands, RuleRefused, Splits, check_shape
 from theseus_ops.transport.task_vector import LoraFactors
 
-if TYPE_CHECKING:  # the family loader imports this table: no import back at run time
+if TYPE_CHECKING:  # the architecture loader imports this table: no import back at run time
     from theseus_ops.transport.architecture import ParamSpec, SiteSpec
     from theseus_ops.transport.engine import TargetPlan
 

@@ -21,7 +21,7 @@ from theseus_ops.errors import InputError
 from theseus_ops.transport.fused import merge_rows, split_rows
 from theseus_ops.transport.head_maps import head_correspondence
 
-if TYPE_CHECKING:  # the family loader imports the rule table, hence this module: no import back at run time
+if TYPE_CHECKING:  # the architecture loader imports the rule table, hence this module: no import back at run time
     from theseus_ops.transport.architecture import ParamSpec, Split
 
 Map = torch.Tensor | None

@@ -5,7 +5,8 @@ construction, so a malformed value fails where it is made rather than three task
 ``KeyError``. An orchestrator passes values between tasks as JSON (Airflow's XCom), so each type
 has ``to_json()`` and ``from_json()``; convert at that boundary only. The JSON shapes are the ones
 the DAG always passed and the records (``outcome.json``, ``summary.json``) always held: the plugin,
-the summary view and older records read them unchanged.
+the summary view and older records read them unchanged. A base line goes out as ``"family"``
+(``BASE_LINE_KEY``), its name in every JSON the workflow ever wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from theseus_ops.catalog.client import check_model_name
 from theseus_ops.catalog.schema import VersionRef
 from theseus_ops.errors import InputError
+from theseus_ops.storage.releases import BASE_LINE_KEY
 
 Json = dict[str, Any]
 
@@ -45,15 +47,15 @@ def _field(data: Mapping[str, Any], key: str, what: str) -> Any:
 # -- releases ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Release:
-    """A base release to port to: ``family/version``, and the base version it supersedes (None: the one below)."""
+    """A base release to port to: ``base_line/version``, and the base version it supersedes (None: the one below)."""
 
-    family: str
+    base_line: str
     version: str
     release: str | None = None  # the landing-zone release name; None when named by hand (Params)
     supersedes: str | None = None
 
     def __post_init__(self) -> None:
-        check_model_name(self.family)
+        check_model_name(self.base_line)
         object.__setattr__(self, "version", _version(self.version, "a release version"))
         if self.supersedes is not None:
             object.__setattr__(self, "supersedes", _version(self.supersedes, "the superseded version"))
@@ -61,16 +63,16 @@ class Release:
     @property
     def key(self) -> tuple[str, str]:
         """Identity of the release: one event per key is enough, however often it was announced."""
-        return self.family, self.version
+        return self.base_line, self.version
 
     def to_json(self) -> Json:
-        return {"family": self.family, "version": self.version, "release": self.release,
+        return {BASE_LINE_KEY: self.base_line, "version": self.version, "release": self.release,
                 "supersedes": self.supersedes}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Release:
         data = _mapping(data, "a release")
-        return cls(_field(data, "family", "a release"), _field(data, "version", "a release"), data.get("release"),
+        return cls(_field(data, BASE_LINE_KEY, "a release"), _field(data, "version", "a release"), data.get("release"),
                    data.get("supersedes"))
 
 
@@ -105,24 +107,24 @@ class BaseSide:
 
 @dataclass(frozen=True)
 class Pair:
-    """The (source, target) bases of one release step of ``family``: what every vector is ported across."""
+    """The (source, target) bases of one release step of ``base_line``: what every vector is ported across."""
 
-    family: str
+    base_line: str
     source: BaseSide
     target: BaseSide
 
     def __post_init__(self) -> None:
-        check_model_name(self.family)
+        check_model_name(self.base_line)
         if self.source.version == self.target.version:
-            raise InputError(f"source and target are the same base version {self.family}/{self.target.version}")
+            raise InputError(f"source and target are the same base version {self.base_line}/{self.target.version}")
 
     @property
     def source_ref(self) -> VersionRef:
-        return VersionRef(self.family, self.source.version)
+        return VersionRef(self.base_line, self.source.version)
 
     @property
     def target_ref(self) -> VersionRef:
-        return VersionRef(self.family, self.target.version)
+        return VersionRef(self.base_line, self.target.version)
 
     def side(self, name: str) -> BaseSide:
         """``source`` or ``target`` by name (the steps that treat both bases alike loop over the names)."""
@@ -131,13 +133,13 @@ class Pair:
         return self.source if name == "source" else self.target
 
     def to_json(self) -> Json:
-        return {"family": self.family, "source": self.source.to_json(), "target": self.target.to_json()}
+        return {BASE_LINE_KEY: self.base_line, "source": self.source.to_json(), "target": self.target.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Pair:
         data = _mapping(data, "a pair")
         try:
-            return cls(data["family"], BaseSide.from_json(data["source"]), BaseSide.from_json(data["target"]))
+            return cls(data[BASE_LINE_KEY], BaseSide.from_json(data["source"]), BaseSide.from_json(data["target"]))
         except (KeyError, TypeError) as exc:
             raise InputError(f"not a pair from resolve_pair: missing {exc}") from exc
 
@@ -323,7 +325,7 @@ class ReleaseSummary:
     only the counts and ids, as it always did.
     """
 
-    family: str
+    base_line: str
     version: str
     summary_run: str
     vectors: int
@@ -332,15 +334,15 @@ class ReleaseSummary:
     results: tuple[Result, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        check_model_name(self.family)
+        check_model_name(self.base_line)
         object.__setattr__(self, "version", _version(self.version, "a release version"))
         if not self.summary_run:
-            raise InputError(f"the summary of {self.family}/{self.version} needs its run id")
+            raise InputError(f"the summary of {self.base_line}/{self.version} needs its run id")
         if len(self.failed) > self.vectors:
-            raise InputError(f"{self.family}/{self.version}: more failures than vectors")
+            raise InputError(f"{self.base_line}/{self.version}: more failures than vectors")
 
     def to_json(self) -> Json:
-        return {"family": self.family, "version": self.version, "summary_run": self.summary_run,
+        return {BASE_LINE_KEY: self.base_line, "version": self.version, "summary_run": self.summary_run,
                 "vectors": self.vectors, "failed": [f.to_json() for f in self.failed],
                 "candidates": list(self.candidates)}
 
@@ -349,6 +351,6 @@ class ReleaseSummary:
         """The XCom shape back (without ``results``, which the XCom does not carry)."""
         data = _mapping(data, "a release summary")
         what = "a release summary"
-        return cls(_field(data, "family", what), _field(data, "version", what), _field(data, "summary_run", what),
+        return cls(_field(data, BASE_LINE_KEY, what), _field(data, "version", what), _field(data, "summary_run", what),
                    int(_field(data, "vectors", what)), tuple(Failure.from_json(f) for f in data.get("failed") or ()),
                    tuple(data.get("candidates") or ()))

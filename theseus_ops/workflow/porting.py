@@ -86,7 +86,7 @@ class PortInputs:
         uses_data = get_method(method).capabilities.needs_calibration
         suffix = f"-{self.cal_fp[:16]}" if uses_data else ""
         name = f"{src.sha256[:12]}-{tgt.sha256[:12]}-{method}{suffix}.safetensors"
-        path = self.cfg.work_dir / "alignments" / self.pair.family / name
+        path = self.cfg.work_dir / "alignments" / self.pair.base_line / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             prep = PrepareConfig(src.dir, tgt.dir, self.spec if uses_data else CalibrationSpec(), method=method,
