@@ -65,10 +65,10 @@ def test_classifier_registered_as_text_classification_and_served_by_alias(mlflow
                                     retry=RetryPolicy(attempts=2, base_delay=0.05)))
     v1, v2 = bert_classifier(tmp_path / "v1", steps=0), bert_classifier(tmp_path / "v2", steps=3)
     tuned = bert_classifier(tmp_path / "tuned")  # the winner: memorises TEXT_ROWS
-    family, vectors, name = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("bert", "topic-tv", "topic-serving"))
-    b1, b2 = register_base(catalog, family, "r1", v1).ref, register_base(catalog, family, "r2", v2).ref
+    base_line, vectors, name = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("bert", "topic-tv", "topic-serving"))
+    b1, b2 = register_base(catalog, base_line, "r1", v1).ref, register_base(catalog, base_line, "r2", v2).ref
     tv = register_task_vector(catalog, vectors, _delta(v1, tmp_path / "tv.safetensors"), task="topic",
-                              base_model=family, base_version=b1.version, dataset="file:///data/topic",
+                              base_model=base_line, base_version=b1.version, dataset="file:///data/topic",
                               metric="accuracy", evaluation=evaluation_tags(task_kind="classification")).ref
     reg = register_transported_model(catalog, name, tuned, source_vector=tv, target_base=b2, method="naive",
                                      alpha=1.0, evaluation=GOOD, gate=GATE)
