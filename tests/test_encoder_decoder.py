@@ -104,7 +104,7 @@ def test_a_layer_map_file_maps_each_stack(tmp_path):
     spec.write_text(json.dumps({"layers": {"0": 0, "1": 1}, "decoder": {"0": 0, "1": 2, "2": None}}))
     lm = build_stacked_layer_map(str(spec), {"layers": 2, "decoder": 3}, {"layers": 2, "decoder": 3})
     assert lm.sources == (0, 1) and lm.for_stack("decoder").sources == (0, 2, None)
-    assert lm.unused_by_stack() == ["decoder 1"] and lm.kind == "file:map.json"
+    assert lm.unused_by_stack() == ["decoder 1"] and lm.scheme == "file:map.json"
     spec.write_text(json.dumps({"0": 0, "1": 1}))
     with pytest.raises(InputError, match="the file must map each stack name"):
         build_stacked_layer_map(str(spec), {"layers": 2, "decoder": 3}, {"layers": 2, "decoder": 3})

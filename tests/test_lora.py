@@ -49,7 +49,7 @@ def test_lora_transport_is_factored_dense_equal_and_loads_in_peft(tmp_path, arch
     report = api.transport(cfg, tmp_path / "adapter-b")
     assert report["summary"]["left_out"] == 0
     out_tv = read_task_vector(tmp_path / "adapter-b")
-    assert out_tv.kind == "lora" and set(out_tv.lora) == set(source_tv.lora)
+    assert out_tv.vector_format == "lora" and set(out_tv.lora) == set(source_tv.lora)
     for name, factors in out_tv.lora.items():
         assert factors.rank == source_tv.lora[name].rank == 4  # rank unchanged, never densified
     config = json.loads((tmp_path / "adapter-b" / "adapter_config.json").read_text())

@@ -35,6 +35,7 @@ from theseus_ops.examples import (
     widen_mlp_t5,
     widen_residual_gemma,
 )
+from theseus_ops.io.task_vectors import FULL_DELTA, META_FORMAT, META_VECTOR_FORMAT
 
 VOCAB = 64
 
@@ -245,7 +246,7 @@ def random_delta(state: dict[str, torch.Tensor], scale: float = 0.05, seed: int 
 
 
 def save_delta(delta: dict[str, torch.Tensor], path: Path, base_sha: str | None = None) -> Path:
-    meta = {"theseus.format_version": "1", "theseus.kind": "full_delta"}
+    meta = {META_FORMAT: "1", META_VECTOR_FORMAT: FULL_DELTA}
     if base_sha:
         meta["theseus.base_sha256"] = base_sha
     save_file({k: v.contiguous() for k, v in delta.items()}, str(path), metadata=meta)

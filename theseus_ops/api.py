@@ -161,13 +161,13 @@ def publish_transport(result: TaskVector, report: Report, pair: ModelPair, metho
             "theseus.left_out": str(left),
             "theseus.written_by": f"theseus-ops {__version__}",
         }
-        outputs = [(out, result.kind == "lora")] + ([(report_path, False)] if report_path else [])
+        outputs = [(out, result.vector_format == "lora")] + ([(report_path, False)] if report_path else [])
         with atomic_outputs(*outputs) as paths:
             write_task_vector(result, paths[0], metadata, target_dir=str(pair.target.path))
             if report_path:
                 paths[1].write_text(report.to_json())
     total = len(report.records)
-    _progress(f"wrote {result.kind} task vector with {len(result.names())} tensors to {out} "
+    _progress(f"wrote {result.vector_format} task vector with {len(result.names())} tensors to {out} "
               f"({total - left}/{total} transported)")
 
 
@@ -259,8 +259,8 @@ def inspect_path(path: str | Path) -> dict:
                     "underdetermined": sorted(k for k, v in q.items() if v["underdetermined"]),
                     "quality": q}
     tv = read_task_vector(path)
-    return {"kind": f"task_vector/{tv.kind}", "path": str(path), "tensors": len(tv.names()),
+    return {"kind": f"task_vector/{tv.vector_format}", "path": str(path), "tensors": len(tv.names()),
             "metadata": tv.metadata,
             "norms": {n: round(tv.norm(n), 6) for n in tv.names()},
-            **({"rank": sorted({f.rank for f in tv.lora.values()})} if tv.kind == "lora" else {})}
+            **({"rank": sorted({f.rank for f in tv.lora.values()})} if tv.vector_format == "lora" else {})}
 

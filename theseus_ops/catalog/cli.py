@@ -22,7 +22,7 @@ import sys
 
 from theseus_ops.catalog.schema import PREFIX, ROLE, ROLES, TaskVectorTags, evaluation_tags
 from theseus_ops.errors import InputError
-from theseus_ops.evaluation.config import KINDS
+from theseus_ops.evaluation.config import TASK_KINDS
 from theseus_ops.service_errors import CatalogError
 
 log = logging.getLogger("theseus_ops")
@@ -76,7 +76,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    "e.g. s3://data/sst2?splits=train,validation,test")
     p.add_argument("--metric", required=True, help="the task metric's name, e.g. accuracy")
     p.add_argument("--format", choices=["full", "lora"], help="checked against the file (default: detected)")
-    p.add_argument("--task-kind", choices=list(KINDS), help="how the task is scored (default generation; "
+    p.add_argument("--task-kind", choices=list(TASK_KINDS), help="how the task is scored (default generation; "
                    "see docs/evaluation.md)")
     p.add_argument("--evaluator", metavar="MODULE:FUNCTION|ENTRY_POINT", help="user evaluator of a custom task")
     p.add_argument("--chat-template", action="store_true", default=None,

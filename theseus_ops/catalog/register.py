@@ -308,7 +308,8 @@ def _requirements() -> list[str]:
     return [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
 
 
-def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n", kind: str = GENERATION) -> None:
+def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n",
+                             task_kind: str = GENERATION) -> None:
     """``model_dir`` as an MLflow model with the transformers (and pyfunc) flavor of its task kind's pipeline.
 
     Generation and perplexity tasks are logged as ``text-generation``, classifiers as
@@ -320,7 +321,7 @@ def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n"
     from theseus_ops.catalog.flavors import TEXT_GENERATION, build_pipeline, pipeline_task, signature_and_example
     from theseus_ops.io.finite import require_finite
 
-    task = pipeline_task(kind, model_dir)
+    task = pipeline_task(task_kind, model_dir)
     if task != TEXT_GENERATION:
         pipe = build_pipeline(task, model_dir)
         require_finite(pipe.model.state_dict(), f"model {model_dir}")  # never register a broken model
@@ -410,7 +411,7 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     metrics = model_metrics(source.metric, float(alpha), evaluation)
     with tempfile.TemporaryDirectory(prefix="theseus-mlflow-model-") as tmp:
         saved = Path(tmp) / "model"
-        _save_transformers_model(Path(model_dir), saved, stop, source.kind)
+        _save_transformers_model(Path(model_dir), saved, stop, source.resolved_task_kind)
         mv, created = catalog.register_entry(
             name, saved, tags, "model",
             f"{source.task}: {target_base} + task vector ported from {source_vector} by {method}",

@@ -1,6 +1,6 @@
 """The catalog schema: registry entries and their ``theseus.*`` tags (see docs/catalog.md).
 
-Three kinds of model versions, told apart by ``theseus.role``:
+Three roles of model versions, told apart by ``theseus.role``:
 
 * a base release: a version of its base line, the registered model named after the model (``llama-tiny``);
 * a task vector (fine-tuned or transported): a delta file or a LoRA adapter for one base version;
@@ -14,7 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
-from theseus_ops.evaluation.config import CUSTOM, GENERATION, check_evaluator_name, check_kind
+from theseus_ops.evaluation.config import CUSTOM, GENERATION, check_evaluator_name, check_task_kind
 from theseus_ops.service_errors import CatalogError
 
 PREFIX = "theseus."
@@ -103,7 +103,7 @@ class _Tags:
 
     @classmethod
     def search(cls, **values: object) -> dict[str, str]:
-        """Search conditions (``Catalog.search_versions(tags=...)``) for this kind with these field values."""
+        """Search conditions (``Catalog.search_versions(tags=...)``) for this role with these field values."""
         return {ROLE: cls.ROLE_VALUE, **{cls.tag(k): str(v) for k, v in values.items()}}
 
     def to_tags(self) -> dict[str, str]:
@@ -167,10 +167,10 @@ class TaskVectorTags(_Tags):
         transported = (self.transported_from, self.method, self.alpha, self.alignment)
         if any(v is not None for v in transported) and not all(v is not None for v in transported):
             raise InputError("a transported task vector needs transported_from, method, alpha and alignment")
-        check_kind(self.kind)
+        check_task_kind(self.resolved_task_kind)
         if self.evaluator is not None:
             check_evaluator_name(self.evaluator)
-        if (self.kind == CUSTOM) != (self.evaluator is not None):
+        if (self.resolved_task_kind == CUSTOM) != (self.evaluator is not None):
             raise InputError("a custom task kind and an evaluator go together (kind custom, evaluator "
                              "module:function or an entry-point name)")
         if self.chat_template not in (None, "true", "false"):
@@ -185,8 +185,8 @@ class TaskVectorTags(_Tags):
         return VersionRef(self.base_model, self.base_version)
 
     @property
-    def kind(self) -> str:
-        """The task kind; a vector cataloged without one is a generation task."""
+    def resolved_task_kind(self) -> str:
+        """The task kind; a vector cataloged without one (no ``task_kind`` tag) is a generation task."""
         return self.task_kind or GENERATION
 
     @property

@@ -262,10 +262,10 @@ _MAP_KEYS = {"kind", "heads", "within", "rotary_fraction"}
 _SCALE_KEYS = {"config", "power"}
 
 
-def _reject_unknown(kind: str, where: str, data: dict[str, Any], allowed: set[str]) -> None:
+def _reject_unknown(what: str, where: str, data: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(data) - allowed
     if unknown:
-        raise ValueError(f"{where}: unknown {kind} key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ValueError(f"{where}: unknown {what} key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
 def parse_architecture(data: dict[str, Any], where: str = "<architecture>") -> ArchitectureSpec:

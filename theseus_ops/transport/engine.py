@@ -105,7 +105,7 @@ def storage_delta(architecture: ArchitectureSpec, name: str, tv: TaskVector) -> 
     The layout comes from the architecture spec, never from comparing shapes: a square Conv1D
     weight looks the same either way round.
     """
-    if tv.kind == "full":
+    if tv.vector_format == "full":
         return tv.deltas[name]
     factors = tv.lora[name]
     delta = factors.dense()
@@ -166,7 +166,7 @@ def plan_transport(
             if not layers:
                 which = "" if spec.stack == "layers" else f"{spec.stack} "
                 plans.append(ParamPlan(name, spec.rule, layer, reason=f"source {which}layer {layer} feeds no target "
-                                       f"layer under layer map {layer_map.kind}", spec=spec))
+                                       f"layer under layer map {layer_map.scheme}", spec=spec))
                 continue
         targets, reason = [], None
         for j in layers:
@@ -289,7 +289,7 @@ def execute_plan(
     maps: Mapping[str, torch.Tensor],
 ) -> tuple[TaskVector, list[ParamRecord]]:
     """Apply the rules with the given space maps; every entry gets a record."""
-    out = TaskVector(task_vector.kind, adapter_config=task_vector.adapter_config)
+    out = TaskVector(task_vector.vector_format, adapter_config=task_vector.adapter_config)
     records = []
     for plan in plans:
         before = task_vector.norm(plan.source_name)
@@ -305,7 +305,7 @@ def execute_plan(
             map_in = maps[t.reads] if t.reads and not is_shared(t.reads) else None
             maps_out = [None if is_shared(w) else maps[w] for w in t.writes]
             try:
-                if task_vector.kind == "full":
+                if task_vector.vector_format == "full":
                     value = transport_dense(plan.spec, plan.source_name, task_vector.deltas[plan.source_name],
                                             map_in, maps_out, t.shape, t.splits)
                 else:
@@ -319,7 +319,7 @@ def execute_plan(
         if reason:
             records.append(ParamRecord(plan.source_name, "left_out", plan.rule, [], before, None, spaces, reason))
             continue
-        store = out.deltas if out.kind == "full" else out.lora
+        store = out.deltas if out.vector_format == "full" else out.lora
         after = 0.0
         for name, value in produced.items():
             store[name] = value

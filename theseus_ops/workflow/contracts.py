@@ -21,6 +21,7 @@ from theseus_ops.errors import InputError
 from theseus_ops.storage.releases import BASE_LINE_KEY
 
 Json = dict[str, Any]
+TASK_KIND_KEY = "kind"  # an outcome's task kind in its JSON (outcome.json, XCom, summary.json), as always
 
 
 def _version(value: object, what: str) -> str:
@@ -226,7 +227,7 @@ class Outcome:
     registered: Registered
     outcome_key: str
     tie_metric: str | None = None
-    kind: str | None = None
+    task_kind: str | None = None  # JSON key "kind" (TASK_KIND_KEY)
     general_metric: str | None = None
     general_loss_change: float | None = None
     reused: bool = False
@@ -251,7 +252,8 @@ class Outcome:
         """The recorded shape (``outcome.json``, the ``port`` task's XCom), in its historical key order."""
         out: Json = {
             "vector": self.vector, "task": self.task, "dataset": self.dataset, "source_base": self.source_base,
-            "target_base": self.target_base, "metric": self.metric, "tie_metric": self.tie_metric, "kind": self.kind,
+            "target_base": self.target_base, "metric": self.metric, "tie_metric": self.tie_metric,
+            TASK_KIND_KEY: self.task_kind,
             "general_metric": self.general_metric, "base": self.base, "methods": self.methods,
             "selected": self.selected, "selected_alpha": self.selected_alpha, "selected_test": self.selected_test,
             "base_test": self.base_test, "general_loss_change": self.general_loss_change,
@@ -276,7 +278,7 @@ class Outcome:
             registered=Registered.from_json(_field(data, "registered", what)),
             outcome_key=_field(data, "outcome_key", what),
             tie_metric=data["tie_metric"] if "tie_metric" in data else legacy_tie_metric(metric),
-            kind=data.get("kind"), general_metric=data.get("general_metric"),
+            task_kind=data.get(TASK_KIND_KEY), general_metric=data.get("general_metric"),
             general_loss_change=data.get("general_loss_change"), reused=bool(data.get("reused", False)),
             seconds=float(data.get("seconds") or 0.0), outcome_run=data.get("outcome_run"))
 

@@ -115,7 +115,7 @@ class PortInputs:
         require_finite_result(result, f"{method} transport of {self.tv_path}")
         total = len(report.records)
         log.info("transported %s task vector with %d tensors by %s (%d/%d transported), kept in memory",
-                 result.kind, len(result.names()), method, total - len(report.left_out), total)
+                 result.vector_format, len(result.names()), method, total - len(report.left_out), total)
         return Transported(result, report, alignment_uri)
 
     def dense(self, transported: Transported) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from theseus_ops.io.calibration import fingerprint
 from theseus_ops.service_errors import CatalogError
 from theseus_ops.transport.methods import get_method
 from theseus_ops.workflow.config import WorkflowConfig
-from theseus_ops.workflow.contracts import Outcome, Pair, Registered
+from theseus_ops.workflow.contracts import TASK_KIND_KEY, Outcome, Pair, Registered
 from theseus_ops.workflow.evaluation import dataset_dir, task_config  # noqa: F401 - dataset_dir: re-exported
 from theseus_ops.workflow.pairs import list_task_vectors, local_pair, parse_ref, resolve_pair  # noqa: F401
 from theseus_ops.workflow.porting import PortInputs, Transported
@@ -137,7 +137,7 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
     target_ref = pair.target_ref
     chosen, metric = selection.chosen, selection.metric
     transported = done[selection.selected]
-    path = scratch / "transported" / (selection.selected if transported.vector.kind == "lora"
+    path = scratch / "transported" / (selection.selected if transported.vector.vector_format == "lora"
                                       else f"{selection.selected}.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     api.publish_transport(transported.vector, transported.report, inputs.model_pair, selection.selected, path)
@@ -167,7 +167,8 @@ def outcome_of(selection: Selection, config: TaskConfig) -> dict:
     base = selection.base
     general = sel.general or base.general
     return {
-        "metric": selection.metric, "tie_metric": selection.tie_metric, "kind": config.kind,
+        "metric": selection.metric, "tie_metric": selection.tie_metric,
+        TASK_KIND_KEY: config.task_kind,
         "general_metric": None if general is None else general.name,
         "base": base.as_dict(), "methods": {m: r.as_dict() for m, r in selection.methods.items()},
         "selected": selection.selected, "selected_alpha": sel.alpha, "selected_test": sel.test[selection.metric],
@@ -201,7 +202,7 @@ def _check_target(catalog: Catalog, pair: Pair) -> None:
 def _check_metric(ref: VersionRef, tags: TaskVectorTags) -> None:
     """Refuse an unknown metric for the task's kind before any download or GPU work."""
     try:
-        resolve_metric(tags.kind, tags.metric)
+        resolve_metric(tags.resolved_task_kind, tags.metric)
     except InputError as exc:
         raise InputError(f"task vector {ref}: {exc}") from None
 
