@@ -43,7 +43,7 @@ def _split_name(task_kind: str, split: str) -> str:
 
 
 def dataset_dir(uri: str, task_kind: str = GENERATION) -> Path:
-    """The local task directory a dataset URI names, with every split a ``kind`` task needs.
+    """The local task directory a dataset URI names, with every split a ``task_kind`` task needs.
 
     Only ``file://DIR`` is supported so far.
     """

@@ -41,7 +41,7 @@ from theseus_ops.io.calibration import fingerprint
 from theseus_ops.service_errors import CatalogError
 from theseus_ops.transport.methods import get_method
 from theseus_ops.workflow.config import WorkflowConfig
-from theseus_ops.workflow.contracts import TASK_KIND_KEY, Outcome, Pair, Registered
+from theseus_ops.workflow.contracts import Outcome, Pair, Registered
 from theseus_ops.workflow.evaluation import dataset_dir, task_config  # noqa: F401 - dataset_dir: re-exported
 from theseus_ops.workflow.pairs import list_task_vectors, local_pair, parse_ref, resolve_pair  # noqa: F401
 from theseus_ops.workflow.porting import PortInputs, Transported
@@ -162,13 +162,13 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
 
 
 def outcome_of(selection: Selection, config: TaskConfig) -> dict:
-    """The recorded shape of a selection: ``base``, ``methods`` (each at its α, or not applicable), the choice."""
+    """A selection as :class:`Outcome` fields: ``base``, ``methods`` (each at its α, or not applicable), the choice."""
     sel = selection.chosen
     base = selection.base
     general = sel.general or base.general
     return {
         "metric": selection.metric, "tie_metric": selection.tie_metric,
-        TASK_KIND_KEY: config.task_kind,
+        "task_kind": config.task_kind,
         "general_metric": None if general is None else general.name,
         "base": base.as_dict(), "methods": {m: r.as_dict() for m, r in selection.methods.items()},
         "selected": selection.selected, "selected_alpha": sel.alpha, "selected_test": sel.test[selection.metric],
