@@ -1,7 +1,7 @@
-"""Oracle table: logits error of B + τ_B against A + τ_A for every method, family and oracle.
+"""Oracle table: logits error of B + τ_B against A + τ_A for every method, architecture and oracle.
 
 Run from the repository root:  .venv/bin/python benchmarks/oracles.py --out benchmarks/results/oracles.json
-(``--families qwen3 gemma3`` for some families only; every family of ``tests/tiny.KITS`` by default).
+(``--families qwen3 gemma3`` for some architectures only; every one of ``tests/tiny.KITS`` by default).
 
 Identity, consistent permutation and silent widening all keep the function, so an exact
 transport scores ~0. Qwen3 and Gemma 3 add ``rotary`` (heads permuted and every head's q and k
@@ -35,8 +35,8 @@ METHODS = ("theseus", "theseus-data-free", "pad", "naive")
 EXTRA_ORACLES = {"qwen3": ("rotary",), "gemma2": ("residual-widening",), "gemma3": ("rotary", "residual-widening")}
 
 
-def measure(root: Path, family: str, oracle: str, method: str) -> dict:
-    case = tiny.Case(root / f"{family}-{oracle}-{method}", family, oracle)
+def measure(root: Path, architecture: str, oracle: str, method: str) -> dict:
+    case = tiny.Case(root / f"{architecture}-{oracle}-{method}", architecture, oracle)
     caps = get_method(method).capabilities
     if caps.same_shapes_only and oracle.endswith("widening"):
         return {"error": None, "seconds": None, "note": "shapes differ"}
@@ -52,26 +52,27 @@ def measure(root: Path, family: str, oracle: str, method: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/results/oracles.json")
-    parser.add_argument("--families", nargs="+", default=list(tiny.KITS), choices=list(tiny.KITS))
+    parser.add_argument("--families", dest="architectures", nargs="+", default=list(tiny.KITS), choices=list(tiny.KITS))
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("theseus_ops").setLevel(logging.ERROR)
     torch.set_num_threads(2)
     rows = []
-    cases = [(f, o) for f in args.families for o in ("identity", "permutation", "widening", *EXTRA_ORACLES.get(f, ()))]
+    cases = [(a, o) for a in args.architectures
+             for o in ("identity", "permutation", "widening", *EXTRA_ORACLES.get(a, ()))]
     with tempfile.TemporaryDirectory() as tmp:
-        for family, oracle in cases:
+        for architecture, oracle in cases:
             for method in METHODS:
-                rows.append({"family": family, "oracle": oracle, "method": method,
-                             **measure(Path(tmp), family, oracle, method)})
-    print("| family | oracle | " + " | ".join(METHODS) + " |")
+                rows.append({"family": architecture, "oracle": oracle, "method": method,  # the file's keys
+                             **measure(Path(tmp), architecture, oracle, method)})
+    print("| family | oracle | " + " | ".join(METHODS) + " |")  # the table header BENCHMARKS.md has
     print("|---|---|" + "---|" * len(METHODS))
-    for family, oracle in cases:
+    for architecture, oracle in cases:
         cells = []
         for method in METHODS:
-            r = next(x for x in rows if (x["family"], x["oracle"], x["method"]) == (family, oracle, method))
+            r = next(x for x in rows if (x["family"], x["oracle"], x["method"]) == (architecture, oracle, method))
             cells.append("n/a" if r["error"] is None else f"{r['error']:.1e} ({r['seconds']:.2f} s)")
-        print(f"| {family} | {oracle} | " + " | ".join(cells) + " |")
+        print(f"| {architecture} | {oracle} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,

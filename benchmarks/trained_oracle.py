@@ -1,8 +1,8 @@
-"""A trained task vector on a permuted base, per family: the permutation oracle with a real update.
+"""A trained task vector on a permuted base, per architecture: the permutation oracle with a real update.
 
 Run from the repository root:  PYTHONPATH=$PWD .venv/bin/python benchmarks/trained_oracle.py phi3 qwen3
 
-A (each family's tiny random model) is fine-tuned for 40 AdamW steps on the lookup skill
+A (each architecture's tiny random model) is fine-tuned for 40 AdamW steps on the lookup skill
 (x -> 7x+3 mod V, ``theseus_ops.examples.lookup_task``); τ is what the fine-tune changed. B is A with
 residual channels, heads and MLP units permuted. Printed per method: the logits error of B + τ_B
 against A + τ_A, and the answer-token accuracy of B + τ_B on 32 of the fine-tuning sequences.
@@ -27,8 +27,8 @@ METHODS = ("theseus", "theseus-data-free", "pad")
 accuracy = tiny.answer_accuracy
 
 
-def measure(root: Path, family: str) -> str:
-    case = tiny.Case(root / family, family, "permutation")
+def measure(root: Path, architecture: str) -> str:
+    case = tiny.Case(root / architecture, architecture, "permutation")
     losses, ids, labels = tiny.finetune_lookup(case)
     ids, labels = ids[:32], labels[:32]
     cells = [f"{losses[0]:.2f} → {losses[-1]:.2f}",
@@ -38,12 +38,13 @@ def measure(root: Path, family: str) -> str:
         delta_b, _ = run(case, method)
         cells.append(f"{case.error(delta_b):.1e} / "
                      f"{accuracy(case.config_b, tiny.add_delta(case.state_b, delta_b), ids, labels):.2f}")
-    return f"| {family} | " + " | ".join(cells) + " |"
+    return f"| {architecture} | " + " | ".join(cells) + " |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("families", nargs="+", choices=[f for f in tiny.KITS if f not in ("xlm-roberta", "distilbert")])
+    parser.add_argument("architectures", metavar="families", nargs="+",
+                        choices=[a for a in tiny.KITS if a not in ("xlm-roberta", "distilbert")])
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("theseus_ops").setLevel(logging.ERROR)
@@ -51,8 +52,8 @@ def main() -> None:
     print("| family | fine-tune loss | A + τ accuracy | B accuracy | " + " | ".join(METHODS) + " |")
     print("|---|---|---|---|" + "---|" * len(METHODS))
     with tempfile.TemporaryDirectory() as tmp:
-        for family in args.families:
-            print(measure(Path(tmp), family), flush=True)
+        for architecture in args.architectures:
+            print(measure(Path(tmp), architecture), flush=True)
 
 
 if __name__ == "__main__":

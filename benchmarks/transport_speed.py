@@ -131,7 +131,7 @@ def _calibration(tensors: dict[str, torch.Tensor]) -> Calibration:
 
 def _prepare(pair: ModelPair, loaded: Loaded, bench: Pair, device: torch.device,
              solver: str = "eigh") -> tuple[float, float, Alignment]:
-    """(statistics s, maps s, alignment) of the family's every space, as ``prepare`` estimates them."""
+    """(statistics s, maps s, alignment) of the architecture's every space, as ``prepare`` estimates them."""
     cfg = PrepareConfig(MEMORY, MEMORY, CalibrationSpec(MEMORY), batch_size=bench.batch, device=device.type,
                         solver=solver)
     clock = _StageClock(device)

@@ -26,7 +26,7 @@ from theseus_airflow.dag_support import (
 )
 from theseus_airflow.kubernetes import gpu_executor_config
 
-from theseus_ops.workflow import DEFAULT_ALPHAS, methods_param
+from theseus_ops.workflow import BASE_LINE_KEY, DEFAULT_ALPHAS, methods_param
 from theseus_ops.workflow.contracts import Job, Outcome, Pair, Release, ReleaseSummary
 from theseus_ops.workflow.steps import (
     failure_message,
@@ -40,9 +40,9 @@ from theseus_ops.workflow.steps import (
 VERSION = {"type": ["null", "string"], "pattern": "^[0-9]+$"}
 
 PARAMS = {
-    "family": Param(None, type=["null", "string"], minLength=1, title="Family",
-                    description="Registered model holding the base releases; empty: the triggering events, "
-                                "else every pending release."),
+    BASE_LINE_KEY: Param(None, type=["null", "string"], minLength=1, title="Family (base line)",
+                         description="Registered model holding the base releases; empty: the triggering events, "
+                                     "else every pending release."),
     "target_version": Param(None, **VERSION, title="Target version",
                             description="Base version to port to (reprocessed even if done); empty: pending ones."),
     "source_version": Param(None, **VERSION, title="Source version",
@@ -80,7 +80,7 @@ def theseus_transport_release():
         cfg = workflow_config(params)
         announced = [dict(e.extra or {}) for events in (triggering_asset_events or {}).values() for e in events]
         with step_errors():
-            todo = select_releases(cfg, params.get("family"), params.get("target_version"),
+            todo = select_releases(cfg, params.get(BASE_LINE_KEY), params.get("target_version"),
                                    params.get("source_version"), announced)
         return [r.to_json() for r in todo]
 

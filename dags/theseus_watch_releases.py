@@ -2,7 +2,7 @@
 
 Every run (default every 5 minutes, ``THESEUS_WATCH_SCHEDULE``; ``none`` turns the schedule off):
 register newly landed releases as base versions, find base versions not yet processed, and emit one
-``theseus_base_release`` Asset event per release (family, version, the version it supersedes). A
+``theseus_base_release`` Asset event per release (base line, version, the version it supersedes). A
 release is announced once, and again only if it is still unprocessed after
 ``THESEUS_REANNOUNCE_MINUTES`` (default 60), so a lost trigger heals itself without flooding.
 """
@@ -15,7 +15,7 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 from theseus_airflow.dag_support import DEFAULT_ARGS, RELEASE_ASSET, step_errors, workflow_config
 
-from theseus_ops.workflow import mark_announced, register_landed_releases, releases_to_announce
+from theseus_ops.workflow import Release, mark_announced, register_landed_releases, releases_to_announce
 
 SCHEDULE = os.environ.get("THESEUS_WATCH_SCHEDULE", "*/5 * * * *")
 REANNOUNCE_S = 60.0 * float(os.environ.get("THESEUS_REANNOUNCE_MINUTES", "60"))
@@ -49,10 +49,12 @@ def theseus_watch_releases():
     @task(outlets=[RELEASE_ASSET], map_index_template="{{ release_label }}", multiple_outputs=False)
     def announce(release: dict, *, outlet_events=None) -> dict:
         """One Asset event per release; the transport DAG is scheduled on it."""
-        get_current_context()["release_label"] = f"{release['family']}/{release['version']}"
-        outlet_events[RELEASE_ASSET].extra = {k: release[k] for k in ("family", "version", "supersedes", "release")}
         with step_errors():
-            mark_announced(workflow_config(), release["family"], release["version"])
+            announced = Release.from_json(release)
+        get_current_context()["release_label"] = f"{announced.base_line}/{announced.version}"
+        outlet_events[RELEASE_ASSET].extra = announced.to_json()  # the Release as JSON: family, version, ...
+        with step_errors():
+            mark_announced(workflow_config(), announced.base_line, announced.version)
         return release
 
     announce.expand(release=find_due(register_landed()))

@@ -57,12 +57,13 @@ def make_base(path: Path, seed: int = 0) -> Path:
 def make_delta(base_dir: Path, out: Path, seed: int = 1, scale: float = 0.01) -> Path:
     """A full-delta task vector for two of the base's weights, bound to the base by its sha256."""
     from theseus_ops.io.models import inspect_model_dir
-    from theseus_ops.io.task_vectors import META_BASE_SHA, META_BASE_TYPE, META_FORMAT, META_KIND
+    from theseus_ops.io.task_vectors import FULL_DELTA, META_BASE_SHA, META_BASE_TYPE, META_FORMAT, META_VECTOR_FORMAT
 
     info = inspect_model_dir(base_dir)
     gen = torch.Generator().manual_seed(seed)
     names = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight"]
     tensors = {n: torch.randn(*info.shapes[n], generator=gen) * scale for n in names}
-    meta = {META_FORMAT: "1", META_KIND: "full_delta", META_BASE_SHA: info.sha256(), META_BASE_TYPE: info.model_type}
+    meta = {META_FORMAT: "1", META_VECTOR_FORMAT: FULL_DELTA, META_BASE_SHA: info.sha256(),
+            META_BASE_TYPE: info.model_type}
     save_file(tensors, str(out), metadata=meta)
     return out

@@ -87,13 +87,13 @@ def asset_events(home: Path) -> list[dict]:
 def stack(tmp_path_factory, mlflow_sqlite, moto_endpoint):  # noqa: F811
     """Seed v1 and its vectors, land v2, then: watcher, transport, identical rerun, filtered run, watcher again."""
     tmp = tmp_path_factory.mktemp("airflow")
-    family = f"af-{uuid.uuid4().hex[:6]}"
+    base_line = f"af-{uuid.uuid4().hex[:6]}"
     bucket = new_bucket(moto_endpoint)
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "THESEUS_MLFLOW_TRACKING_URI": mlflow_sqlite.url, "THESEUS_MLFLOW_EXPERIMENT": f"af-{family}",
+        "THESEUS_MLFLOW_TRACKING_URI": mlflow_sqlite.url, "THESEUS_MLFLOW_EXPERIMENT": f"af-{base_line}",
         "THESEUS_LANDING_URL": f"s3://{bucket}/landing", "THESEUS_S3_ENDPOINT_URL": moto_endpoint,
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
         "THESEUS_WORK_DIR": str(tmp / "work"), "THESEUS_ALPHAS": "0,3",
@@ -104,28 +104,28 @@ def stack(tmp_path_factory, mlflow_sqlite, moto_endpoint):  # noqa: F811
     migrate = run([str(BIN / "airflow"), "db", "migrate"], env)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     fam = demo_family.build_family(demo_family.family_config("micro"), tmp / "families", progress=lambda _m: None)
-    seed = run([sys.executable, "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", family,
+    seed = run([sys.executable, "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", base_line,
                 "--families-root", str(tmp / "families"), "--datasets-root", str(tmp / "datasets")], env)
     assert seed.returncode == 0, seed.stderr[-3000:]
     seeded = json.loads(seed.stdout.strip().splitlines()[-1])
-    cfg = WorkflowConfig(catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"af-{family}",
+    cfg = WorkflowConfig(catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"af-{base_line}",
                                                retry=RetryPolicy(attempts=2, base_delay=0.05)),
                          storage=StorageConfig(url=f"s3://{bucket}/landing", endpoint_url=moto_endpoint))
     catalog = Catalog(cfg.catalog)
-    broken = register_task_vector(catalog, f"{family}-broken", fam.task_vector("lookup"), task="broken",
-                                  base_model=family, base_version=seeded["source_version"],
+    broken = register_task_vector(catalog, f"{base_line}-broken", fam.task_vector("lookup"), task="broken",
+                                  base_model=base_line, base_version=seeded["source_version"],
                                   dataset=(tmp / "missing").as_uri(), metric="exact_match")
-    out = {"tmp": tmp, "env": env, "family": family, "fam": fam, "cfg": cfg, "catalog": catalog,
+    out = {"tmp": tmp, "env": env, "family": base_line, "fam": fam, "cfg": cfg, "catalog": catalog,
            "vectors": seeded["vectors"], "broken": str(broken.ref), "home": tmp / "airflow"}
     out["watch"] = run_dag(env, "theseus_watch_releases")
     out["events_after_watch"] = asset_events(out["home"])
     out["transport"] = run_dag(env, "theseus_transport_release", returns="summarize")
     out["versions_after_first"] = versions(catalog)
-    out["rerun"] = run_dag(env, "theseus_transport_release", {"family": family, "target_version": "2"},
+    out["rerun"] = run_dag(env, "theseus_transport_release", {"family": base_line, "target_version": "2"},
                            returns="summarize,port")
     out["versions_after_rerun"] = versions(catalog)
     out["filtered"] = run_dag(env, "theseus_transport_release",
-                              {"family": family, "target_version": "2", "tasks": ["upper", "lookup"],
+                              {"family": base_line, "target_version": "2", "tasks": ["upper", "lookup"],
                                "gate": {"margin": 0.0}}, returns="summarize")
     out["watch_again"] = run_dag(env, "theseus_watch_releases")
     return out
@@ -156,20 +156,20 @@ print(json.dumps({"errors": bag.import_errors, "warnings": [str(w) for w in bag.
 
 
 def test_watcher_registers_and_announces_the_release(stack):
-    watch, family = stack["watch"], stack["family"]
+    watch, base_line = stack["watch"], stack["family"]
     assert watch["state"] == "success"
     [announce] = tis(watch, "announce")
-    assert announce["label"] == f"{family}/2" and announce["state"] == "success"
-    [event] = [e for e in stack["events_after_watch"] if e["extra"].get("family") == family]
-    assert event["extra"] == {"family": family, "version": "2", "supersedes": "1", "release": "v2-wide-shuffled"}
+    assert announce["label"] == f"{base_line}/2" and announce["state"] == "success"
+    [event] = [e for e in stack["events_after_watch"] if e["extra"].get("family") == base_line]
+    assert event["extra"] == {"family": base_line, "version": "2", "supersedes": "1", "release": "v2-wide-shuffled"}
     assert event["source_dag_id"] == "theseus_watch_releases"
 
 
 def test_one_failing_vector_does_not_stop_the_others(stack):
-    report, family = stack["transport"], stack["family"]
+    report, base_line = stack["transport"], stack["family"]
     ports = {t["label"]: t for t in tis(report, "port")}
-    good = {f"{stack['vectors'][s]} -> {family}/2" for s in ("upper", "lookup")}
-    bad = f"{stack['broken']} -> {family}/2"
+    good = {f"{stack['vectors'][s]} -> {base_line}/2" for s in ("upper", "lookup")}
+    bad = f"{stack['broken']} -> {base_line}/2"
     assert set(ports) == good | {bad}
     assert all(ports[label]["state"] == "success" for label in good)
     assert ports[bad]["state"] == "failed" and ports[bad]["try_number"] == 1  # an input error: never retried
@@ -182,9 +182,9 @@ def test_one_failing_vector_does_not_stop_the_others(stack):
 
 
 def test_release_is_registered_summarised_and_marked(stack):
-    catalog, family = stack["catalog"], stack["family"]
+    catalog, base_line = stack["catalog"], stack["family"]
     [summary] = stack["transport"]["returns"]["summarize"]
-    base2 = catalog.get_version(VersionRef(family, "2"))
+    base2 = catalog.get_version(VersionRef(base_line, "2"))
     # the newest summary marks the release: the filtered manual run's, which replaced the first one
     assert base2.tags[PROCESSED_TAG] == stack["filtered"]["returns"]["summarize"][0]["summary_run"]
     artifacts = {a.path for a in catalog.client.list_artifacts(summary["summary_run"])}
@@ -320,24 +320,24 @@ def test_releases_json_needs_login_and_gives_no_data_without_it(stack, api_serve
 def test_releases_view_escapes_what_the_registry_holds(stack, api_server):
     """Registry text is user input: a release tag and a processed marker holding markup, set through
     MLflow like any tag, are shown as text, never as markup."""
-    client, family = stack["catalog"].client, f"esc-{uuid.uuid4().hex[:6]}"
+    client, base_line = stack["catalog"].client, f"esc-{uuid.uuid4().hex[:6]}"
     script, img = "<script>alert(1)</script>", "<img src=x onerror=alert(2)>"
-    client.create_registered_model(family)
+    client.create_registered_model(base_line)
     try:
         for release in (script, f"b{script}"):
-            client.create_model_version(family, "s3://nowhere/model",
+            client.create_model_version(base_line, "s3://nowhere/model",
                                         tags={ROLE: ROLE_BASE, "theseus.release": release})
-        client.set_model_version_tag(family, "2", PROCESSED_TAG, img)  # no such summary run: shown as an error
+        client.set_model_version_tag(base_line, "2", PROCESSED_TAG, img)  # no such summary run: shown as an error
         auth = {"Authorization": f"Bearer {token(api_server)}"}
-        status, page = http("GET", f"{api_server}/theseus/?family={family}", headers=auth)
+        status, page = http("GET", f"{api_server}/theseus/?family={base_line}", headers=auth)
         assert status == 200, page  # a missing summary run is one row's error, not a 500 for the whole page
         assert "<script>" not in page and "<img" not in page
-        assert f"{family} version 1 (&lt;script&gt;alert(1)&lt;/script&gt;)" in page
+        assert f"{base_line} version 1 (&lt;script&gt;alert(1)&lt;/script&gt;)" in page
         assert "&lt;img src=x onerror=alert(2)&gt;" in page and "class='failed'" in page
-        status, body = http("GET", f"{api_server}/theseus/releases.json?family={family}", headers=auth)
+        status, body = http("GET", f"{api_server}/theseus/releases.json?family={base_line}", headers=auth)
         assert status == 200 and [r["release"] for r in json.loads(body)] == [f"b{script}", script]  # JSON: as is
     finally:
-        client.delete_registered_model(family)
+        client.delete_registered_model(base_line)
 
 
 def test_port_tasks_link_to_their_mlflow_run_and_model(stack, api_server):
@@ -426,34 +426,34 @@ def test_webhook_malformed_headers_and_bodies_are_4xx_never_500(api_server):
 
 def test_mlflow_webhook_announces_a_new_release(stack, api_server):
     """MLflow itself calls the plugin when a base version is created; the plugin emits the Asset event."""
-    catalog, family, cfg = stack["catalog"], stack["family"], stack["cfg"]
-    hook = catalog.client.create_webhook(name=f"theseus-{family}", url=f"{api_server}/theseus/webhooks/mlflow",
+    catalog, base_line, cfg = stack["catalog"], stack["family"], stack["cfg"]
+    hook = catalog.client.create_webhook(name=f"theseus-{base_line}", url=f"{api_server}/theseus/webhooks/mlflow",
                                          events=["model_version.created"], secret=SECRET)
     # The MLflow server caches its webhook list for MLFLOW_WEBHOOK_CACHE_TTL (1 s in these tests): a
     # version created within that second of a cached lookup is delivered to the old list, without this
     # hook (seen once on a loaded machine). Wait the TTL out; the event itself is polled for below.
     time.sleep(2 * float(os.environ.get("MLFLOW_WEBHOOK_CACHE_TTL", "1")) + 0.5)
     try:
-        land_release(stack["fam"].model("v2-wide"), family, "v2-wide", open_zone(cfg.storage))
+        land_release(stack["fam"].model("v2-wide"), base_line, "v2-wide", open_zone(cfg.storage))
         assert [r["version"] for r in register_landed_releases(cfg)] == ["3"]
         deadline = time.time() + 60
         while time.time() < deadline:
             mine = [e for e in asset_events(stack["home"])
-                    if e["extra"].get("family") == family and e["extra"].get("via") == "webhook"]
+                    if e["extra"].get("family") == base_line and e["extra"].get("via") == "webhook"]
             if mine:
                 break
             time.sleep(1)
         assert mine, "MLflow's model_version.created webhook produced no Asset event"
         assert mine[0]["extra"]["version"] == "3" and mine[0]["extra"]["supersedes"] == "2"
         # recorded before the event went out: whoever sees the event (the watcher) sees the record
-        announced = float(catalog.get_version(VersionRef(family, "3")).tags["theseus.announced_at"])
+        announced = float(catalog.get_version(VersionRef(base_line, "3")).tags["theseus.announced_at"])
         assert announced <= mine[0]["at"]
         # MLflow delivers once; if the same release comes again (a retry, another hook) it is not re-announced
         again = json.dumps({"entity": "model_version", "action": "created",
-                            "data": {"name": family, "version": "3"}}).encode()
+                            "data": {"name": base_line, "version": "3"}}).encode()
         status, answer = http("POST", f"{api_server}/theseus/webhooks/mlflow", again, signed(again))
         assert status == 200 and "already announced" in answer, answer
-        assert len([e for e in asset_events(stack["home"]) if e["extra"].get("family") == family
+        assert len([e for e in asset_events(stack["home"]) if e["extra"].get("family") == base_line
                     and e["extra"].get("via") == "webhook"]) == 1
     finally:
         catalog.client.delete_webhook(hook.webhook_id)
@@ -552,7 +552,7 @@ def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp
                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"):
         opts.add_argument(arg)
     drv = webdriver.Chrome(service=Service(driver_path), options=opts)
-    family = stack["family"]
+    base_line = stack["family"]
     try:
         wait = WebDriverWait(drv, 60)
         drv.get(f"{api_server}/")
@@ -560,7 +560,7 @@ def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp
         drv.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(PASSWORD)
         drv.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
-        drv.get(f"{api_server}/theseus/?family={family}")
+        drv.get(f"{api_server}/theseus/?family={base_line}")
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.summary")))
         wait.until(lambda d: d.execute_script(
             "const i = document.querySelector('img.sweeps'); return i && i.complete && i.naturalWidth > 0"))
@@ -580,10 +580,10 @@ def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp
     assert targets == {"_blank"}  # the view sits in the Airflow UI's iframe: MLflow opens in its own tab
     experiment = stack["catalog"].experiment_id()
     # every base release version, newest first (3 too when the webhook test has registered it)
-    bases = sorted((str(v.version) for v in stack["catalog"].search_versions(family, {ROLE: ROLE_BASE})),
+    bases = sorted((str(v.version) for v in stack["catalog"].search_versions(base_line, {ROLE: ROLE_BASE})),
                    key=int, reverse=True)
     assert bases[-2:] == ["2", "1"]
-    assert [_route(h) for _t, h in links["base"]] == [["models", family, "versions", v] for v in bases]
+    assert [_route(h) for _t, h in links["base"]] == [["models", base_line, "versions", v] for v in bases]
     # both summaries of release 2 (the filtered run's, then the first), each the server's summary run
     summaries = [stack["filtered"]["returns"]["summarize"][0]["summary_run"],
                  stack["transport"]["returns"]["summarize"][0]["summary_run"]]
@@ -592,7 +592,7 @@ def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp
     for run_id in summaries:
         run = _rest(stack, "runs/get", run_id=run_id)["run"]
         assert run["info"]["experiment_id"] == experiment
-        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["theseus.release_summary"] == f"{family}/2"
+        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["theseus.release_summary"] == f"{base_line}/2"
     # each vector's row: its outcome run, registered model version and aliases
     assert set(rows) == {stack["vectors"]["upper"], stack["vectors"]["lookup"], stack["broken"]}
     assert "failed" in rows[stack["broken"]]
@@ -603,7 +603,7 @@ def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp
         kind, exp, runs, run_id = _route(got["outcome-run"])
         assert (kind, exp, runs) == ("experiments", experiment, "runs")
         tags = {t["key"]: t["value"] for t in _rest(stack, "runs/get", run_id=run_id)["run"]["data"]["tags"]}
-        assert tags["theseus.source_vector"] == vector and tags["theseus.target_base"] == f"{family}/2"
+        assert tags["theseus.source_vector"] == vector and tags["theseus.target_base"] == f"{base_line}/2"
         if "model" not in got:
             continue
         models += 1
@@ -625,7 +625,7 @@ def test_releases_view_links_go_to_the_right_mlflow_pages(stack, api_server, tmp
 def test_model_versions_carry_their_metrics_and_runs_their_params(stack):
     """MLflow users compare runs and read a version's metrics: the model's run has them as metrics, the
     outcome and summary runs have their configuration as params, the plot is logged per vector too."""
-    client, family = stack["catalog"].client, stack["family"]
+    client, base_line = stack["catalog"].client, stack["family"]
     serving = [(n, v) for n, v in stack["versions_after_first"] if n.endswith("-serving")]
     assert serving
     for name, version in serving:
@@ -638,13 +638,13 @@ def test_model_versions_carry_their_metrics_and_runs_their_params(stack):
         assert metrics[f"base_test_{metric}"] == pytest.approx(float(mv.tags["theseus.base_test_metric"]))
         assert metrics["alpha"] == pytest.approx(float(mv.tags["theseus.alpha"]))
         params = run.data.params
-        assert params["method"] == mv.tags["theseus.method"] and params["target_base"] == f"{family}/2"
+        assert params["method"] == mv.tags["theseus.method"] and params["target_base"] == f"{base_line}/2"
         assert params["source_vector"] == mv.tags["theseus.transported_from"]
     [summary] = stack["filtered"]["returns"]["summarize"]
     run = client.get_run(summary["summary_run"])
     params = run.data.params
-    assert params["alphas"] == "0,3" and params["target_base"] == f"{family}/2" and params["source_base"] == (
-        f"{family}/1")
+    assert params["alphas"] == "0,3" and params["target_base"] == f"{base_line}/2" and params["source_base"] == (
+        f"{base_line}/1")
     assert params["gate.margin"] == "0.0" and params["gate.max_general_loss_increase"] == "100.0"
     assert params["methods"] and params["calibration_rows"].isdigit()
     assert params["vectors"] == ",".join(sorted([stack["vectors"]["upper"], stack["vectors"]["lookup"]]))

@@ -11,7 +11,7 @@ offline process loads both by alias with ``load_registered`` and gets the labels
 adapter loads as a ``PeftModel`` whose logits are the target's merged with the registered vector.
 
 Its own module (and Airflow home) rather than more vectors in ``test_airflow.py``'s shared stack:
-that stack asserts its exact set of vectors, and this family needs its own releases.
+that stack asserts its exact set of vectors, and this base line needs its own releases.
 """
 
 from __future__ import annotations
@@ -113,13 +113,13 @@ def build_classifier_family(root: Path) -> dict[str, Path]:
 def classifier_release(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     """Land v1 and catalog its two classification vectors, land v2, then run the watcher and the transport DAG."""
     tmp = tmp_path_factory.mktemp("airflow-vectors")
-    family = f"bert-{uuid.uuid4().hex[:6]}"
+    base_line = f"bert-{uuid.uuid4().hex[:6]}"
     landing = tmp / "landing"
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "THESEUS_MLFLOW_TRACKING_URI": mlflow_sqlite.url, "THESEUS_MLFLOW_EXPERIMENT": f"av-{family}",
+        "THESEUS_MLFLOW_TRACKING_URI": mlflow_sqlite.url, "THESEUS_MLFLOW_EXPERIMENT": f"av-{base_line}",
         "THESEUS_LANDING_URL": str(landing), "THESEUS_WORK_DIR": str(tmp / "work"), "THESEUS_ALPHAS": "0.5,1",
         "THESEUS_GATE_MAX_GENERAL_LOSS_INCREASE": "100", "THESEUS_RETRY_DELAY_SECONDS": "1",
         "THESEUS_RETRY_ATTEMPTS": "2", "THESEUS_RETRY_BASE_DELAY": "0.05", "PYTHONPATH": str(ROOT),
@@ -127,24 +127,24 @@ def classifier_release(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     migrate = run([str(BIN / "airflow"), "db", "migrate"], env)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     built = build_classifier_family(tmp / "family")
-    cfg = WorkflowConfig(catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"av-{family}",
+    cfg = WorkflowConfig(catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"av-{base_line}",
                                                retry=RetryPolicy(attempts=2, base_delay=0.05)),
                          storage=StorageConfig(url=str(landing)), work_dir=tmp / "work")
     catalog = Catalog(cfg.catalog)
     zone = LocalLandingZone(landing)
-    land_release(built["v1"], family, "r1", zone)
+    land_release(built["v1"], base_line, "r1", zone)
     [first] = register_landed_releases(cfg)
     scoring = evaluation_tags(task_kind="classification", general_dataset=built["general"].as_uri())
     vectors = {}
     for key, task in (("full", "topic"), ("lora", "topic-lora")):
-        reg = register_task_vector(catalog, f"{family}-{task}", built[key], task=task, base_model=family,
+        reg = register_task_vector(catalog, f"{base_line}-{task}", built[key], task=task, base_model=base_line,
                                    base_version=first["version"], dataset=built["data"].as_uri(),
                                    metric="accuracy", evaluation=scoring)
         vectors[key] = str(reg.ref)
-    land_release(built["v2"], family, "r2", zone)
+    land_release(built["v2"], base_line, "r2", zone)
     watch = run_dag(env, "theseus_watch_releases")
     transport = run_dag(env, "theseus_transport_release", returns="summarize,port")
-    return {"tmp": tmp, "env": env, "family": family, "catalog": catalog, "built": built, "vectors": vectors,
+    return {"tmp": tmp, "env": env, "base_line": base_line, "catalog": catalog, "built": built, "vectors": vectors,
             "watch": watch, "transport": transport}
 
 
@@ -153,9 +153,9 @@ def _outcomes(release: dict) -> dict[str, dict]:
 
 
 def test_both_classification_vectors_are_ported_evaluated_and_registered(classifier_release):
-    release, family = classifier_release, classifier_release["family"]
+    release, base_line = classifier_release, classifier_release["base_line"]
     [announce] = tis(release["watch"], "announce")
-    assert announce["label"] == f"{family}/2" and announce["state"] == "success"
+    assert announce["label"] == f"{base_line}/2" and announce["state"] == "success"
     transport = release["transport"]
     assert transport["state"] == "success", transport["tasks"]
     assert [t["state"] for t in tis(transport, "port")] == ["success", "success"]
@@ -169,7 +169,7 @@ def test_both_classification_vectors_are_ported_evaluated_and_registered(classif
         assert o["registered"]["candidate"], o["registered"]
         mv = catalog.get_version(parse_ref(o["registered"]["model"]))
         tags = TransportedModelTags.from_tags(mv.tags, mv.name)
-        assert tags.format == fmt and tags.base == VersionRef(family, "2")
+        assert tags.format == fmt and tags.base == VersionRef(base_line, "2")
         assert catalog.get_alias(mv.name, ALIAS_CANDIDATE).version == mv.version
         vector = catalog.get_version(parse_ref(o["registered"]["task_vector"]))
         assert vector.tags["theseus.format"] == fmt and vector.tags["theseus.task_kind"] == "classification"

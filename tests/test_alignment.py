@@ -24,7 +24,7 @@ def test_reused_alignment_equals_fresh_run_for_a_second_task_vector(case, tmp_pa
     prov = alignment.provenance
     assert prov["source"]["sha256"] and prov["target"]["sha256"] and prov["calibration"]["rows"] == 16
     assert prov["options"]["method"] == "theseus" and prov["layer_map"]["kind"] == "identity"
-    # every space of the family is prepared, with its rank reported against its width
+    # every space of the architecture is prepared, with its rank reported against its width
     assert len(alignment.maps) == 2 + 2 * 9
     hidden = alignment.quality["layers.1.mlp_hidden"]
     assert (hidden["width_a"], hidden["width_b"], hidden["data_rank"]) == (64, 96, 64)

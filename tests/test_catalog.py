@@ -78,12 +78,12 @@ def uid(prefix: str) -> str:
 
 
 def seed(catalog: Catalog, models: dict) -> dict:
-    family, vectors = uid("llama"), uid("sst2-tv")
-    b1 = register_base(catalog, family, "r1", models["v1"])
-    b2 = register_base(catalog, family, "r2", models["v2"])
-    tv = register_task_vector(catalog, vectors, models["tv1"], task="sst2", base_model=family,
+    base_line, vectors = uid("llama"), uid("sst2-tv")
+    b1 = register_base(catalog, base_line, "r1", models["v1"])
+    b2 = register_base(catalog, base_line, "r2", models["v2"])
+    tv = register_task_vector(catalog, vectors, models["tv1"], task="sst2", base_model=base_line,
                               base_version=b1.ref.version, dataset=DATASET, metric="accuracy")
-    return {"family": family, "vectors": vectors, "b1": b1.ref, "b2": b2.ref, "tv": tv.ref}
+    return {"family": base_line, "vectors": vectors, "b1": b1.ref, "b2": b2.ref, "tv": tv.ref}
 
 
 def count(catalog: Catalog, name: str) -> int:
@@ -221,18 +221,18 @@ def test_transported_model_gate_aliases_and_consumer(catalog, models, mlflow_ser
 
 
 def test_interrupted_registration_is_invisible(catalog, models):
-    family = uid("llama")
+    base_line = uid("llama")
 
     def interrupt(rel: str) -> None:
         raise KeyboardInterrupt  # stopped mid-upload, after the first file
 
     with pytest.raises(KeyboardInterrupt):
-        register_base(catalog, family, "r1", models["v1"], progress=interrupt)
-    assert count(catalog, family) == 0 and not catalog.base_release_registered(family, "r1")
+        register_base(catalog, base_line, "r1", models["v1"], progress=interrupt)
+    assert count(catalog, base_line) == 0 and not catalog.base_release_registered(base_line, "r1")
     runs = catalog.client.search_runs([catalog.experiment_id()])
     assert [r.info.status for r in runs] == ["FAILED"]
-    done = register_base(catalog, family, "r1", models["v1"])
-    assert done.created and count(catalog, family) == 1
+    done = register_base(catalog, base_line, "r1", models["v1"])
+    assert done.created and count(catalog, base_line) == 1
 
 
 def test_checksum_mismatch_on_download(catalog, models, mlflow_server, tmp_path):  # noqa: F811
@@ -273,15 +273,15 @@ def test_bad_inputs(catalog, models, tmp_path):
 
 
 def test_landed_releases_against_the_registry(catalog, models, moto_endpoint, tmp_path):  # noqa: F811
-    family = uid("llama")
+    base_line = uid("llama")
     bucket = new_bucket(moto_endpoint)
     zone = open_zone(StorageConfig(url=f"s3://{bucket}/releases", endpoint_url=moto_endpoint, retry=FAST))
-    land_release(models["v1"], family, "r1", zone)
-    land_release(models["v2"], family, "r2", zone)
+    land_release(models["v1"], base_line, "r1", zone)
+    land_release(models["v2"], base_line, "r2", zone)
     pending = scan_landed_releases(zone, catalog)
-    assert [(r.family, r.release) for r in pending] == [(family, "r1"), (family, "r2")]
+    assert [(r.base_line, r.release) for r in pending] == [(base_line, "r1"), (base_line, "r2")]
     reg = register_landed_release(catalog, zone, pending[0])
-    assert reg.created and reg.version.tags["theseus.source_uri"] == f"s3://{bucket}/releases/{family}/r1"
+    assert reg.created and reg.version.tags["theseus.source_uri"] == f"s3://{bucket}/releases/{base_line}/r1"
     assert reg.version.tags["theseus.sha256"] == inspect_model_dir(models["v1"]).sha256()
     assert [r.release for r in scan_landed_releases(zone, catalog)] == ["r2"]
 
@@ -295,31 +295,31 @@ def cli(*argv: str) -> int | None:
 
 
 def test_cli(mlflow_server, models, tmp_path, capsys):  # noqa: F811
-    family, uri = uid("llama"), ["--tracking-uri", mlflow_server.url]
+    base_line, uri = uid("llama"), ["--tracking-uri", mlflow_server.url]
     landing = ["--landing-url", str(tmp_path / "landing")]
-    assert cli("catalog", "land", "--family", family, "--release", "r1", "--model-dir", str(models["v1"]),
+    assert cli("catalog", "land", "--family", base_line, "--release", "r1", "--model-dir", str(models["v1"]),
                *landing) == 0
     assert json.loads(capsys.readouterr().out)["release"] == "r1"
     assert cli("catalog", *uri, "list", "--landed", *landing) == 0
-    assert [r["family"] for r in json.loads(capsys.readouterr().out)] == [family]
-    assert cli("catalog", *uri, "register-base", "--family", family, "--release", "r1", "--from-landing",
+    assert [r["family"] for r in json.loads(capsys.readouterr().out)] == [base_line]
+    assert cli("catalog", *uri, "register-base", "--family", base_line, "--release", "r1", "--from-landing",
                *landing) == 0
     assert json.loads(capsys.readouterr().out)["created"] is True
     assert cli("catalog", *uri, "list", "--landed", *landing) == 0
     assert json.loads(capsys.readouterr().out) == []
-    assert cli("catalog", *uri, "register-task-vector", "--name", f"{family}-tv", "--path", str(models["tv1"]),
-               "--task", "sst2", "--base-model", family, "--base-release", "r1", "--dataset", DATASET,
+    assert cli("catalog", *uri, "register-task-vector", "--name", f"{base_line}-tv", "--path", str(models["tv1"]),
+               "--task", "sst2", "--base-model", base_line, "--base-release", "r1", "--dataset", DATASET,
                "--metric", "accuracy") == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["tags"]["theseus.base_version"] == "1" and shown["tags"]["theseus.format"] == "full"
     assert cli("catalog", *uri, "list", "--task", "sst2", "--role", "task_vector") == 0
-    assert f"{family}-tv" in [e["name"] for e in json.loads(capsys.readouterr().out)]
-    Catalog(CatalogConfig(tracking_uri=mlflow_server.url)).set_alias(family, "candidate", "1")
-    assert cli("catalog", *uri, "show", family, "@candidate") == 0
+    assert f"{base_line}-tv" in [e["name"] for e in json.loads(capsys.readouterr().out)]
+    Catalog(CatalogConfig(tracking_uri=mlflow_server.url)).set_alias(base_line, "candidate", "1")
+    assert cli("catalog", *uri, "show", base_line, "@candidate") == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["role"] == "base" and shown["aliases"] == ["candidate"]
     with pytest.raises(CatalogError, match="has no alias"):
-        cli("catalog", *uri, "show", family, "@champion")
+        cli("catalog", *uri, "show", base_line, "@champion")
     assert cli("inspect") is None  # not a catalog command
 
 
@@ -409,11 +409,11 @@ def test_transient_mlflow_errors_are_retried(mlflow_sqlite):  # noqa: F811
 
 
 def test_local_zone_scan_with_registry(catalog, models, tmp_path):
-    family = uid("llama")
+    base_line = uid("llama")
     zone = LocalLandingZone(tmp_path / "landing")
-    land_release(models["v2"], family, "r2", zone)
+    land_release(models["v2"], base_line, "r2", zone)
     assert [r.release for r in scan_landed_releases(zone, catalog)] == ["r2"]
-    register_base(catalog, family, "r2", models["v2"])
+    register_base(catalog, base_line, "r2", models["v2"])
     assert scan_landed_releases(zone, catalog) == []
 
 

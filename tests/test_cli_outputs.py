@@ -446,11 +446,11 @@ def test_quiet_catalog_commands_print_nothing_on_success(mlflow_sqlite, tmp_path
     from tests.catalog_support import make_base
 
     base = make_base(tmp_path / "base")
-    family = f"quiet-{os.getpid()}"
+    base_line = f"quiet-{os.getpid()}"
     landing = ["--landing-url", str(tmp_path / "landing")]
-    done = cli("-q", "catalog", "land", "--family", family, "--release", "r1", "--model-dir", base, *landing)
+    done = cli("-q", "catalog", "land", "--family", base_line, "--release", "r1", "--model-dir", base, *landing)
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    done = cli("-q", "catalog", "--tracking-uri", mlflow_sqlite.url, "register-base", "--family", family,
+    done = cli("-q", "catalog", "--tracking-uri", mlflow_sqlite.url, "register-base", "--family", base_line,
                "--release", "r1", "--from-landing", *landing)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""

@@ -207,8 +207,8 @@ def uid(prefix: str) -> str:
 
 
 def check_base_registrations(catalog: Catalog, dirs: list[Path]) -> None:
-    family = uid("llama")
-    results = race(len(dirs), lambda i, progress: register_base(catalog, family, "r1", dirs[i], progress=progress))
+    base_line = uid("llama")
+    results = race(len(dirs), lambda i, progress: register_base(catalog, base_line, "r1", dirs[i], progress=progress))
     assert all(not isinstance(r, Exception) or isinstance(r, ConflictError) for r in results), results
     [winner] = [r for r in results if not isinstance(r, Exception) and r.created]
     sha = winner.version.tags["theseus.sha256"]
@@ -222,7 +222,7 @@ def check_base_registrations(catalog: Catalog, dirs: list[Path]) -> None:
             assert isinstance(result, ConflictError), result
             assert f"already registered as version {winner.ref.version} with other weights" in str(result)
             assert sha in str(result)
-    registered = catalog.search_versions(family, {"theseus.role": "base", "theseus.release": "r1"})
+    registered = catalog.search_versions(base_line, {"theseus.role": "base", "theseus.release": "r1"})
     assert [str(v.version) for v in registered] == [winner.ref.version]  # no duplicate version
     assert registered[0].tags["theseus.sha256"] == sha
 
@@ -236,10 +236,10 @@ def test_concurrent_base_registrations_of_different_weights(catalog, bases):
 
 
 def test_concurrent_task_vector_registrations(catalog, bases, tmp_path):
-    family, name = uid("llama"), uid("sst2-tv")
-    base = register_base(catalog, family, "r1", bases[0])
+    base_line, name = uid("llama"), uid("sst2-tv")
+    base = register_base(catalog, base_line, "r1", bases[0])
     same = make_delta(bases[0], tmp_path / "tv.safetensors", seed=1)
-    kwargs = {"task": "sst2", "base_model": family, "base_version": base.ref.version, "dataset": DATASET,
+    kwargs = {"task": "sst2", "base_model": base_line, "base_version": base.ref.version, "dataset": DATASET,
               "metric": "accuracy"}
     results = race(N, lambda _i, progress: register_task_vector(catalog, name, same, progress=progress, **kwargs))
     assert sorted(r.created for r in results) == [False] * (N - 1) + [True], results
@@ -253,13 +253,13 @@ def test_concurrent_task_vector_registrations(catalog, bases, tmp_path):
 
 @pytest.fixture
 def transport_setup(catalog, bases, tmp_path):
-    family, name = uid("llama"), uid("sst2-tv")
-    b1 = register_base(catalog, family, "r1", bases[0])
-    b2 = register_base(catalog, family, "r2", bases[1])
+    base_line, name = uid("llama"), uid("sst2-tv")
+    b1 = register_base(catalog, base_line, "r1", bases[0])
+    b2 = register_base(catalog, base_line, "r2", bases[1])
     tv = register_task_vector(catalog, name, make_delta(bases[0], tmp_path / "tv1.safetensors"), task="sst2",
-                              base_model=family, base_version=b1.ref.version, dataset=DATASET, metric="accuracy")
+                              base_model=base_line, base_version=b1.ref.version, dataset=DATASET, metric="accuracy")
     ported = make_delta(bases[1], tmp_path / "tv2.safetensors", seed=3)
-    return {"family": family, "name": name, "b2": b2.ref, "tv": tv.ref, "ported": ported}
+    return {"family": base_line, "name": name, "b2": b2.ref, "tv": tv.ref, "ported": ported}
 
 
 def test_concurrent_transported_vector_registrations(catalog, transport_setup):

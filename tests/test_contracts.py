@@ -123,6 +123,20 @@ def test_release_selection_without_the_registry(tmp_path):
     assert Release.from_json(events[0]).to_json() == events[0]
 
 
+def test_the_base_line_goes_out_as_family():
+    """In Python it is the base line; in every JSON it keeps its historical key, from one constant."""
+    from theseus_ops.storage import BASE_LINE_KEY, LandedRelease
+    from theseus_ops.storage.manifest import Manifest
+
+    assert BASE_LINE_KEY == "family"
+    release, pair = Release("fam", "2", "v2", "1"), Pair.from_json(PAIR)
+    assert (release.base_line, pair.base_line) == ("fam", "fam")
+    assert release.to_json()[BASE_LINE_KEY] == pair.to_json()[BASE_LINE_KEY] == "fam"
+    assert ReleaseSummary("fam", "2", "run1", 0).to_json()[BASE_LINE_KEY] == "fam"
+    landed = LandedRelease("fam", "r1", Manifest((), {}), "file:///zone/fam/r1")
+    assert landed.as_dict()[BASE_LINE_KEY] == "fam" and landed.file_key("a.bin") == "fam/r1/a.bin"
+
+
 def test_tag_names_come_from_the_schema():
     assert BaseReleaseTags.tag("sha256") == "theseus.sha256"
     assert TaskVectorTags.search(base_model="fam", base_version=1) == {

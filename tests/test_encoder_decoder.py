@@ -104,7 +104,7 @@ def test_a_layer_map_file_maps_each_stack(tmp_path):
     spec.write_text(json.dumps({"layers": {"0": 0, "1": 1}, "decoder": {"0": 0, "1": 2, "2": None}}))
     lm = build_stacked_layer_map(str(spec), {"layers": 2, "decoder": 3}, {"layers": 2, "decoder": 3})
     assert lm.sources == (0, 1) and lm.for_stack("decoder").sources == (0, 2, None)
-    assert lm.unused_by_stack() == ["decoder 1"] and lm.kind == "file:map.json"
+    assert lm.unused_by_stack() == ["decoder 1"] and lm.scheme == "file:map.json"
     spec.write_text(json.dumps({"0": 0, "1": 1}))
     with pytest.raises(InputError, match="the file must map each stack name"):
         build_stacked_layer_map(str(spec), {"layers": 2, "decoder": 3}, {"layers": 2, "decoder": 3})
@@ -186,12 +186,12 @@ def test_stack_schema_is_validated_strictly(edit, match):
 
 
 def test_t5_family_declares_both_stacks_and_the_cross_reads():
-    family = architecture_for_model_type("t5")
-    assert set(family.stacks) == {"layers", "decoder"} and family.encoder_decoder
-    spec, layer, _ = family.match("decoder.block.2.layer.1.EncDecAttention.k.weight")
+    architecture = architecture_for_model_type("t5")
+    assert set(architecture.stacks) == {"layers", "decoder"} and architecture.encoder_decoder
+    spec, layer, _ = architecture.match("decoder.block.2.layer.1.EncDecAttention.k.weight")
     assert (spec.stack, layer, spec.reads) == ("decoder", 2, "enc_out")
-    assert family.stacks["decoder"].sites["cross_k"].sequence == "input"
-    assert family.stacks["decoder"].sites["cross_q"].sequence == "decoder"
+    assert architecture.stacks["decoder"].sites["cross_k"].sequence == "input"
+    assert architecture.stacks["decoder"].sites["cross_q"].sequence == "decoder"
 
 
 def test_inspect_reports_each_stacks_depth(tmp_path):

@@ -103,20 +103,21 @@ def test_metric_functions_on_known_inputs():
 def test_task_config_is_validated():
     assert TaskConfig(dataset="d").metric == "exact_match"
     assert TaskConfig(dataset="d", metric="accuracy").metric == "exact_match"  # what the workflow always meant
-    assert TaskConfig(kind="classification", dataset="d").metric == "accuracy"
-    assert TaskConfig(kind="perplexity", dataset="d").metric == "lm_loss"
-    for kwargs, message in [({"kind": "regression"}, "unknown task kind"),
-                            ({"kind": "classification", "metric": "bleu"}, "not one a classification task"),
-                            ({"kind": "classification", "chat_template": True}, "chat_template applies"),
-                            ({"kind": "custom", "metric": "m"}, "needs an evaluator"),
-                            ({"kind": "custom", "metric": "m", "evaluator": "bad name!"}, "neither module:function"),
+    assert TaskConfig(task_kind="classification", dataset="d").metric == "accuracy"
+    assert TaskConfig(task_kind="perplexity", dataset="d").metric == "lm_loss"
+    for kwargs, message in [({"task_kind": "regression"}, "unknown task kind"),
+                            ({"task_kind": "classification", "metric": "bleu"}, "not one a classification task"),
+                            ({"task_kind": "classification", "chat_template": True}, "chat_template applies"),
+                            ({"task_kind": "custom", "metric": "m"}, "needs an evaluator"),
+                            ({"task_kind": "custom", "metric": "m", "evaluator": "bad name!"},
+                             "neither module:function"),
                             ({"evaluator": "a.b:c"}, "scores a custom task"),
                             ({"batch_size": 0}, "batch_size"), ({"max_new_tokens": True}, "max_new_tokens")]:
         with pytest.raises(InputError, match=message) as info:
             TaskConfig(**{"dataset": "d", **kwargs})
         assert "\n" not in str(info.value)
     with pytest.raises(InputError, match="needs its dataset"):
-        TaskConfig(kind="classification")
+        TaskConfig(task_kind="classification")
 
 
 # -- generation ----------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def test_perplexity_task_is_the_held_out_loss(lm_dir, tmp_path):
     task.mkdir()
     for split in ("train", "val", "test"):
         (task / f"{split}.txt").write_text(em.LM_TEXT)
-    evaluator = evaluator_for(TaskConfig(kind="perplexity", dataset=task, heldout=task / "test.txt"),
+    evaluator = evaluator_for(TaskConfig(task_kind="perplexity", dataset=task, heldout=task / "test.txt"),
                               report=lambda _m: None)
     model = evaluator.load(lm_dir)
     tok = evaluator.processor(model)
@@ -243,7 +244,7 @@ def test_classification_accuracy_and_macro_f1(bert_dir, tmp_path):
     em.write_jsonl(task / "train.jsonl", [{"text": t, "label": y} for t, y in em.TEXT_ROWS])
     general = tmp_path / "pairs"
     em.write_jsonl(general / "test.jsonl", [{"text_a": a, "text_b": b, "label": y} for (a, b), y in em.PAIR_ROWS])
-    evaluator = evaluator_for(TaskConfig(kind="classification", dataset=task, general_task=general),
+    evaluator = evaluator_for(TaskConfig(task_kind="classification", dataset=task, general_task=general),
                               report=lambda _m: None)
     model = evaluator.load(bert_dir)
     assert evaluator.score(model, "test") == {"accuracy": 1.0, "macro_f1": 1.0, "examples": 6}
@@ -254,7 +255,7 @@ def test_classification_accuracy_and_macro_f1(bert_dir, tmp_path):
     cal = evaluator.calibration(bert_dir, 4)
     assert set(cal) == {"input_ids", "attention_mask"} and cal["input_ids"].shape[0] == 4
     em.write_jsonl(task / "val.jsonl", [{"text": "goal", "label": "weather"}])
-    fresh = evaluator_for(TaskConfig(kind="classification", dataset=task), report=lambda _m: None)
+    fresh = evaluator_for(TaskConfig(task_kind="classification", dataset=task), report=lambda _m: None)
     fresh.attach(model, evaluator.processor(model))
     with pytest.raises(InputError, match="'weather' is not one of the model's labels"):
         fresh.score(model, "val")
@@ -280,7 +281,7 @@ def test_malformed_classification_rows(tmp_path, content, message):
 # -- image classification -----------------------------------------------------------------------------------
 def test_image_classification_from_folders_and_tensors(vit, tmp_path):
     vit_dir, images = vit
-    evaluator = evaluator_for(TaskConfig(kind="image-classification", dataset=images), report=lambda _m: None)
+    evaluator = evaluator_for(TaskConfig(task_kind="image-classification", dataset=images), report=lambda _m: None)
     model = evaluator.load(vit_dir)
     assert evaluator.score(model, "test")["accuracy"] == 1.0  # folder per label, the model's processor
     pixels = evaluator.pixels(evaluator.processor(model), "test")
@@ -290,10 +291,10 @@ def test_image_classification_from_folders_and_tensors(vit, tmp_path):
     tensors = tmp_path / "tensors"
     tensors.mkdir()
     save_file({"pixel_values": pixels, "labels": labels}, str(tensors / "val.safetensors"))
-    from_tensors = evaluator_for(TaskConfig(kind="image-classification", dataset=tensors), report=lambda _m: None)
+    from_tensors = evaluator_for(TaskConfig(task_kind="image-classification", dataset=tensors), report=lambda _m: None)
     from_tensors.attach(model, None)  # ready pixels need no processor
     assert from_tensors.score(model, "val")["accuracy"] == pytest.approx(5 / 6)
-    no_processor = evaluator_for(TaskConfig(kind="image-classification", dataset=images), report=lambda _m: None)
+    no_processor = evaluator_for(TaskConfig(task_kind="image-classification", dataset=images), report=lambda _m: None)
     no_processor.attach(model, None)
     with pytest.raises(InputError, match="image processor"):
         no_processor.score(model, "test")
@@ -310,7 +311,7 @@ def _keyword_task(tmp_path):
 
 
 def test_user_evaluator_by_module_function(lm_dir, tmp_path):
-    config = TaskConfig(kind="custom", evaluator="tests.evaluators_example:make", metric="keyword_rate",
+    config = TaskConfig(task_kind="custom", evaluator="tests.evaluators_example:make", metric="keyword_rate",
                         dataset=_keyword_task(tmp_path))
     evaluator = evaluator_for(config)
     assert isinstance(evaluator, UserEvaluator)
@@ -326,7 +327,8 @@ def test_user_evaluator_by_entry_point(lm_dir, tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: theseus-user-evaluators\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[theseus_ops.evaluators]\nkeywords = tests.evaluators_example:make\n")
     monkeypatch.syspath_prepend(str(site))
-    config = TaskConfig(kind="custom", evaluator="keywords", metric="keyword_rate", dataset=_keyword_task(tmp_path))
+    config = TaskConfig(task_kind="custom", evaluator="keywords", metric="keyword_rate",
+                        dataset=_keyword_task(tmp_path))
     evaluator = evaluator_for(config)
     assert type(evaluator.inner).__name__ == "KeywordEvaluator"
     assert evaluator.score(evaluator.load(lm_dir), "test")["keyword_rate"] == pytest.approx(2 / 3)
@@ -341,7 +343,7 @@ def test_user_evaluator_by_entry_point(lm_dir, tmp_path, monkeypatch):
     ("tests.evaluators_example:make", "bleu", "does not report metric 'bleu'"),
 ])
 def test_bad_user_evaluators_are_one_line_input_errors(tmp_path, name, metric, message):
-    config = TaskConfig(kind="custom", evaluator=name, metric=metric, dataset=tmp_path)
+    config = TaskConfig(task_kind="custom", evaluator=name, metric=metric, dataset=tmp_path)
     with pytest.raises(InputError, match=message) as info:
         evaluator_for(config)
     assert "\n" not in str(info.value)
@@ -384,21 +386,21 @@ def test_sweep_picks_the_method_and_alpha_that_repair_a_damaged_base(lm_dir, lm_
     model.save_pretrained(str(damaged))
     transformers.AutoTokenizer.from_pretrained(str(lm_dir)).save_pretrained(str(damaged))
     repair = {k: -v for k, v in noise.items()}
-    for kind, metric in (("generation", "exact_match"), ("perplexity", "lm_loss")):
+    for task_kind, metric in (("generation", "exact_match"), ("perplexity", "lm_loss")):
         task = lm_task
-        if kind == "perplexity":
+        if task_kind == "perplexity":
             task = tmp_path / "text"
             task.mkdir(exist_ok=True)
             for split in ("train", "val", "test"):
                 (task / f"{split}.txt").write_text(em.LM_TEXT)
-        evaluator = evaluator_for(TaskConfig(kind=kind, dataset=task), report=lambda _m: None)
+        evaluator = evaluator_for(TaskConfig(task_kind=task_kind, dataset=task), report=lambda _m: None)
         target = evaluator.load(damaged)
         selection = sweep_and_select(evaluator, target, ["worse", "repair"], [0.0, 1.0, 2.0],
                                      lambda m: repair if m == "repair" else noise)
-        assert selection.metric == metric and selection.selected == "repair", kind
+        assert selection.metric == metric and selection.selected == "repair", task_kind
         assert selection.methods["repair"].alpha == 1.0
-        assert selection.higher_is_better == (kind == "generation")
-        if kind == "generation":
+        assert selection.higher_is_better == (task_kind == "generation")
+        if task_kind == "generation":
             assert selection.chosen.test["exact_match"] == 1.0 > selection.base.test["exact_match"]
             assert selection.tie_metric == "token_accuracy"
         else:  # lower is better: the repair has the lowest loss
@@ -465,12 +467,12 @@ def test_catalog_tags_give_the_task_config(tmp_path):
     tags = TaskVectorTags(**common, metric="macro_f1",
                           **evaluation_tags("classification", general_dataset=data.as_uri()))
     again = TaskVectorTags.from_tags(tags.to_tags(), "tv")
-    assert again == tags and again.kind == "classification"
+    assert again == tags and again.resolved_task_kind == "classification"
     config = task_config(again)
-    assert (config.kind, config.metric, config.dataset, config.general_task) == ("classification", "macro_f1", data,
-                                                                                data)
+    assert (config.task_kind, config.metric, config.dataset, config.general_task) == (
+        "classification", "macro_f1", data, data)
     legacy = TaskVectorTags(**common, metric="accuracy")
-    assert "theseus.task_kind" not in legacy.to_tags() and legacy.kind == "generation"
+    assert "theseus.task_kind" not in legacy.to_tags() and legacy.resolved_task_kind == "generation"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="missing split file"):

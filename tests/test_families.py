@@ -1,4 +1,4 @@
-"""Family descriptions: every file loads strictly, and every family transports end to end."""
+"""Architecture specs: every file loads strictly, and every architecture transports end to end."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_family_identity_and_wider_target(tmp_path, kind):
 
 def test_bare_encoder_task_vector_ports_onto_a_classifier_of_the_family(tmp_path):
     """A delta of a bare BertModel (keys without "bert.") lands on a wider BertForSequenceClassification's
-    backbone: names resolve through the family's prefixes, and the head, absent from the vector, stays."""
+    backbone: names resolve through the architecture's prefixes, and the head, absent from the vector, stays."""
     bare, classifier = _model("bert-bare", 32).eval(), _model("bert", 48, seed=1).eval()
     bare.save_pretrained(tmp_path / "A")
     classifier.save_pretrained(tmp_path / "B")

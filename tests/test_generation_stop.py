@@ -62,11 +62,11 @@ def test_registered_model_stops_at_the_answer(mlflow_sqlite, tmp_path):  # noqa:
     assert unstopped == PROMPT + "7\nQQQQ"  # without the stop the model runs on to max_new_tokens
 
     catalog = Catalog(CatalogConfig(tracking_uri=mlflow_server.url, experiment=f"t-{uuid.uuid4().hex[:6]}"))
-    family, name = f"stop-{uuid.uuid4().hex[:6]}", f"stop-serving-{uuid.uuid4().hex[:6]}"
-    b1 = register_base(catalog, family, "r1", source)
-    b2 = register_base(catalog, family, "r2", target)
-    tv = register_task_vector(catalog, f"{family}-lookup", make_delta(source, tmp_path / "tv.safetensors"),
-                              task="lookup", base_model=family, base_version=b1.ref.version,
+    base_line, name = f"stop-{uuid.uuid4().hex[:6]}", f"stop-serving-{uuid.uuid4().hex[:6]}"
+    b1 = register_base(catalog, base_line, "r1", source)
+    b2 = register_base(catalog, base_line, "r2", target)
+    tv = register_task_vector(catalog, f"{base_line}-lookup", make_delta(source, tmp_path / "tv.safetensors"),
+                              task="lookup", base_model=base_line, base_version=b1.ref.version,
                               dataset=(tmp_path / "data").as_uri(), metric="exact_match")
     reg = register_transported_model(catalog, name, target, source_vector=tv.ref, target_base=b2.ref,
                                      method="naive", alpha=1.0, gate=GateConfig(margin=0.05),

@@ -15,31 +15,31 @@ from theseus_ops.config import CalibrationSpec, TransportConfig
 from theseus_ops.io.task_vectors import read_task_vector, write_task_vector
 from theseus_ops.transport.task_vector import TaskVector
 
-MODULES = {family: list(kit.lora) for family, kit in tiny.KITS.items()}
+MODULES = {architecture: list(kit.lora) for architecture, kit in tiny.KITS.items()}
 
 
 def make_adapter(case: tiny.Case, path) -> None:
     model = tiny.with_state(case.config_a, case.state_a)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=MODULES[case.family], init_lora_weights=False,
-                        fan_in_fan_out=case.family == "gpt2")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=MODULES[case.architecture], init_lora_weights=False,
+                        fan_in_fan_out=case.architecture == "gpt2")
     torch.manual_seed(3)
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(str(path))
 
 
-def dense_of(tv: TaskVector, family: str) -> dict[str, torch.Tensor]:
+def dense_of(tv: TaskVector, architecture: str) -> dict[str, torch.Tensor]:
     """Dense deltas in storage layout: GPT-2's Conv1D stores [in, out], even when square."""
-    return {name: f.dense().T if family == "gpt2" else f.dense() for name, f in tv.lora.items()}
+    return {name: f.dense().T if architecture == "gpt2" else f.dense() for name, f in tv.lora.items()}
 
 
-@pytest.mark.parametrize("family,oracle", [("llama", "permutation"), ("gpt2", "widening"), ("llama", "widening"),
+@pytest.mark.parametrize("architecture,oracle", [("llama", "permutation"), ("gpt2", "widening"), ("llama", "widening"),
                                            ("mistral", "permutation"), ("xlm-roberta", "permutation"),
                                            ("phi3", "permutation"), ("phi3", "widening"), ("gpt_neox", "permutation"),
                                            ("distilbert", "permutation"), ("qwen3", "permutation"),
                                            ("gemma2", "permutation"), ("gemma3", "widening"),
                                            ("gemma3", "permutation"), ("t5", "permutation")])
-def test_lora_transport_is_factored_dense_equal_and_loads_in_peft(tmp_path, family, oracle):
-    case = tiny.Case(tmp_path, family, oracle)
+def test_lora_transport_is_factored_dense_equal_and_loads_in_peft(tmp_path, architecture, oracle):
+    case = tiny.Case(tmp_path, architecture, oracle)
     make_adapter(case, tmp_path / "adapter")
     source_tv = read_task_vector(tmp_path / "adapter")
     calibration = CalibrationSpec(str(case.calibration))
@@ -49,20 +49,20 @@ def test_lora_transport_is_factored_dense_equal_and_loads_in_peft(tmp_path, fami
     report = api.transport(cfg, tmp_path / "adapter-b")
     assert report["summary"]["left_out"] == 0
     out_tv = read_task_vector(tmp_path / "adapter-b")
-    assert out_tv.kind == "lora" and set(out_tv.lora) == set(source_tv.lora)
+    assert out_tv.vector_format == "lora" and set(out_tv.lora) == set(source_tv.lora)
     for name, factors in out_tv.lora.items():
         assert factors.rank == source_tv.lora[name].rank == 4  # rank unchanged, never densified
     config = json.loads((tmp_path / "adapter-b" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(case.target) and config["r"] == 4
 
     # factored transport == dense transport of the same update
-    dense_source = dense_of(source_tv, family)
+    dense_source = dense_of(source_tv, architecture)
     write_task_vector(TaskVector("full", deltas=dense_source), tmp_path / "dense.safetensors", {})
     dense_cfg = TransportConfig(str(case.source), str(case.target), "theseus",
                                 task_vector=str(tmp_path / "dense.safetensors"), calibration=calibration)
     api.transport(dense_cfg, tmp_path / "dense-b.safetensors")
     dense_b = read_task_vector(tmp_path / "dense-b.safetensors").deltas
-    factored_b = dense_of(out_tv, family)
+    factored_b = dense_of(out_tv, architecture)
     for name in dense_b:
         torch.testing.assert_close(factored_b[name], dense_b[name], rtol=1e-4, atol=1e-5)
 

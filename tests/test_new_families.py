@@ -1,6 +1,6 @@
 """Families added for issue 17 (Phi-3, GPT-NeoX, DistilBERT, Qwen3, Gemma 2/3, T5, and the named but untested
 Mistral and XLM-R): the oracles with data-free maps, the per-head constraint on its own oracle, Gemma's
-scaled embeddings, targets with more heads, the schema's strictness, and one bad input per family.
+scaled embeddings, targets with more heads, the schema's strictness, and one bad input per architecture.
 
 The ``theseus`` rows of the oracle matrix are in test_oracles.py, LoRA rows in test_lora.py.
 """
@@ -35,22 +35,22 @@ def _raw(name: str) -> dict:
     return json.loads((resources.files("theseus_ops.transport.architectures") / f"{name}.json").read_text())
 
 
-@pytest.mark.parametrize("family", NEW)
+@pytest.mark.parametrize("architecture", NEW)
 @pytest.mark.parametrize("oracle", ORACLES)
-def test_data_free_passes_every_oracle(tmp_path, family, oracle):
-    case = tiny.Case(tmp_path, family, oracle)
+def test_data_free_passes_every_oracle(tmp_path, architecture, oracle):
+    case = tiny.Case(tmp_path, architecture, oracle)
     delta_b, report = run(case, "theseus-data-free")
     assert report["summary"]["left_out"] == 0
     assert report["summary"]["transported"] == len(case.delta)
     assert case.error(delta_b) < 1e-3
 
 
-@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "qwen3", "gemma3"])
-def test_a_trained_task_vector_ports_to_a_permuted_base(tmp_path, family):
+@pytest.mark.parametrize("architecture", ["phi3", "gpt_neox", "qwen3", "gemma3"])
+def test_a_trained_task_vector_ports_to_a_permuted_base(tmp_path, architecture):
     """A real task vector: A fine-tuned on the lookup skill (x -> 7x+3 mod V) for a few steps. On the permuted
     base its transport computes what A + τ computes, and the skill (which B alone lacks) comes along, judged
     on the fine-tuning sequences."""
-    case = tiny.Case(tmp_path, family, "permutation")
+    case = tiny.Case(tmp_path, architecture, "permutation")
     losses, ids, labels = tiny.finetune_lookup(case)
     assert losses[-1] < 0.7 * losses[0]
     delta_b, report = run(case)
@@ -65,12 +65,12 @@ def test_a_trained_task_vector_ports_to_a_permuted_base(tmp_path, family):
     assert tuned_b > accuracy(case.config_b, case.state_b) + 0.2
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+@pytest.mark.parametrize("architecture", ["qwen3", "gemma3"])
 @pytest.mark.parametrize("method", ["theseus", "theseus-data-free"])
-def test_rotary_pair_turns_are_found_and_carry_the_head_norms(tmp_path, family, method):
+def test_rotary_pair_turns_are_found_and_carry_the_head_norms(tmp_path, architecture, method):
     """The per-head map finds R ≠ I (quarter turns commute with RoPE and permute the q_norm weight), and the
     q_norm/k_norm deltas go through R as scales: a turn by 180° must not negate them."""
-    case = tiny.Case(tmp_path, family, "rotary")
+    case = tiny.Case(tmp_path, architecture, "rotary")
     r = case.rotation
     assert not torch.equal(r, torch.eye(r.shape[0], dtype=r.dtype))
     assert case.base_error() < 1e-5  # the transform keeps the function
@@ -94,7 +94,7 @@ def test_unconstrained_norm_rule_would_negate_turned_head_norms(tmp_path):
 
 def test_gemma_scaled_embedding_delta_is_rescaled_to_the_target_width(tmp_path):
     """Gemma multiplies embeddings by √d: onto a function-equal 48-wide Gemma the embedding delta must shrink
-    by √(32/48), which the family's output_scale does; the linear deltas go through the residual maps."""
+    by √(32/48), which the architecture's output_scale does; the linear deltas go through the residual maps."""
     case = tiny.Case(tmp_path, "gemma2", "residual-widening")
     assert case.base_error() < 1e-5
     delta_b, report = run(case)
@@ -107,8 +107,8 @@ def test_gemma_scaled_embedding_delta_is_rescaled_to_the_target_width(tmp_path):
 
 
 def test_output_scale_factor_comes_from_both_configs():
-    family = architecture_for_model_type("gemma3_text")
-    plans = plan_transport(family, ["model.embed_tokens.weight"], {"model.embed_tokens.weight": (64, 48)},
+    architecture = architecture_for_model_type("gemma3_text")
+    plans = plan_transport(architecture, ["model.embed_tokens.weight"], {"model.embed_tokens.weight": (64, 48)},
                            build_layer_map("identity", 2, 2), "", {"hidden_size": 32}, {"hidden_size": 48})
     assert plans[0].targets[0].factor == pytest.approx(math.sqrt(32 / 48))
 
@@ -322,10 +322,10 @@ BAD = {"mistral": _bad_mistral, "xlm-roberta": _bad_xlm_roberta, "phi3": _bad_ph
        "distilbert": _bad_distilbert, "qwen3": _bad_qwen3, "gemma2": _bad_gemma2, "gemma3": _bad_gemma3, "t5": _bad_t5}
 
 
-@pytest.mark.parametrize("family", NEW)
-def test_bad_input_is_one_input_error_and_writes_nothing(tmp_path, family):
-    case = tiny.Case(tmp_path, family, "identity")
-    match, method = BAD[family](case)
+@pytest.mark.parametrize("architecture", NEW)
+def test_bad_input_is_one_input_error_and_writes_nothing(tmp_path, architecture):
+    case = tiny.Case(tmp_path, architecture, "identity")
+    match, method = BAD[architecture](case)
     with pytest.raises(InputError, match=match) as err:
         _transport(case, method)
     assert "\n" not in str(err.value)

@@ -1,5 +1,5 @@
 """The oracles of docs/method.md, judged on full-model logits: identity, consistent permutation of
-residual channels, heads and MLP units, and silent MLP widening, on every family's tiny model (the
+residual channels, heads and MLP units, and silent MLP widening, on every architecture's tiny model (the
 data-free rows of the new families are in test_new_families.py)."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ def run(case: tiny.Case, method: str = "theseus", **kwargs) -> tuple[dict, dict]
     return load_file(str(out)), report
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert",
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "mistral", "xlm-roberta", "phi3", "gpt_neox", "distilbert",
                                     "qwen3", "gemma2", "gemma3", "t5"])
 @pytest.mark.parametrize("oracle", ORACLES)
-def test_theseus_passes_oracle(tmp_path, family, oracle):
-    case = tiny.Case(tmp_path, family, oracle)
+def test_theseus_passes_oracle(tmp_path, architecture, oracle):
+    case = tiny.Case(tmp_path, architecture, oracle)
     delta_b, report = run(case)
     assert report["summary"]["left_out"] == 0
     assert report["summary"]["transported"] == len(case.delta)
@@ -67,7 +67,7 @@ def test_pad_fails_permutation_oracle(tmp_path):
 
 
 def test_pad_passes_widening_oracle(tmp_path):
-    """Zero-padding is exact where the growth preserved coordinates (the tiny-family trials in BENCHMARKS.md)."""
+    """Zero-padding is exact where the growth preserved coordinates (the tiny-model trials in BENCHMARKS.md)."""
     case = tiny.Case(tmp_path, "gpt2", "widening")
     delta_b, _ = run(case, "pad")
     assert case.error(delta_b) < 1e-5

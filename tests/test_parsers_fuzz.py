@@ -323,17 +323,18 @@ def near_valid_calibration(draw):
 
 
 @FUZZ_FILES
-@given(tensors=calibration_sets() | near_valid_calibration(), kind=st.sampled_from(["tokens", "tokens", "pixels"]))
-def test_calibration_is_valid_or_one_error(tensors, kind):
+@given(tensors=calibration_sets() | near_valid_calibration(),
+       input_kind=st.sampled_from(["tokens", "tokens", "pixels"]))
+def test_calibration_is_valid_or_one_error(tensors, input_kind):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cal.safetensors"
         save_file(tensors, str(path))
-        cal = outcome(load_calibration, path, kind)
+        cal = outcome(load_calibration, path, input_kind)
         if cal is None:
             return
-        main = cal.tensors["input_ids" if kind == "tokens" else "pixel_values"]
+        main = cal.tensors["input_ids" if input_kind == "tokens" else "pixel_values"]
         assert main.numel() > 0 and cal.rows >= 1
-        if kind == "tokens":  # what an embedding lookup and the LM loss accept
+        if input_kind == "tokens":  # what an embedding lookup and the LM loss accept
             assert main.dtype in (torch.int64, torch.int32) and main.dim() == 2
             mask, labels = cal.tensors.get("attention_mask"), cal.tensors.get("labels")
             assert mask is None or (mask.shape == main.shape and mask.dtype in (torch.int64, torch.int32, torch.bool))

@@ -236,13 +236,13 @@ def test_smollm2_identity_transport_is_exact(fx, tmp_path):
         out, report, seconds = _transport(tmp_path, "smollm2", "v1", tv, fx, method="pad")
         assert report["summary"]["left_out"] == 0
         a, b = read_task_vector(tv), read_task_vector(out)
-        if a.kind == "full":
+        if a.vector_format == "full":
             assert set(a.deltas) == set(b.deltas) and all(torch.equal(a.deltas[k], b.deltas[k]) for k in a.deltas)
         else:
             assert set(a.lora) == set(b.lora)
             assert all(torch.equal(a.lora[k].a, b.lora[k].a) and torch.equal(a.lora[k].b, b.lora[k].b)
                        for k in a.lora)
-        _log(f"SmolLM2 {a.kind} pad v1 -> v1: {seconds:.1f}s, exact")
+        _log(f"SmolLM2 {a.vector_format} pad v1 -> v1: {seconds:.1f}s, exact")
 
 
 def test_smollm2_pad_onto_widened_release(fx, tmp_path):

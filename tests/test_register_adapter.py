@@ -91,10 +91,10 @@ def test_lora_registered_as_adapter_loads_by_alias_in_a_fresh_process(mlflow_sql
     catalog = Catalog(CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"a-{uuid.uuid4().hex[:6]}",
                                     retry=RetryPolicy(attempts=2, base_delay=0.05)))
     v1, v2 = make_base(tmp_path / "v1", seed=0), make_base(tmp_path / "v2", seed=1)
-    family, vectors, name = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("llama", "upper-lora", "upper-lora-serving"))
-    b1, b2 = register_base(catalog, family, "r1", v1).ref, register_base(catalog, family, "r2", v2).ref
+    base_line, vectors, name = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("llama", "upper-lora", "upper-lora-serving"))
+    b1, b2 = register_base(catalog, base_line, "r1", v1).ref, register_base(catalog, base_line, "r2", v2).ref
     tv = register_task_vector(catalog, vectors, _adapter(v1, tmp_path / "tv-v1", seed=1), task="upper",
-                              base_model=family, base_version=b1.version, dataset="file:///data/upper",
+                              base_model=base_line, base_version=b1.version, dataset="file:///data/upper",
                               metric="exact_match").ref
     ported = _adapter(v2, tmp_path / "tv-v2", seed=2)  # what a transport onto v2 would have written
     worker_base = shutil.copytree(v2, tmp_path / "worker" / "v2")  # the registering worker's copy of the base
@@ -147,5 +147,5 @@ def test_lora_registered_as_adapter_loads_by_alias_in_a_fresh_process(mlflow_sql
     newline = transformers.AutoTokenizer.from_pretrained(str(v2)).encode("\n", add_special_tokens=False)
     assert len(newline) == 1 and newline[0] in got["eos"] and newline[0] in got["pyfunc_config"]["eos_token_id"]
     assert len(got["pyfunc_text"]) == 1 and isinstance(got["pyfunc_text"][0], str)
-    cached = tmp_path / "consumer-cache" / "bases" / family
+    cached = tmp_path / "consumer-cache" / "bases" / base_line
     assert [p.name.split("-")[0] for p in cached.iterdir()] == [b2.version]

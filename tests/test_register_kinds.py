@@ -47,12 +47,12 @@ GATE = GateConfig(margin=0.05, max_general_loss_increase=0.05)
 def _delta(base_dir: Path, out: Path) -> Path:
     """A full-delta task vector on the classifier head, bound to ``base_dir`` by its weights hash."""
     from theseus_ops.io.models import inspect_model_dir
-    from theseus_ops.io.task_vectors import META_BASE_SHA, META_BASE_TYPE, META_FORMAT, META_KIND
+    from theseus_ops.io.task_vectors import FULL_DELTA, META_BASE_SHA, META_BASE_TYPE, META_FORMAT, META_VECTOR_FORMAT
 
     info = inspect_model_dir(base_dir)
     tensors = {"classifier.weight": torch.full(info.shapes["classifier.weight"], 0.01)}
-    save_file(tensors, str(out), metadata={META_FORMAT: "1", META_KIND: "full_delta", META_BASE_SHA: info.sha256(),
-                                           META_BASE_TYPE: info.model_type})
+    save_file(tensors, str(out), metadata={META_FORMAT: "1", META_VECTOR_FORMAT: FULL_DELTA,
+                                           META_BASE_SHA: info.sha256(), META_BASE_TYPE: info.model_type})
     return out
 
 
@@ -65,10 +65,10 @@ def test_classifier_registered_as_text_classification_and_served_by_alias(mlflow
                                     retry=RetryPolicy(attempts=2, base_delay=0.05)))
     v1, v2 = bert_classifier(tmp_path / "v1", steps=0), bert_classifier(tmp_path / "v2", steps=3)
     tuned = bert_classifier(tmp_path / "tuned")  # the winner: memorises TEXT_ROWS
-    family, vectors, name = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("bert", "topic-tv", "topic-serving"))
-    b1, b2 = register_base(catalog, family, "r1", v1).ref, register_base(catalog, family, "r2", v2).ref
+    base_line, vectors, name = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("bert", "topic-tv", "topic-serving"))
+    b1, b2 = register_base(catalog, base_line, "r1", v1).ref, register_base(catalog, base_line, "r2", v2).ref
     tv = register_task_vector(catalog, vectors, _delta(v1, tmp_path / "tv.safetensors"), task="topic",
-                              base_model=family, base_version=b1.version, dataset="file:///data/topic",
+                              base_model=base_line, base_version=b1.version, dataset="file:///data/topic",
                               metric="accuracy", evaluation=evaluation_tags(task_kind="classification")).ref
     reg = register_transported_model(catalog, name, tuned, source_vector=tv, target_base=b2, method="naive",
                                      alpha=1.0, evaluation=GOOD, gate=GATE)
@@ -109,7 +109,7 @@ def test_image_classifier_and_bare_encoder_flavors(tmp_path):
 
     images = write_images(tmp_path / "images")
     vit = vit_classifier(tmp_path / "vit", images)
-    _save_transformers_model(vit, tmp_path / "vit-mlflow", kind="image-classification")
+    _save_transformers_model(vit, tmp_path / "vit-mlflow", task_kind="image-classification")
     meta = _mlmodel(tmp_path / "vit-mlflow")
     assert meta["flavors"]["transformers"]["task"] == "image-classification" and meta["signature"]["inputs"]
     assert (tmp_path / "vit-mlflow" / "input_example.json").is_file()
@@ -123,7 +123,7 @@ def test_image_classifier_and_bare_encoder_flavors(tmp_path):
     encoder.save_pretrained(str(bare))
     transformers.AutoTokenizer.from_pretrained(str(bert)).save_pretrained(str(bare))
     assert pipeline_task("classification", bare) == "feature-extraction"  # no head: nothing else runs it
-    _save_transformers_model(bare, tmp_path / "bare-mlflow", kind="classification")
+    _save_transformers_model(bare, tmp_path / "bare-mlflow", task_kind="classification")
     assert _mlmodel(tmp_path / "bare-mlflow")["flavors"]["transformers"]["task"] == "feature-extraction"
     features = mlflow.pyfunc.load_model(str(tmp_path / "bare-mlflow")).predict([TEXTS[0]])
     tok = transformers.AutoTokenizer.from_pretrained(str(bare))

@@ -165,14 +165,14 @@ def _group_alive(pgid: int) -> bool:
 def released(stack, tmp_path_factory):
     """Scenario 1: v1 and its task vectors cataloged, v2 landed in S3; the scheduled watcher takes it from there."""
     tmp = tmp_path_factory.mktemp("stack-family")
-    family = f"stk-{uuid.uuid4().hex[:6]}"
-    seed = subprocess.run([sys.executable, "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", family,
+    base_line = f"stk-{uuid.uuid4().hex[:6]}"
+    seed = subprocess.run([sys.executable, "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", base_line,
                            "--families-root", str(tmp / "families"), "--datasets-root", str(tmp / "datasets")],
                           env=stack.env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert seed.returncode == 0, seed.stderr[-3000:]
     cfg = _cfg(stack)
     run = wait_for("the asset-triggered transport run of v2", lambda: new_transport_run(stack, set()), 420, stack)
-    return {"family": family, "cfg": cfg, "catalog": Catalog(cfg.catalog), "run": run, "families": tmp / "families",
+    return {"family": base_line, "cfg": cfg, "catalog": Catalog(cfg.catalog), "run": run, "families": tmp / "families",
             "vectors": json.loads(seed.stdout.strip().splitlines()[-1])["vectors"]}
 
 
@@ -199,11 +199,11 @@ def test_watcher_finds_the_release_and_transport_succeeds_on_the_workers(stack, 
 
 
 def test_registry_state_after_the_release(released):
-    catalog, family = released["catalog"], released["family"]
+    catalog, base_line = released["catalog"], released["family"]
     # the watcher and the seeding script may register v1 concurrently: exactly one version per release survives
-    bases = [v for v in catalog.search_versions(family, {"theseus.role": "base"})]
+    bases = [v for v in catalog.search_versions(base_line, {"theseus.role": "base"})]
     assert sorted(v.tags["theseus.release"] for v in bases) == ["v1", "v2-wide-shuffled"]
-    base2 = find_base_release(catalog, family, "v2-wide-shuffled")
+    base2 = find_base_release(catalog, base_line, "v2-wide-shuffled")
     summary = read_summary(released["cfg"], base2.tags[PROCESSED_TAG])
     assert {o["vector"] for o in summary["outcomes"]} == set(released["vectors"].values())
     for o in summary["outcomes"]:
@@ -217,21 +217,21 @@ def test_registry_state_after_the_release(released):
         model_name, model_version = reg["model"].rsplit("/", 1)
         if reg["candidate"]:
             assert catalog.get_alias(model_name, "candidate").version == model_version
-    serving = [v for v in catalog.search_versions() if v.name.startswith(family) and v.name.endswith("-serving")]
+    serving = [v for v in catalog.search_versions() if v.name.startswith(base_line) and v.name.endswith("-serving")]
     assert len(serving) == len({v.name for v in serving}), "one serving version per vector and release"
 
 
 def test_killed_gpu_worker_task_is_retried_and_nothing_is_lost_or_duplicated(stack, released, monkeypatch):
-    catalog, family, cfg = released["catalog"], released["family"], released["cfg"]
+    catalog, base_line, cfg = released["catalog"], released["family"], released["cfg"]
     known = {r["dag_run_id"] for r in stack.runs(TRANSPORT)}
-    base2 = find_base_release(catalog, family, "v2-wide-shuffled")
-    carried = [v for v in catalog.search_versions(tags={"theseus.role": "task_vector", "theseus.base_model": family,
+    base2 = find_base_release(catalog, base_line, "v2-wide-shuffled")
+    carried = [v for v in catalog.search_versions(tags={"theseus.role": "task_vector", "theseus.base_model": base_line,
                                                         "theseus.base_version": str(base2.version)})]
     assert carried, "scenario 1 registered at least one transported vector on v2 (the next release ports it)"
     fam = demo_family.build_family(demo_family.family_config("micro"), released["families"], progress=lambda _m: None)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, stack.env[key])
-    land_release(fam.model("v2-wide"), family, "v2-wide", open_zone(cfg.storage))
+    land_release(fam.model("v2-wide"), base_line, "v2-wide", open_zone(cfg.storage))
 
     def running_port():
         for run in stack.runs(TRANSPORT):
@@ -250,16 +250,16 @@ def test_killed_gpu_worker_task_is_retried_and_nothing_is_lost_or_duplicated(sta
     retried = [t for t in stack.task_instances(TRANSPORT, run["dag_run_id"])
                if t["task_id"] == "port" and t["map_index"] == victim["map_index"]]
     assert retried[0]["state"] == "success" and retried[0]["try_number"] >= 2
-    base3 = find_base_release(catalog, family, "v2-wide")
+    base3 = find_base_release(catalog, base_line, "v2-wide")
     summary = read_summary(cfg, base3.tags[PROCESSED_TAG])
     assert {o["vector"] for o in summary["outcomes"]} == {f"{v.name}/{v.version}" for v in carried}
     # nothing duplicated: one transported vector per (source vector, v3), one serving version per vector and release
-    on_v3 = [v for v in catalog.search_versions(tags={"theseus.role": "task_vector", "theseus.base_model": family,
+    on_v3 = [v for v in catalog.search_versions(tags={"theseus.role": "task_vector", "theseus.base_model": base_line,
                                                       "theseus.base_version": str(base3.version)})]
     sources = [v.tags["theseus.transported_from"] for v in on_v3]
     assert len(sources) == len(set(sources))
     serving_v3 = [v for v in catalog.search_versions(tags={"theseus.role": "transported_model"})
-                  if v.name.startswith(family) and v.tags.get("theseus.base_version") == str(base3.version)]
+                  if v.name.startswith(base_line) and v.tags.get("theseus.base_version") == str(base3.version)]
     assert len(serving_v3) == len({v.name for v in serving_v3})
     for o in summary["outcomes"]:
         if o["registered"]["model"]:

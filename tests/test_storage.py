@@ -54,8 +54,8 @@ class FakeCatalog:
     def __init__(self, registered: set[tuple[str, str]]):
         self.registered = registered
 
-    def base_release_registered(self, family: str, release: str) -> bool:
-        return (family, release) in self.registered
+    def base_release_registered(self, base_line: str, release: str) -> bool:
+        return (base_line, release) in self.registered
 
 
 def test_land_scan_download_roundtrip(zone, tmp_path):
@@ -64,7 +64,7 @@ def test_land_scan_download_roundtrip(zone, tmp_path):
     assert {f.path for f in landed.manifest.files} == {"config.json", "sub/weights.bin"}
     land_release(release_dir(tmp_path / "src2", seed=1), "llama-tiny", "r2", zone)
     found = scan_landed_releases(zone)
-    assert [(r.family, r.release) for r in found] == [("llama-tiny", "r1"), ("llama-tiny", "r2")]
+    assert [(r.base_line, r.release) for r in found] == [("llama-tiny", "r1"), ("llama-tiny", "r2")]
     assert [r.release for r in scan_landed_releases(zone, FakeCatalog({("llama-tiny", "r1")}))] == ["r2"]
     out = download_release(zone, "llama-tiny", "r1", tmp_path / "out")
     assert file_sha256(out / "sub" / "weights.bin") == file_sha256(src / "sub" / "weights.bin")

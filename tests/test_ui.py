@@ -55,13 +55,13 @@ def transport(env: dict[str, str], conf: dict) -> dict:
 def demo(tmp_path_factory):
     """The demo's state with two runs of the same (filtered) transport: the second reuses the first's outcome."""
     tmp = tmp_path_factory.mktemp("ui")
-    family = f"ui-{uuid.uuid4().hex[:6]}"
+    base_line = f"ui-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "BIN": str(BIN), "THESEUS_STATE": str(tmp / "state"), "THESEUS_ALPHAS": "0",
            "THESEUS_WATCH_SCHEDULE": "none",  # the scheduler of `make ui` stays idle during the test
            "PYTHONUNBUFFERED": "1"}
     steps = [
         [str(BIN / "airflow"), "db", "migrate"],
-        [str(BIN / "python"), "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", family,
+        [str(BIN / "python"), "-m", "theseus_ops.demo.seed", "--scale", "micro", "--family", base_line,
          "--families-root", str(tmp / "families"), "--datasets-root", str(tmp / "datasets")],
         [str(BIN / "python"), "-c", "from theseus_ops.workflow import WorkflowConfig, register_landed_releases as r; "
                                     "print(r(WorkflowConfig.from_env()))"],
@@ -69,14 +69,14 @@ def demo(tmp_path_factory):
     for cmd in steps:
         proc = in_demo_env(cmd, env)
         assert proc.returncode == 0, f"{cmd[:3]}: {proc.stderr[-3000:]}"
-    conf = {"family": family, "target_version": "2", "tasks": ["upper"], "methods": ["pad"]}
+    conf = {"family": base_line, "target_version": "2", "tasks": ["upper"], "methods": ["pad"]}
     first = transport(env, conf)
     # where a worker writes (and the api-server reads) the port task's first try: FileTaskHandler's layout
     first_log = (tmp / "state" / "airflow" / "logs" / f"dag_id={TRANSPORT}" / f"run_id={first['run_id']}"
                  / "task_id=port" / "map_index=0" / "attempt=1.log")
     first_bytes = first_log.read_bytes() if first_log.exists() else b""
     second = transport(env, conf)
-    return {"env": env, "state": tmp / "state", "family": family, "runs": [first, second],
+    return {"env": env, "state": tmp / "state", "family": base_line, "runs": [first, second],
             "first_log": first_bytes, "first_log_path": first_log}
 
 

@@ -28,7 +28,7 @@ from theseus_ops.workflow import (
     Pair,
     ReleaseSummary,
     WorkflowConfig,
-    families,
+    base_lines,
     local_pair,
     mark_announced,
     pending_releases,
@@ -61,10 +61,10 @@ def port_and_summarize(cfg: WorkflowConfig, pairs: list[Pair]) -> list[ReleaseSu
     return summarize_releases(cfg, pairs, jobs, outcomes)
 
 
-def run_workflow(cfg: WorkflowConfig, family: str) -> dict:
+def run_workflow(cfg: WorkflowConfig, base_line: str) -> dict:
     """The DAG's steps in its order (reconcile, releases, resolve, plan, port, summarize), as JSON like XCom."""
     landed = register_landed_releases(cfg)
-    todo = select_releases(cfg, family)
+    todo = select_releases(cfg, base_line)
     pairs = resolve_releases(cfg, todo)
     summaries = port_and_summarize(cfg, pairs)
     releases = [{"release": release.to_json(), "pair": pair.to_json(),
@@ -81,11 +81,11 @@ def all_versions(catalog: Catalog) -> list[tuple[str, str]]:
 def world(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     tmp = tmp_path_factory.mktemp("workflow")
     fam = demo_family.build_family(demo_family.family_config("micro"), tmp / "families", progress=lambda _m: None)
-    family = f"micro-{uuid.uuid4().hex[:6]}"
+    base_line = f"micro-{uuid.uuid4().hex[:6]}"
     landing = tmp / "landing"
     zone = LocalLandingZone(landing)
     for release in ("v1", "v2-wide-shuffled"):
-        land_release(fam.model(release), family, release, zone)
+        land_release(fam.model(release), base_line, release, zone)
     cfg = WorkflowConfig(
         catalog=CatalogConfig(tracking_uri=mlflow_sqlite.url, experiment=f"wf-{uuid.uuid4().hex[:6]}", retry=FAST),
         storage=StorageConfig(url=str(landing)), work_dir=tmp / "work", methods=METHODS, alphas=(0.0, 3.0),
@@ -98,24 +98,24 @@ def world(tmp_path_factory, mlflow_sqlite):  # noqa: F811
     for skill in ("upper", "lookup"):
         data = shutil.copytree(fam.task(skill), tmp / "data" / skill)
         shutil.copy(fam.heldout, data / "heldout.txt")
-        reg = register_task_vector(catalog, f"{family}-{skill}", fam.task_vector(skill), task=skill,
-                                   base_model=family, base_version="1", dataset=data.as_uri(), metric="exact_match")
+        reg = register_task_vector(catalog, f"{base_line}-{skill}", fam.task_vector(skill), task=skill,
+                                   base_model=base_line, base_version="1", dataset=data.as_uri(), metric="exact_match")
         tasks[skill] = str(reg.ref)
-    broken = register_task_vector(catalog, f"{family}-broken", fam.task_vector("lookup"), task="lookup",
-                                  base_model=family, base_version="1", dataset=(tmp / "missing").as_uri(),
+    broken = register_task_vector(catalog, f"{base_line}-broken", fam.task_vector("lookup"), task="lookup",
+                                  base_model=base_line, base_version="1", dataset=(tmp / "missing").as_uri(),
                                   metric="exact_match")
     tasks["broken"] = str(broken.ref)
     t0 = time.perf_counter()
-    first = run_workflow(cfg, family)
+    first = run_workflow(cfg, base_line)
     first_s = time.perf_counter() - t0
     before = all_versions(catalog)
     t0 = time.perf_counter()
-    second = run_workflow(cfg, family)
+    second = run_workflow(cfg, base_line)
     # a forced rerun of every step (what a cleared DAG run does) must not write either
-    [summary] = port_and_summarize(cfg, [resolve_pair(cfg, family, "2")])
+    [summary] = port_and_summarize(cfg, [resolve_pair(cfg, base_line, "2")])
     rerun, rerun_summary = [o.to_json() for o in summary.results], summary.summary_run
     second_s = time.perf_counter() - t0
-    return {"cfg": cfg, "catalog": catalog, "family": family, "tasks": tasks, "first": first, "second": second,
+    return {"cfg": cfg, "catalog": catalog, "family": base_line, "tasks": tasks, "first": first, "second": second,
             "before": before, "after": all_versions(catalog), "rerun": rerun, "rerun_summary": rerun_summary,
             "seconds": (first_s, second_s), "landing": landing, "fam": fam, "zone": zone}
 
@@ -125,27 +125,27 @@ def _by_vector(outcomes: list[dict]) -> dict[str, dict]:
 
 
 def test_first_run_registers_and_marks_processed(world):
-    first, family, catalog = world["first"], world["family"], world["catalog"]
+    first, base_line, catalog = world["first"], world["family"], world["catalog"]
     assert first["landed"] == []  # registered by the fixture's first reconcile
     [release] = first["releases"]
-    assert release["release"] == {"family": family, "version": "2", "release": "v2-wide-shuffled", "supersedes": "1"}
+    assert release["release"] == {"family": base_line, "version": "2", "release": "v2-wide-shuffled", "supersedes": "1"}
     pair = release["pair"]
     assert (pair["source"]["release"], pair["target"]["release"]) == ("v1", "v2-wide-shuffled")
     assert Path(pair["target"]["dir"], "config.json").is_file()
-    base2 = catalog.get_version(VersionRef(family, "2"))
+    base2 = catalog.get_version(VersionRef(base_line, "2"))
     assert base2.tags["theseus.role"] == "base"
-    assert base2.tags["theseus.source_uri"].endswith(f"{family}/v2-wide-shuffled")
+    assert base2.tags["theseus.source_uri"].endswith(f"{base_line}/v2-wide-shuffled")
     assert base2.tags[PROCESSED_TAG] == release["run_id"]
     run = catalog.client.get_run(release["run_id"])
-    assert run.data.tags[SUMMARY_TAG] == f"{family}/2"
+    assert run.data.tags[SUMMARY_TAG] == f"{base_line}/2"
 
 
 def test_outcomes_and_registry_entries(world):
     outcomes = _by_vector(world["first"]["releases"][0]["outcomes"])
-    catalog, family = world["catalog"], world["family"]
+    catalog, base_line = world["catalog"], world["family"]
     for skill in ("upper", "lookup"):
         o = outcomes[world["tasks"][skill]]
-        assert o["task"] == skill and o["target_base"] == f"{family}/2" and not o["reused"]
+        assert o["task"] == skill and o["target_base"] == f"{base_line}/2" and not o["reused"]
         for method in ("naive", "gradfix"):  # same-shape methods on a wider target: recorded, not errors
             assert "identical shape" in o["methods"][method]["not_applicable"]
         for method in ("pad", "theseus", "theseus-data-free"):
@@ -160,7 +160,7 @@ def test_outcomes_and_registry_entries(world):
         assert vec.tags["theseus.transported_from"] == o["vector"]
         assert vec.tags["theseus.base_version"] == "2" and vec.tags["theseus.method"] == o["selected"]
         model = catalog.get_version(parse_ref(o["registered"]["model"]))
-        assert model.name == f"{family}-{skill}-serving"
+        assert model.name == f"{base_line}-{skill}-serving"
         assert model.tags["theseus.role"] == "transported_model" and model.tags["theseus.gate"] == o["registered"][
             "gate"]
         if o["registered"]["candidate"]:
@@ -203,8 +203,8 @@ def test_summary_artifacts(world):
 
 
 def test_release_overview_lists_the_processed_release(world):
-    family = world["family"]
-    overview = release_overview(world["cfg"], family)
+    base_line = world["family"]
+    overview = release_overview(world["cfg"], base_line)
     assert [(r["version"], r["status"]) for r in overview] == [("2", "processed"), ("1", "first")]
     head, rows, failed = overview[0]["table"]
     assert head[0] == "vector" and {r[0] for r in rows} == {world["tasks"]["upper"], world["tasks"]["lookup"]}
@@ -213,16 +213,16 @@ def test_release_overview_lists_the_processed_release(world):
 
 def test_announce_once_then_again_when_stale(world):
     cfg, fam = world["cfg"], world["fam"]
-    family = f"micro-{uuid.uuid4().hex[:6]}"
+    base_line = f"micro-{uuid.uuid4().hex[:6]}"
     for release in ("v1", "v2-wide-shuffled"):
-        land_release(fam.model(release), family, release, world["zone"])
+        land_release(fam.model(release), base_line, release, world["zone"])
     register_landed_releases(cfg)
-    assert family in families(cfg)
-    due = [r for r in releases_to_announce(cfg, 3600, now=1000.0) if r["family"] == family]
-    assert due == [{"family": family, "version": "2", "release": "v2-wide-shuffled", "supersedes": "1"}]
-    mark_announced(cfg, family, "2", now=1000.0)
-    assert not [r for r in releases_to_announce(cfg, 3600, now=1010.0) if r["family"] == family]
-    assert [r["version"] for r in releases_to_announce(cfg, 3600, now=4601.0) if r["family"] == family] == ["2"]
+    assert base_line in base_lines(cfg)
+    due = [r for r in releases_to_announce(cfg, 3600, now=1000.0) if r["family"] == base_line]
+    assert due == [{"family": base_line, "version": "2", "release": "v2-wide-shuffled", "supersedes": "1"}]
+    mark_announced(cfg, base_line, "2", now=1000.0)
+    assert not [r for r in releases_to_announce(cfg, 3600, now=1010.0) if r["family"] == base_line]
+    assert [r["version"] for r in releases_to_announce(cfg, 3600, now=4601.0) if r["family"] == base_line] == ["2"]
     assert world["family"] not in {r["family"] for r in releases_to_announce(cfg, 0)}  # processed: never again
 
 

@@ -35,6 +35,7 @@ from theseus_ops.examples import (
     widen_mlp_t5,
     widen_residual_gemma,
 )
+from theseus_ops.io.task_vectors import FULL_DELTA, META_FORMAT, META_VECTOR_FORMAT
 
 VOCAB = 64
 
@@ -124,7 +125,7 @@ def t5_config(inter: int = 64, tie: bool = False) -> transformers.T5Config:
 
 @dataclass(frozen=True)
 class Kit:
-    """How to build one family's tiny models and its function-preserving transforms.
+    """How to build one architecture's tiny models and its function-preserving transforms.
 
     ``config(inter, tie)``: the config with MLP width ``inter``; ``permute(state, config)``; ``widen(state, extra)``
     adds ``extra`` silent MLP units; ``inter`` is the source's MLP width; ``lora`` the adapter's target modules.
@@ -245,7 +246,7 @@ def random_delta(state: dict[str, torch.Tensor], scale: float = 0.05, seed: int 
 
 
 def save_delta(delta: dict[str, torch.Tensor], path: Path, base_sha: str | None = None) -> Path:
-    meta = {"theseus.format_version": "1", "theseus.kind": "full_delta"}
+    meta = {META_FORMAT: "1", META_VECTOR_FORMAT: FULL_DELTA}
     if base_sha:
         meta["theseus.base_sha256"] = base_sha
     save_file({k: v.contiguous() for k, v in delta.items()}, str(path), metadata=meta)
@@ -287,10 +288,10 @@ class Case:
     """A source base A, a target base B (a function-preserving transform of A), a task vector and
     a calibration file, all on disk, plus what the oracle needs to compare A + τ_A with B + τ_B."""
 
-    def __init__(self, root: Path, family: str, oracle: str, tie: bool = False, seed: int = 0) -> None:
+    def __init__(self, root: Path, architecture: str, oracle: str, tie: bool = False, seed: int = 0) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.root, self.family, self.oracle = root, family, oracle
-        kit = KITS[family]
+        self.root, self.architecture, self.oracle = root, architecture, oracle
+        kit = KITS[architecture]
         self.config_a = kit.config(tie=tie)
         model_a = build(self.config_a, seed)
         self.state_a = file_state(model_a, root / "A")

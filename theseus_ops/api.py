@@ -50,6 +50,7 @@ from theseus_ops.pipeline import (
     transport_in_memory,
 )
 from theseus_ops.pipeline import build_report as _build_report
+from theseus_ops.transport.architecture import ARCHITECTURE_KEY
 from theseus_ops.transport.engine import ParamRecord, storage_delta
 from theseus_ops.transport.task_vector import TaskVector
 
@@ -160,13 +161,13 @@ def publish_transport(result: TaskVector, report: Report, pair: ModelPair, metho
             "theseus.left_out": str(left),
             "theseus.written_by": f"theseus-ops {__version__}",
         }
-        outputs = [(out, result.kind == "lora")] + ([(report_path, False)] if report_path else [])
+        outputs = [(out, result.vector_format == "lora")] + ([(report_path, False)] if report_path else [])
         with atomic_outputs(*outputs) as paths:
             write_task_vector(result, paths[0], metadata, target_dir=str(pair.target.path))
             if report_path:
                 paths[1].write_text(report.to_json())
     total = len(report.records)
-    _progress(f"wrote {result.kind} task vector with {len(result.names())} tensors to {out} "
+    _progress(f"wrote {result.vector_format} task vector with {len(result.names())} tensors to {out} "
               f"({total - left}/{total} transported)")
 
 
@@ -233,7 +234,8 @@ def inspect_path(path: str | Path) -> dict:
         raise InputError(f"{path} does not exist")
     if path.is_dir() and (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         info = inspect_model_dir(path)
-        summary = {"kind": "model", "path": str(path), "model_type": info.model_type, "family": info.architecture.name,
+        summary = {"kind": "model", "path": str(path), "model_type": info.model_type,
+                   ARCHITECTURE_KEY: info.architecture.name,
                    "layers": info.num_layers}
         further = info.further_depths
         if further:  # an encoder-decoder: the decoder's depth beside the encoder's
@@ -257,8 +259,8 @@ def inspect_path(path: str | Path) -> dict:
                     "underdetermined": sorted(k for k, v in q.items() if v["underdetermined"]),
                     "quality": q}
     tv = read_task_vector(path)
-    return {"kind": f"task_vector/{tv.kind}", "path": str(path), "tensors": len(tv.names()),
+    return {"kind": f"task_vector/{tv.vector_format}", "path": str(path), "tensors": len(tv.names()),
             "metadata": tv.metadata,
             "norms": {n: round(tv.norm(n), 6) for n in tv.names()},
-            **({"rank": sorted({f.rank for f in tv.lora.values()})} if tv.kind == "lora" else {})}
+            **({"rank": sorted({f.rank for f in tv.lora.values()})} if tv.vector_format == "lora" else {})}
 

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import warnings
+from importlib import metadata
 
 from theseus_ops import __version__
 from theseus_ops.errors import TheseusError
@@ -30,6 +31,7 @@ EXIT_INPUT = 2
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 PREFIX = "theseus-ops: error:"
+CLI_GROUP = "theseus_ops.cli"  # the entry-point group of subcommand providers (pyproject.toml)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -113,7 +115,8 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
                    "(outputs it wrote are replaced anyway; the old one goes only once the new one is complete)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(providers: list | None = None) -> argparse.ArgumentParser:
+    """The parser; ``providers`` (default: :func:`subcommand_providers`) add their subcommands."""
     from theseus_ops.config import PrepareConfig
     from theseus_ops.transport.methods import get_method, method_names
 
@@ -162,12 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
 
     # Subcommands owned by other packages register themselves; imports stay light (no torch/mlflow).
-    from theseus_ops.catalog import cli as catalog_cli
-    from theseus_ops.demo import cli as demo_cli
-
-    demo_cli.add_subcommands(sub)
-    catalog_cli.add_subcommands(sub)
+    for provider in subcommand_providers() if providers is None else providers:
+        provider.add_subcommands(sub)
     return parser
+
+
+def subcommand_providers() -> list:
+    """Who adds subcommands: every entry point of group ``theseus_ops.cli``, by name, then the catalog.
+
+    Each is a module or object with ``add_subcommands(sub)`` (called with the subparsers while the
+    parser is built) and ``run(args) -> int | None`` (the exit code of a command it owns, None for
+    any other). The demo's ``evaluate`` and ``bench`` come this way (pyproject.toml); the library
+    never imports it. The catalog is part of the library and is imported directly.
+    """
+    from theseus_ops.catalog import cli as catalog_cli
+
+    found = sorted(metadata.entry_points(group=CLI_GROUP), key=lambda ep: ep.name)
+    providers = []
+    for ep in {ep.name: ep for ep in found}.values():  # one per name, as the first distribution on the path says
+        try:
+            providers.append(ep.load())
+        except Exception as exc:  # an installed plugin that does not import: the rest of the CLI still works
+            print(f"theseus-ops: warning: subcommands {ep.name} ({ep.value}) not loaded: "
+                  f"{type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+    return [*providers, catalog_cli]
 
 
 def _calibration(args: argparse.Namespace):
@@ -176,11 +197,8 @@ def _calibration(args: argparse.Namespace):
     return CalibrationSpec(args.calibration, args.source_calibration, args.target_calibration)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from theseus_ops.catalog import cli as catalog_cli
-    from theseus_ops.demo import cli as demo_cli
-
-    for owner in (demo_cli, catalog_cli):
+def _run(args: argparse.Namespace, providers: list) -> int:
+    for owner in providers:
         handled = owner.run(args)
         if handled is not None:
             return handled
@@ -286,10 +304,10 @@ def _on_signal(signum, frame) -> None:
     raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def _run_signal_aware(args: argparse.Namespace) -> int:
+def _run_signal_aware(args: argparse.Namespace, providers: list) -> int:
     """``_run``, with an error that a signal's exception was turned into reported as that signal."""
     try:
-        return _run(args)
+        return _run(args, providers)
     except Exception:
         if _SIGNALS_RECEIVED:
             raise (_Terminated() if _SIGNALS_RECEIVED[0] == signal.SIGTERM else KeyboardInterrupt()) from None
@@ -297,7 +315,8 @@ def _run_signal_aware(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    providers = subcommand_providers()
+    parser = build_parser(providers)
     args = parser.parse_args(argv)
     if args.quiet:
         _quiet_libraries()
@@ -312,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, _on_signal)
     try:
-        return _run_signal_aware(args)
+        return _run_signal_aware(args, providers)
     except TheseusError as exc:
         print(f"{PREFIX} {exc}", file=sys.stderr)
         return exc.exit_code

@@ -33,7 +33,7 @@ class ServiceError(TheseusError):
 
 
 class UnsupportedArchitectureError(InputError):
-    """The model's architecture has no family description."""
+    """The model's type has no architecture spec (transport/architectures/*.json)."""
 
 
 class NotApplicableError(InputError):

@@ -43,7 +43,8 @@ from theseus_ops.workflow import WorkflowConfig  # noqa: E402 - after quiet_thir
 
 log = logging.getLogger("theseus_ops")
 
-# One Asset for every family: an event's extra names the family, the new version and the one it supersedes.
+# One Asset for every base line: an event's extra (a Release as JSON) names the base line, the new version and the
+# one it supersedes.
 RELEASE_ASSET = Asset(name="theseus_base_release", uri="theseus://base-releases", group="theseus")
 GPU_POOL = os.environ.get("THESEUS_GPU_POOL", "gpu")
 GPU_QUEUE = os.environ.get("THESEUS_GPU_QUEUE", "gpu")

@@ -3,7 +3,7 @@
 ``GET /theseus/`` (Airflow login required) lists base releases, newest first: for each processed
 one a row per task vector with its latest outcome (across filtered runs), links to the summary and
 outcome runs, model versions and aliases in the MLflow UI, and the α-sweep plot
-(``/theseus/plots/<family>/<version>/alpha-sweeps.png``); ``/theseus/releases.json`` is the same as JSON.
+(``/theseus/plots/<base line>/<version>/alpha-sweeps.png``); ``/theseus/releases.json`` is the same as JSON.
 
 ``POST /theseus/webhooks/mlflow`` receives MLflow's
 ``model_version.created`` webhook, checks its HMAC signature against ``THESEUS_WEBHOOK_SECRET``
@@ -22,9 +22,10 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Annotated
 
 from airflow.api_fastapi.core_api.security import GetUserDep  # logged-in user (JWT or UI cookie), else 401
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -33,11 +34,22 @@ from theseus_airflow import deliveries
 from theseus_airflow.webhook import MAX_CLOCK_SKEW_S, Delivery, parse_delivery, reject
 from theseus_ops.catalog import Catalog, VersionRef
 from theseus_ops.errors import TheseusError
-from theseus_ops.workflow import ANNOUNCED_TAG, WorkflowConfig, mark_announced, release_of_version, release_overview
+from theseus_ops.workflow import (
+    ANNOUNCED_TAG,
+    BASE_LINE_KEY,
+    Release,
+    WorkflowConfig,
+    mark_announced,
+    release_of_version,
+    release_overview,
+)
 from theseus_ops.workflow.summary import release_plot, ui_url_of
 
 log = logging.getLogger("theseus_ops")
 RELEASE_ASSET_NAME = "theseus_base_release"
+
+# ``?family=NAME``: one base line only (the query parameter keeps its wire name, BASE_LINE_KEY)
+BaseLineQuery = Annotated[str | None, Query(alias=BASE_LINE_KEY)]
 
 app = FastAPI(title="theseus-ops", description="Releases, transport summaries and the MLflow webhook")
 
@@ -110,7 +122,7 @@ def render_releases(releases: list[dict]) -> str:
     if not releases:
         parts.append("<p>No base release is registered yet.</p>")
     for r in releases:
-        title = f"{r['family']} version {r['version']} ({r.get('release') or '?'})"
+        title = f"{r[BASE_LINE_KEY]} version {r['version']} ({r.get('release') or '?'})"
         since = f" from version {r['supersedes']}" if r.get("supersedes") else ""
         state = ""
         if r.get("state"):
@@ -130,46 +142,46 @@ def render_releases(releases: list[dict]) -> str:
         if r.get("vectors"):
             parts.append(_vectors_html(r.get("methods") or [], r["vectors"]))
         if r.get("plot"):
-            alt = f"α sweeps on val of {r['family']}/{r['version']}; the selection starred"
+            alt = f"α sweeps on val of {r[BASE_LINE_KEY]}/{r['version']}; the selection starred"
             parts.append(f"<img class='sweeps' src='{_e(r['plot'])}' loading='lazy' alt='{_e(alt)}'>")
     parts.append("</body></html>")
     return "".join(parts)
 
 
-def _overview(family: str | None) -> list[dict]:
+def _overview(base_line: str | None) -> list[dict]:
     cfg = WorkflowConfig.from_env()
-    return release_overview(cfg, family, ui_url=ui_url_of(cfg, os.environ.get("THESEUS_MLFLOW_UI_URL")))
+    return release_overview(cfg, base_line, ui_url=ui_url_of(cfg, os.environ.get("THESEUS_MLFLOW_UI_URL")))
 
 
 @app.get("/", response_class=HTMLResponse)
-def releases_view(user: GetUserDep, family: str | None = None) -> str:
+def releases_view(user: GetUserDep, base_line: BaseLineQuery = None) -> str:
     try:
-        return render_releases(_overview(family))
+        return render_releases(_overview(base_line))
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
 
 
 @app.get("/releases.json")
-def releases_json(user: GetUserDep, family: str | None = None) -> list[dict]:
+def releases_json(user: GetUserDep, base_line: BaseLineQuery = None) -> list[dict]:
     try:
-        return _overview(family)
+        return _overview(base_line)
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
 
 
-@app.get("/plots/{family}/{version}/alpha-sweeps.png")
-def release_plot_png(user: GetUserDep, family: str, version: str) -> Response:
+@app.get("/plots/{base_line}/{version}/alpha-sweeps.png")
+def release_plot_png(user: GetUserDep, base_line: str, version: str) -> Response:
     """The α sweeps of every vector's latest outcome of a release (the rows the view shows), as a PNG."""
     if not version.isdigit():
         raise HTTPException(status_code=404, detail=f"{version!r} is not a version number")
     try:
         with tempfile.TemporaryDirectory(prefix="theseus-plot-") as tmp, _plot_lock:
-            path = release_plot(WorkflowConfig.from_env(), family, version, Path(tmp))
+            path = release_plot(WorkflowConfig.from_env(), base_line, version, Path(tmp))
             data = path.read_bytes() if path is not None else None
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
     if data is None:
-        raise HTTPException(status_code=404, detail=f"{family}/{version} has no α sweep to plot")
+        raise HTTPException(status_code=404, detail=f"{base_line}/{version} has no α sweep to plot")
     return Response(content=data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -188,16 +200,16 @@ def emit_release_event(release: dict) -> int:
             raise HTTPException(status_code=503, detail=f"asset {RELEASE_ASSET_NAME} is unknown: are the DAGs parsed?")
         event = asset_manager.register_asset_change(
             asset=asset, timestamp=timezone.utcnow(), session=session, source_is_api=True,
-            extra={k: release.get(k) for k in ("family", "version", "supersedes", "release")} | {"via": "webhook"})
+            extra=Release.from_json(release).to_json() | {"via": "webhook"})  # the watcher's extra, and how
         if event is None:
             raise HTTPException(status_code=503, detail=f"asset {RELEASE_ASSET_NAME} did not take the event")
         session.flush()
         return int(event.id)
 
 
-def _unmark_announced(cfg: WorkflowConfig, family: str, version: str) -> None:
+def _unmark_announced(cfg: WorkflowConfig, base_line: str, version: str) -> None:
     catalog = Catalog(cfg.catalog)
-    catalog.call("delete tag", catalog.client.delete_model_version_tag, family, version, ANNOUNCED_TAG)
+    catalog.call("delete tag", catalog.client.delete_model_version_tag, base_line, version, ANNOUNCED_TAG)
 
 
 def announce_version(delivery: Delivery) -> dict:
@@ -217,21 +229,21 @@ def announce_version(delivery: Delivery) -> dict:
         release = release_of_version(cfg, name, version)
         if release is None:
             return {"ignored": f"{name}/{version} is not a pending base release"}
-        tags = Catalog(cfg.catalog).get_version(VersionRef(release["family"], release["version"])).tags or {}
+        tags = Catalog(cfg.catalog).get_version(VersionRef(release[BASE_LINE_KEY], release["version"])).tags or {}
         if tags.get(ANNOUNCED_TAG):
             return {"ignored": f"{name}/{version} was already announced at {tags[ANNOUNCED_TAG]}"}
-        mark_announced(cfg, release["family"], release["version"])
+        mark_announced(cfg, release[BASE_LINE_KEY], release["version"])
         try:
             event_id = emit_release_event(release)
         except BaseException:
             with contextlib.suppress(TheseusError):
-                _unmark_announced(cfg, release["family"], release["version"])
+                _unmark_announced(cfg, release[BASE_LINE_KEY], release["version"])
             raise
     except TheseusError as exc:
         raise HTTPException(status_code=503, detail=str(exc).splitlines()[0]) from exc
     except SQLAlchemyError as exc:  # the metadata database is busy or down: MLflow retries a 503
         raise reject(503, f"the Asset event could not be recorded ({type(exc).__name__})") from exc
-    log.info("webhook: announced %s/%s (asset event %d)", release["family"], release["version"], event_id)
+    log.info("webhook: announced %s/%s (asset event %d)", release[BASE_LINE_KEY], release["version"], event_id)
     return {"announced": release, "asset_event": event_id}
 
 

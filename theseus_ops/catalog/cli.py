@@ -2,13 +2,14 @@
 
     theseus-ops catalog list [--role base|task_vector|transported_model] [--name N] [--task T] [--landed]
     theseus-ops catalog show NAME VERSION|@ALIAS
-    theseus-ops catalog register-base --family F --release R (--model-dir DIR | --from-landing)
+    theseus-ops catalog register-base --family F --release R (--model-dir DIR | --from-landing)   (F: the base line)
     theseus-ops catalog register-task-vector --name N --path P --task T --base-model F
                                              (--base-version V | --base-release R) --dataset URI --metric M
     theseus-ops catalog land --family F --release R --model-dir DIR
 
-Results go to stdout as JSON. Wire-up in ``theseus_ops/cli.py``: ``add_subcommands(sub)`` in
-``build_parser`` and ``run(args)`` (None when the command is not ``catalog``) in ``_run``.
+Results go to stdout as JSON. Wire-up in ``theseus_ops/cli.py`` (``subcommand_providers``, the
+catalog directly, as part of the library): ``add_subcommands(sub)`` in ``build_parser`` and
+``run(args)`` (None when the command is not ``catalog``) in ``_run``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 from theseus_ops.catalog.schema import PREFIX, ROLE, ROLES, TaskVectorTags, evaluation_tags
 from theseus_ops.errors import InputError
-from theseus_ops.evaluation.config import KINDS
+from theseus_ops.evaluation.config import TASK_KINDS
 from theseus_ops.service_errors import CatalogError
 
 log = logging.getLogger("theseus_ops")
@@ -54,11 +55,12 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("version", help="a version number or @alias")
 
     p = sub.add_parser("register-base", help="register a base release (a Hugging Face model directory)")
-    p.add_argument("--family", required=True, help="the registered model's name")
+    p.add_argument("--family", "--base-line", dest="base_line", required=True,
+                   help="the base line: the registered model whose versions are the base releases")
     p.add_argument("--release", required=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", metavar="DIR")
-    src.add_argument("--from-landing", action="store_true", help="download <family>/<release> from the landing "
+    src.add_argument("--from-landing", action="store_true", help="download <base line>/<release> from the landing "
                      "zone, verify its checksums, and register it")
     _add_landing(p)
 
@@ -66,7 +68,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="registered model name for the task vector")
     p.add_argument("--path", required=True, help="delta .safetensors file or PEFT LoRA adapter directory")
     p.add_argument("--task", required=True)
-    p.add_argument("--base-model", required=True, help="the base's registered model (the family)")
+    p.add_argument("--base-model", required=True, help="the base's registered model (its base line)")
     base = p.add_mutually_exclusive_group(required=True)
     base.add_argument("--base-version", help="registry version number of the base")
     base.add_argument("--base-release", help="release name of the base (resolved to its version)")
@@ -74,7 +76,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    "e.g. s3://data/sst2?splits=train,validation,test")
     p.add_argument("--metric", required=True, help="the task metric's name, e.g. accuracy")
     p.add_argument("--format", choices=["full", "lora"], help="checked against the file (default: detected)")
-    p.add_argument("--task-kind", choices=list(KINDS), help="how the task is scored (default generation; "
+    p.add_argument("--task-kind", choices=list(TASK_KINDS), help="how the task is scored (default generation; "
                    "see docs/evaluation.md)")
     p.add_argument("--evaluator", metavar="MODULE:FUNCTION|ENTRY_POINT", help="user evaluator of a custom task")
     p.add_argument("--chat-template", action="store_true", default=None,
@@ -84,7 +86,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    "accuracy is the general-capability measure of classifiers")
 
     p = sub.add_parser("land", help="upload a base release into the landing zone (manifest last)")
-    p.add_argument("--family", required=True)
+    p.add_argument("--family", "--base-line", dest="base_line", required=True, help="the base line (registered model)")
     p.add_argument("--release", required=True)
     p.add_argument("--model-dir", required=True, metavar="DIR")
     _add_landing(p)
@@ -131,7 +133,7 @@ def _execute(args: argparse.Namespace):
     if cmd == "land":
         from theseus_ops.storage.releases import land_release
 
-        landed = land_release(args.model_dir, args.family, args.release, _zone(args),
+        landed = land_release(args.model_dir, args.base_line, args.release, _zone(args),
                               progress=lambda rel: log.info("uploaded %s", rel))
         return landed.as_dict()
     catalog = _catalog(args, read_only=cmd in ("list", "show"))
@@ -154,12 +156,12 @@ def _execute(args: argparse.Namespace):
             from theseus_ops.storage.releases import read_landed
 
             zone = _zone(args)
-            landed = read_landed(zone, args.family, args.release)
+            landed = read_landed(zone, args.base_line, args.release)
             if landed is None:
-                raise InputError(f"{zone.url}/{args.family}/{args.release} has not landed (no manifest)")
+                raise InputError(f"{zone.url}/{args.base_line}/{args.release} has not landed (no manifest)")
             reg = register.register_landed_release(catalog, zone, landed)
         else:
-            reg = register.register_base(catalog, args.family, args.release, args.model_dir)
+            reg = register.register_base(catalog, args.base_line, args.release, args.model_dir)
         return {"created": reg.created, **describe(reg.version)}
     if cmd == "register-task-vector":
         version = args.base_version

@@ -211,8 +211,8 @@ class Catalog:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.call("set alias", self.client.set_registered_model_alias, name, alias, str(version))
 
-    def base_release_registered(self, family: str, release: str) -> bool:
-        return bool(self.search_versions(family, BaseReleaseTags.search(release=release)))
+    def base_release_registered(self, base_line: str, release: str) -> bool:
+        return bool(self.search_versions(base_line, BaseReleaseTags.search(release=release)))
 
     # -- writes ----------------------------------------------------------------------------------
     def upload_and_register(self, name: str, local: str | Path, tags: dict[str, str], artifact_path: str = "artifact",

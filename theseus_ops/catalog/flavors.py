@@ -23,7 +23,7 @@ TEXT_CLASSIFICATION = "text-classification"
 IMAGE_CLASSIFICATION_TASK = "image-classification"
 FEATURE_EXTRACTION = "feature-extraction"
 
-_BY_KIND = {GENERATION: TEXT_GENERATION, PERPLEXITY: TEXT_GENERATION, CLASSIFICATION: TEXT_CLASSIFICATION,
+_BY_TASK_KIND = {GENERATION: TEXT_GENERATION, PERPLEXITY: TEXT_GENERATION, CLASSIFICATION: TEXT_CLASSIFICATION,
             IMAGE_CLASSIFICATION: IMAGE_CLASSIFICATION_TASK}
 # the head an architecture name ends in -> the pipeline that runs it (for user-scored tasks)
 _BY_HEAD = {"ForCausalLM": TEXT_GENERATION, "LMHeadModel": TEXT_GENERATION,
@@ -41,19 +41,19 @@ def _architectures(model_dir: Path) -> list[str]:
 
 
 def is_bare(architectures: list[str]) -> bool:
-    """A model with no task head: every architecture is ``<Family>Model`` (``BertModel``, ``ViTModel``)."""
+    """A model with no task head: every architecture is ``<Name>Model`` (``BertModel``, ``ViTModel``)."""
     return bool(architectures) and all(a.endswith("Model") and "For" not in a and "Head" not in a
                                        for a in architectures)
 
 
-def pipeline_task(kind: str, model_dir: Path) -> str:
-    """The transformers pipeline task a model of ``kind`` in ``model_dir`` is logged as."""
+def pipeline_task(task_kind: str, model_dir: Path) -> str:
+    """The transformers pipeline task a model of ``task_kind`` in ``model_dir`` is logged as."""
     architectures = _architectures(model_dir)
     if is_bare(architectures):
         return FEATURE_EXTRACTION
-    if kind in _BY_KIND:
-        return _BY_KIND[kind]
-    if kind == CUSTOM:
+    if task_kind in _BY_TASK_KIND:
+        return _BY_TASK_KIND[task_kind]
+    if task_kind == CUSTOM:
         for arch in architectures:
             for head, task in _BY_HEAD.items():
                 if arch.endswith(head):
@@ -61,7 +61,7 @@ def pipeline_task(kind: str, model_dir: Path) -> str:
         raise InputError(f"{model_dir}: architecture {', '.join(architectures) or 'unknown'} has no MLflow "
                          f"pipeline for a custom-scored task (a causal LM, a sequence or image classifier, or a "
                          f"bare encoder is needed)")
-    raise InputError(f"no MLflow pipeline for task kind {kind!r}")
+    raise InputError(f"no MLflow pipeline for task kind {task_kind!r}")
 
 
 def _example_image():

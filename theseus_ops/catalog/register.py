@@ -93,12 +93,12 @@ def get_task_vector(catalog: Catalog, ref: VersionRef) -> TaskVectorTags:
     return TaskVectorTags.from_tags(mv.tags or {}, f"task vector {ref}")
 
 
-def find_base_release(catalog: Catalog, family: str, release: str):
-    """The version registering ``release`` of ``family``, or None.
+def find_base_release(catalog: Catalog, base_line: str, release: str):
+    """The version registering ``release`` of ``base_line``, or None.
 
     The lowest one: it is the one that survives when two processes registered the release at once.
     """
-    found = catalog.search_versions(family, BaseReleaseTags.search(release=release))
+    found = catalog.search_versions(base_line, BaseReleaseTags.search(release=release))
     return found[0] if found else None
 
 
@@ -149,36 +149,36 @@ def _existing(catalog: Catalog, name: str, tags: dict[str, str]):
 
 
 # -- base releases -------------------------------------------------------------------------------
-def register_base(catalog: Catalog, family: str, release: str, model_dir: str | Path,
+def register_base(catalog: Catalog, base_line: str, release: str, model_dir: str | Path,
                   description: str | None = None, source_uri: str | None = None,
                   progress: Progress | None = None) -> Registration:
-    """Register a Hugging Face model directory as ``release`` of the registered model ``family``."""
+    """Register a Hugging Face model directory as ``release`` of the base line ``base_line`` (a registered model)."""
     from theseus_ops.io.models import inspect_model_dir
 
-    check_model_name(family)
+    check_model_name(base_line)
     check_name(release, "release")
     info = inspect_model_dir(model_dir)
     sha256 = info.sha256()
     tags = BaseReleaseTags(release=release, sha256=sha256).to_tags()
     if source_uri:
         tags[SOURCE_URI] = source_uri
-    existing = find_base_release(catalog, family, release)
+    existing = find_base_release(catalog, base_line, release)
     if existing is not None:
-        _check_same_weights(existing, family, release, sha256)
+        _check_same_weights(existing, base_line, release, sha256)
         return Registration(existing, False)
-    mv, created = catalog.register_entry(family, model_dir, tags, "model",
-                                         description or f"{family} release {release}", progress=progress,
+    mv, created = catalog.register_entry(base_line, model_dir, tags, "model",
+                                         description or f"{base_line} release {release}", progress=progress,
                                          unique=BaseReleaseTags.search(release=release))
     if not created:  # another writer registered the release at the same moment
-        _check_same_weights(mv, family, release, sha256)
+        _check_same_weights(mv, base_line, release, sha256)
     return Registration(mv, created)
 
 
-def _check_same_weights(existing, family: str, release: str, sha256: str) -> None:
+def _check_same_weights(existing, base_line: str, release: str, sha256: str) -> None:
     """ConflictError unless the registered version of the release holds these weights (releases are immutable)."""
     registered = BaseReleaseTags.read(existing.tags, "sha256")
     if registered != sha256:
-        raise ConflictError(f"release {release} of {family} is already registered as version {existing.version} "
+        raise ConflictError(f"release {release} of {base_line} is already registered as version {existing.version} "
                             f"with other weights (sha256 {registered}, these are {sha256}); releases are immutable, "
                             f"register them under a new release name")
 
@@ -187,8 +187,8 @@ def register_landed_release(catalog: Catalog, zone: LandingZone, landed: LandedR
                             progress: Progress | None = None) -> Registration:
     """Download a landed release (verifying every checksum) and register it as a base release."""
     with tempfile.TemporaryDirectory(prefix="theseus-landed-") as tmp:
-        local = download_release(zone, landed.family, landed.release, Path(tmp) / "model")
-        return register_base(catalog, landed.family, landed.release, local, source_uri=landed.url, progress=progress)
+        local = download_release(zone, landed.base_line, landed.release, Path(tmp) / "model")
+        return register_base(catalog, landed.base_line, landed.release, local, source_uri=landed.url, progress=progress)
 
 
 # -- task vectors --------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def _transport_context(catalog: Catalog, source_vector: VersionRef, target_base:
     target = get_base(catalog, target_base)
     get_base(catalog, source.base)  # the source's own base must still be registered
     if source.base_model != target_base.name:
-        raise CatalogError(f"task vector {source_vector} belongs to family {source.base_model}, "
+        raise CatalogError(f"task vector {source_vector} belongs to base line {source.base_model}, "
                            f"target base {target_base} to {target_base.name}")
     if source.base_version == target_base.version:
         raise InputError(f"task vector {source_vector} is already on base {target_base}")
@@ -308,7 +308,8 @@ def _requirements() -> list[str]:
     return [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
 
 
-def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n", kind: str = GENERATION) -> None:
+def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n",
+                             task_kind: str = GENERATION) -> None:
     """``model_dir`` as an MLflow model with the transformers (and pyfunc) flavor of its task kind's pipeline.
 
     Generation and perplexity tasks are logged as ``text-generation``, classifiers as
@@ -320,7 +321,7 @@ def _save_transformers_model(model_dir: Path, out: Path, stop: str | None = "\n"
     from theseus_ops.catalog.flavors import TEXT_GENERATION, build_pipeline, pipeline_task, signature_and_example
     from theseus_ops.io.finite import require_finite
 
-    task = pipeline_task(kind, model_dir)
+    task = pipeline_task(task_kind, model_dir)
     if task != TEXT_GENERATION:
         pipe = build_pipeline(task, model_dir)
         require_finite(pipe.model.state_dict(), f"model {model_dir}")  # never register a broken model
@@ -446,8 +447,10 @@ def register_transported_model(catalog: Catalog, name: str, model_dir: str | Pat
     Idempotent on (source vector, target base, method, options incl. alpha): a re-run returns the
     existing version and moves no alias.
     """
-    return _register_transported(catalog, name, "full",
-                                 lambda source, out: _save_transformers_model(Path(model_dir), out, stop, source.kind),
+    def save(source, out: Path) -> None:
+        _save_transformers_model(Path(model_dir), out, stop, source.resolved_task_kind)
+
+    return _register_transported(catalog, name, "full", save,
                                  source_vector=source_vector, target_base=target_base, method=method, alpha=alpha,
                                  evaluation=evaluation, gate=gate, options=options, progress=progress)
 
@@ -480,7 +483,7 @@ def register_transported_adapter(catalog: Catalog, name: str, adapter_dir: str |
         _check_vector_against_base(adapter_dir, target, target_base)
         if inspect_model_dir(base_dir).sha256() != target.sha256:
             raise InputError(f"{base_dir} does not hold the weights of base {target_base} (release {target.release})")
-        _save_transformers_adapter(base_dir, adapter_dir, float(alpha), out, stop, source.kind)
+        _save_transformers_adapter(base_dir, adapter_dir, float(alpha), out, stop, source.resolved_task_kind)
 
     return _register_transported(catalog, name, "lora", save, source_vector=source_vector, target_base=target_base,
                                  method=method, alpha=alpha, evaluation=evaluation, gate=gate, options=options,

@@ -1,8 +1,8 @@
 """The catalog schema: registry entries and their ``theseus.*`` tags (see docs/catalog.md).
 
-Three kinds of model versions, told apart by ``theseus.role``:
+Three roles of model versions, told apart by ``theseus.role``:
 
-* a base release: a version of the registered model named after the family;
+* a base release: a version of its base line, the registered model named after the model (``llama-tiny``);
 * a task vector (fine-tuned or transported): a delta file or a LoRA adapter for one base version;
 * a transported model: base + task vector, logged with the transformers flavor, ready to serve: merged
   into a full copy (a full delta), or a PEFT adapter on its target base (a LoRA; ``theseus.format``).
@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
-from theseus_ops.evaluation.config import CUSTOM, GENERATION, check_evaluator_name, check_kind
+from theseus_ops.evaluation.config import CUSTOM, GENERATION, check_evaluator_name, check_task_kind
 from theseus_ops.service_errors import CatalogError
 
 PREFIX = "theseus."
@@ -38,6 +38,16 @@ ARTIFACT_FILE = "theseus.artifact_file"  # set when the artifact is a single fil
 SOURCE_URI = "theseus.source_uri"  # where the release landed
 PROCESSED_RUN = "theseus.processed_run"  # the summary run that finished the release
 ANNOUNCED_AT = "theseus.announced_at"  # when the watcher last announced it (epoch seconds)
+
+# tags on the workflow's MLflow runs (runs, not model versions): the keys that make rerunning a lookup
+OUTCOME_KEY_TAG = "theseus.outcome_key"  # a ported vector's run: vector, target base and its hash, the options
+SOURCE_VECTOR_TAG = "theseus.source_vector"  # name/version of the vector ported
+SOURCE_BASE_TAG = "theseus.source_base"  # name/version of the base ported from
+TARGET_BASE_TAG = "theseus.target_base"  # name/version of the base ported to
+SELECTED_TAG = "theseus.selected"  # the method (or naive/none) an outcome selected
+SUMMARY_TAG = "theseus.release_summary"  # a release's summary run: <base line>/<version>
+SUMMARY_KEY_TAG = "theseus.release_summary_key"  # the summary's inputs, so an unchanged rerun reuses it
+FAILURE_TAG = "theseus.failed_vector"  # a vector's failure run, per release
 
 ALIAS_CANDIDATE = "candidate"
 ALIAS_CHAMPION = "champion"
@@ -94,7 +104,7 @@ class _Tags:
 
     @classmethod
     def search(cls, **values: object) -> dict[str, str]:
-        """Search conditions (``Catalog.search_versions(tags=...)``) for this kind with these field values."""
+        """Search conditions (``Catalog.search_versions(tags=...)``) for this role with these field values."""
         return {ROLE: cls.ROLE_VALUE, **{cls.tag(k): str(v) for k, v in values.items()}}
 
     def to_tags(self) -> dict[str, str]:
@@ -158,10 +168,10 @@ class TaskVectorTags(_Tags):
         transported = (self.transported_from, self.method, self.alpha, self.alignment)
         if any(v is not None for v in transported) and not all(v is not None for v in transported):
             raise InputError("a transported task vector needs transported_from, method, alpha and alignment")
-        check_kind(self.kind)
+        check_task_kind(self.resolved_task_kind)
         if self.evaluator is not None:
             check_evaluator_name(self.evaluator)
-        if (self.kind == CUSTOM) != (self.evaluator is not None):
+        if (self.resolved_task_kind == CUSTOM) != (self.evaluator is not None):
             raise InputError("a custom task kind and an evaluator go together (kind custom, evaluator "
                              "module:function or an entry-point name)")
         if self.chat_template not in (None, "true", "false"):
@@ -176,8 +186,8 @@ class TaskVectorTags(_Tags):
         return VersionRef(self.base_model, self.base_version)
 
     @property
-    def kind(self) -> str:
-        """The task kind; a vector cataloged without one is a generation task."""
+    def resolved_task_kind(self) -> str:
+        """The task kind; a vector cataloged without one (no ``task_kind`` tag) is a generation task."""
         return self.task_kind or GENERATION
 
     @property

@@ -1,4 +1,5 @@
-"""The ``evaluate`` and ``bench`` subcommands, plugged into ``theseus_ops.cli``.
+"""The ``evaluate`` and ``bench`` subcommands, plugged into ``theseus_ops.cli`` by the entry point
+``demo`` of group ``theseus_ops.cli`` (pyproject.toml); the library itself never imports the demo.
 
 ``theseus-ops evaluate --model DIR --task DIR --split test`` prints one JSON object.
 ``theseus-ops bench quality --family tiny --out DIR`` builds (or reuses) the family and writes

@@ -35,6 +35,7 @@ from theseus_ops.demo import skills as skills_mod
 from theseus_ops.demo.tokenizer import save_tokenizer
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import build_directory_once, replacing
+from theseus_ops.io.task_vectors import FORMAT_VERSION, FULL_DELTA, META_FORMAT, META_VECTOR_FORMAT
 
 # Bump when the builder changes what it writes for the same config: the cache key includes it.
 FORMAT = "theseus-demo-family/2"
@@ -179,7 +180,7 @@ def _save_model(model: torch.nn.Module, directory: Path, provenance: dict) -> No
 def _save_delta(tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     delta = {k: (tuned[k] - base[k]).contiguous() for k in base}
-    save_file(delta, str(path), metadata={"theseus.format_version": "1", "theseus.kind": "full_delta",
+    save_file(delta, str(path), metadata={META_FORMAT: FORMAT_VERSION, META_VECTOR_FORMAT: FULL_DELTA,
                                           **{k: str(v) for k, v in meta.items()}})
 
 

@@ -24,7 +24,7 @@ from theseus_ops.demo.family import RELEASES, TARGETS, build_family, family_conf
 from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.io.atomic import build_directory_once
 from theseus_ops.storage import land_release, open_zone
-from theseus_ops.workflow import PROCESSED_TAG, WorkflowConfig, register_landed_releases
+from theseus_ops.workflow import BASE_LINE_KEY, PROCESSED_TAG, WorkflowConfig, register_landed_releases
 from theseus_ops.workflow.reconcile import base_versions
 from theseus_ops.workflow.summary import aligned, is_failure, read_summary, round_numbers, table
 
@@ -44,7 +44,7 @@ def _dataset_dir(family, skill: str, root: Path) -> Path:
     return dest
 
 
-def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, families_root: Path,
+def seed_demo(cfg: WorkflowConfig, scale: str, base_line: str, target: str, families_root: Path,
               datasets_root: Path, skills: list[str] | None = None, progress=None) -> dict:
     """Land ``v1``, register it and its task vectors, then land ``target`` (left for the watcher)."""
     if target not in TARGETS:
@@ -54,28 +54,28 @@ def seed_demo(cfg: WorkflowConfig, scale: str, family_name: str, target: str, fa
     zone = open_zone(cfg.storage)
     catalog = Catalog(cfg.catalog)
     source = RELEASES[0]
-    land_release(family.model(source), family_name, source, zone)
+    land_release(family.model(source), base_line, source, zone)
     register_landed_releases(cfg)
-    v1 = find_base_release(catalog, family_name, source)
+    v1 = find_base_release(catalog, base_line, source)
     vectors = {}
     for skill in skills or list(family.config.skills):
         data = _dataset_dir(family, skill, datasets_root)
-        reg = register_task_vector(catalog, f"{family_name}-{skill}", family.task_vector(skill), task=skill,
-                                   base_model=family_name, base_version=str(v1.version),
+        reg = register_task_vector(catalog, f"{base_line}-{skill}", family.task_vector(skill), task=skill,
+                                   base_model=base_line, base_version=str(v1.version),
                                    dataset=data.resolve().as_uri(), metric="exact_match")
         vectors[skill] = str(reg.ref)
-    land_release(family.model(target), family_name, target, zone)
-    progress(f"seeded {family_name}: {source} = version {v1.version} with {len(vectors)} task vectors; "
+    land_release(family.model(target), base_line, target, zone)
+    progress(f"seeded {base_line}: {source} = version {v1.version} with {len(vectors)} task vectors; "
              f"{target} landed for the watcher")
-    return {"family": family_name, "source_version": str(v1.version), "vectors": vectors, "landed": target}
+    return {BASE_LINE_KEY: base_line, "source_version": str(v1.version), "vectors": vectors, "landed": target}
 
 
-def report(cfg: WorkflowConfig, family_name: str) -> str:
-    """The newest processed release of the family: its summary table and what consumers can load."""
+def report(cfg: WorkflowConfig, base_line: str) -> str:
+    """The newest processed release of the base line: its summary table and what consumers can load."""
     catalog = Catalog(cfg.catalog)
-    runs = [v.tags[PROCESSED_TAG] for v in base_versions(catalog, family_name) if (v.tags or {}).get(PROCESSED_TAG)]
+    runs = [v.tags[PROCESSED_TAG] for v in base_versions(catalog, base_line) if (v.tags or {}).get(PROCESSED_TAG)]
     if not runs:
-        raise InputError(f"{family_name} has no processed release yet: run the watcher and the transport DAG")
+        raise InputError(f"{base_line} has no processed release yet: run the watcher and the transport DAG")
     run_id = runs[-1]
     summary = read_summary(cfg, run_id)
     head, rows, failed = table(summary.get("methods") or [], summary["outcomes"])
@@ -104,7 +104,8 @@ def report(cfg: WorkflowConfig, family_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m theseus_ops.demo.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="tiny", choices=["micro", "tiny", "small"])
-    parser.add_argument("--family", default="theseus-tiny", help="registered model name of the family")
+    parser.add_argument("--family", default="theseus-tiny",
+                        help="the base line: registered model name of the demo family's releases")
     parser.add_argument("--target", default="v2-wide-shuffled", help="the release landed for the watcher")
     parser.add_argument("--families-root", default=".theseus/families")
     parser.add_argument("--datasets-root", default=".theseus/datasets")

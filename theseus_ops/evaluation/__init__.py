@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from theseus_ops.evaluation.config import EVALUATOR_GROUP, KIND_METRICS, KINDS, Metric, TaskConfig
+from theseus_ops.evaluation.config import EVALUATOR_GROUP, TASK_KIND_METRICS, TASK_KINDS, Metric, TaskConfig
 from theseus_ops.evaluation.protocol import Evaluator
 from theseus_ops.evaluation.results import Candidate, GeneralScore, NotApplicable, Selection, SweepPoint
 
@@ -27,7 +27,7 @@ _LAZY = {
     "eval_device": "theseus_ops.evaluation.device",
 }
 
-__all__ = ["EVALUATOR_GROUP", "KINDS", "KIND_METRICS", "Candidate", "Evaluator", "GeneralScore", "Metric",
+__all__ = ["EVALUATOR_GROUP", "TASK_KINDS", "TASK_KIND_METRICS", "Candidate", "Evaluator", "GeneralScore", "Metric",
            "NotApplicable", "Selection", "SweepPoint", "TaskConfig", *_LAZY]
 
 

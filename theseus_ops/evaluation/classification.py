@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from theseus_ops.evaluation.batches import chunks
-from theseus_ops.evaluation.config import CLASSIFICATION, KIND_METRICS
+from theseus_ops.evaluation.config import CLASSIFICATION, TASK_KIND_METRICS
 from theseus_ops.evaluation.data import TextExample, load_classification
 from theseus_ops.evaluation.device import model_device
 from theseus_ops.evaluation.labelled import LabelPredictionEvaluator
@@ -47,7 +47,7 @@ def predict(model: torch.nn.Module, tokenizer, rows: list[TextExample], *, batch
 
 class ClassificationEvaluator(LabelPredictionEvaluator):
     auto_class = "AutoModelForSequenceClassification"
-    metrics = KIND_METRICS[CLASSIFICATION]
+    metrics = TASK_KIND_METRICS[CLASSIFICATION]
 
     def __init__(self, config, **kwargs) -> None:
         super().__init__(config, **kwargs)

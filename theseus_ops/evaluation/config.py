@@ -33,13 +33,13 @@ class Metric:
 
 
 # Each built-in kind's metrics, the default (primary) first; the next one breaks ties on the primary.
-KIND_METRICS: dict[str, tuple[Metric, ...]] = {
+TASK_KIND_METRICS: dict[str, tuple[Metric, ...]] = {
     GENERATION: (Metric("exact_match"), Metric("token_accuracy")),
     CLASSIFICATION: (Metric("accuracy"), Metric("macro_f1")),
     IMAGE_CLASSIFICATION: (Metric("accuracy"), Metric("macro_f1")),
     PERPLEXITY: (Metric("lm_loss", higher_is_better=False), Metric("perplexity", higher_is_better=False)),
 }
-KINDS: tuple[str, ...] = (*KIND_METRICS, CUSTOM)
+TASK_KINDS: tuple[str, ...] = (*TASK_KIND_METRICS, CUSTOM)
 # Names users have cataloged that mean a kind's own metric ("accuracy" of a generation task is its
 # exact match, as the workflow has always scored it).
 METRIC_ALIASES: dict[str, dict[str, str]] = {GENERATION: {"accuracy": "exact_match"}}
@@ -50,10 +50,10 @@ _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _EVALUATOR = re.compile(rf"^(?:{_DOTTED}:{_DOTTED}|[A-Za-z0-9][A-Za-z0-9._-]*)$")
 
 
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise InputError(f"unknown task kind {kind!r}; known: {', '.join(KINDS)}")
-    return kind
+def check_task_kind(task_kind: str) -> str:
+    if task_kind not in TASK_KINDS:
+        raise InputError(f"unknown task kind {task_kind!r}; known: {', '.join(TASK_KINDS)}")
+    return task_kind
 
 
 def check_evaluator_name(name: str) -> str:
@@ -64,23 +64,23 @@ def check_evaluator_name(name: str) -> str:
     return name
 
 
-def resolve_metric(kind: str, metric: str | None) -> str:
+def resolve_metric(task_kind: str, metric: str | None) -> str:
     """The kind's metric a name means (its default when None); InputError for one the kind lacks.
 
     A ``custom`` kind's metric is whatever its evaluator reports; it is checked once the evaluator
     is loaded (:func:`theseus_ops.evaluation.registry.evaluator_for`).
     """
-    check_kind(kind)
-    if kind == CUSTOM:
+    check_task_kind(task_kind)
+    if task_kind == CUSTOM:
         if metric is None:
             raise InputError("a custom task needs the name of the metric its evaluator reports")
         return metric
-    known = [m.name for m in KIND_METRICS[kind]]
+    known = [m.name for m in TASK_KIND_METRICS[task_kind]]
     if metric is None:
         return known[0]
-    metric = METRIC_ALIASES.get(kind, {}).get(metric, metric)
+    metric = METRIC_ALIASES.get(task_kind, {}).get(metric, metric)
     if metric not in known:
-        raise InputError(f"metric {metric!r} is not one a {kind} task measures ({', '.join(known)})")
+        raise InputError(f"metric {metric!r} is not one a {task_kind} task measures ({', '.join(known)})")
     return metric
 
 
@@ -102,7 +102,7 @@ class TaskConfig:
     first N rows of each split. ``evaluator``: the user evaluator of a ``custom`` task.
     """
 
-    kind: str = GENERATION
+    task_kind: str = GENERATION
     metric: str | None = None
     dataset: Path | None = None
     heldout: Path | None = None
@@ -115,24 +115,24 @@ class TaskConfig:
     evaluator: str | None = None
 
     def __post_init__(self) -> None:
-        check_kind(self.kind)
-        object.__setattr__(self, "metric", resolve_metric(self.kind, self.metric))
+        check_task_kind(self.task_kind)
+        object.__setattr__(self, "metric", resolve_metric(self.task_kind, self.metric))
         for name in ("dataset", "heldout", "general_task"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        if self.kind == CUSTOM and self.evaluator is None:
+        if self.task_kind == CUSTOM and self.evaluator is None:
             raise InputError("a custom task needs an evaluator (module:function or an entry-point name)")
         if self.evaluator is not None:
-            if self.kind != CUSTOM:
-                raise InputError(f"an evaluator scores a custom task; this task's kind is {self.kind}")
+            if self.task_kind != CUSTOM:
+                raise InputError(f"an evaluator scores a custom task; this task's kind is {self.task_kind}")
             check_evaluator_name(self.evaluator)
         elif self.dataset is None:
-            raise InputError(f"a {self.kind} task needs its dataset directory")
+            raise InputError(f"a {self.task_kind} task needs its dataset directory")
         if not isinstance(self.chat_template, bool):
             raise InputError(f"chat_template must be true or false, got {self.chat_template!r}")
-        if self.chat_template and self.kind not in (GENERATION, CUSTOM):
-            raise InputError(f"chat_template applies to generation tasks, not {self.kind}")
+        if self.chat_template and self.task_kind not in (GENERATION, CUSTOM):
+            raise InputError(f"chat_template applies to generation tasks, not {self.task_kind}")
         for name in ("max_new_tokens", "limit"):
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), name)
@@ -143,5 +143,5 @@ class TaskConfig:
     def data_dir(self) -> Path:
         """The dataset directory (InputError for a custom task that has none)."""
         if self.dataset is None:
-            raise InputError(f"this {self.kind} task has no dataset directory")
+            raise InputError(f"this {self.task_kind} task has no dataset directory")
         return self.dataset

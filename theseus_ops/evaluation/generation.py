@@ -18,7 +18,7 @@ import torch
 from theseus_ops.errors import InputError
 from theseus_ops.evaluation.base import ModelEvaluator, Report
 from theseus_ops.evaluation.batches import chunks, prompt_answer_batch
-from theseus_ops.evaluation.config import GENERATION, KIND_METRICS
+from theseus_ops.evaluation.config import GENERATION, TASK_KIND_METRICS
 from theseus_ops.evaluation.data import load_prompt_answer
 from theseus_ops.evaluation.decoding import greedy_generate, special_ids
 from theseus_ops.evaluation.device import model_device
@@ -89,7 +89,7 @@ class GenerationEvaluator(ModelEvaluator):
     """Causal LMs on prompt/answer rows; general capability is the held-out LM loss (``config.heldout``)."""
 
     auto_class = "AutoModelForCausalLM"
-    metrics = KIND_METRICS[GENERATION]
+    metrics = TASK_KIND_METRICS[GENERATION]
 
     def __init__(self, config, *, rows: dict[str, list[tuple[str, str]]] | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)

@@ -13,7 +13,7 @@ import torch
 
 from theseus_ops.errors import InputError
 from theseus_ops.evaluation.batches import chunks
-from theseus_ops.evaluation.config import IMAGE_CLASSIFICATION, KIND_METRICS
+from theseus_ops.evaluation.config import IMAGE_CLASSIFICATION, TASK_KIND_METRICS
 from theseus_ops.evaluation.data import ImageSplit, load_images
 from theseus_ops.evaluation.device import float_dtype, model_device
 from theseus_ops.evaluation.labelled import LabelPredictionEvaluator
@@ -56,7 +56,7 @@ def predict_pixels(model: torch.nn.Module, pixels: torch.Tensor, *, batch_size: 
 
 class ImageClassificationEvaluator(LabelPredictionEvaluator):
     auto_class = "AutoModelForImageClassification"
-    metrics = KIND_METRICS[IMAGE_CLASSIFICATION]
+    metrics = TASK_KIND_METRICS[IMAGE_CLASSIFICATION]
 
     def __init__(self, config, **kwargs) -> None:
         super().__init__(config, **kwargs)

@@ -13,7 +13,7 @@ import torch
 
 from theseus_ops.evaluation.base import ModelEvaluator
 from theseus_ops.evaluation.batches import right_pad
-from theseus_ops.evaluation.config import KIND_METRICS, PERPLEXITY
+from theseus_ops.evaluation.config import PERPLEXITY, TASK_KIND_METRICS
 from theseus_ops.evaluation.data import read_text, split_file
 from theseus_ops.evaluation.decoding import special_ids
 from theseus_ops.evaluation.general import HeldoutLoss
@@ -25,7 +25,7 @@ from theseus_ops.evaluation.results import GeneralScore
 
 class PerplexityEvaluator(ModelEvaluator):
     auto_class = "AutoModelForCausalLM"
-    metrics = KIND_METRICS[PERPLEXITY]
+    metrics = TASK_KIND_METRICS[PERPLEXITY]
 
     def __init__(self, config, **kwargs) -> None:
         super().__init__(config, **kwargs)

@@ -20,18 +20,18 @@ from theseus_ops.evaluation.protocol import Evaluator
 def evaluator_for(config: TaskConfig, *, device: str | torch.device | None = None,
                   report: Report | None = None) -> Evaluator:
     """The evaluator scoring ``config``'s task (``device``/``report`` apply to the built-in kinds)."""
-    if config.kind == CUSTOM:
+    if config.task_kind == CUSTOM:
         from theseus_ops.evaluation.user import load_user_evaluator
 
         return load_user_evaluator(config)
-    if config.kind == GENERATION:
+    if config.task_kind == GENERATION:
         from theseus_ops.evaluation.generation import GenerationEvaluator as cls
-    elif config.kind == CLASSIFICATION:
+    elif config.task_kind == CLASSIFICATION:
         from theseus_ops.evaluation.classification import ClassificationEvaluator as cls
-    elif config.kind == IMAGE_CLASSIFICATION:
+    elif config.task_kind == IMAGE_CLASSIFICATION:
         from theseus_ops.evaluation.image import ImageClassificationEvaluator as cls
     else:
-        assert config.kind == PERPLEXITY, config.kind
+        assert config.task_kind == PERPLEXITY, config.task_kind
         from theseus_ops.evaluation.perplexity import PerplexityEvaluator as cls
     return cls(config, device=device, report=report)
 

@@ -16,6 +16,7 @@ from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import atomic_path
 from theseus_ops.io.display import shown
 from theseus_ops.io.safetensors_header import read_header
+from theseus_ops.transport.layer_map import SCHEME_KEY
 
 META_KEY = "theseus.alignment"
 ALIGNMENT_VERSION = "1"
@@ -62,7 +63,7 @@ class Alignment:
 
 # provenance fields the transport reads to check an alignment belongs to its model pair and options
 _PROVENANCE = {("source", "sha256"): str, ("source", "path"): str, ("target", "sha256"): str,
-               ("target", "path"): str, ("layer_map", "kind"): str, ("layer_map", "sources"): list,
+               ("target", "path"): str, ("layer_map", SCHEME_KEY): str, ("layer_map", "sources"): list,
                ("options", "method"): str}
 
 
@@ -82,11 +83,11 @@ def parse_metadata(text: str, where: str) -> dict:
     quality, provenance = data.get("quality"), data.get("provenance")
     if not isinstance(quality, dict) or not isinstance(provenance, dict):
         raise InputError(f"{where}: corrupt alignment metadata ('quality' and 'provenance' must be objects)")
-    for (section, key), kind in _PROVENANCE.items():
+    for (section, key), expected in _PROVENANCE.items():
         value = provenance.get(section)
-        if not isinstance(value, dict) or not isinstance(value.get(key), kind):
+        if not isinstance(value, dict) or not isinstance(value.get(key), expected):
             raise InputError(f"{where}: corrupt alignment metadata (provenance {section}.{key} is missing or "
-                             f"not a {kind.__name__})")
+                             f"not a {expected.__name__})")
     for space, q in quality.items():
         residual = q.get("residual") if isinstance(q, dict) else None
         if not (isinstance(residual, int | float) and not isinstance(residual, bool)) or not isinstance(

@@ -185,8 +185,8 @@ def check_output(dest: str | Path, directory: bool = False, overwrite: bool = Fa
     allowed = overwrite or _key(absolute) in _allowed.get()
     empty_dir = directory and not any(absolute.iterdir())
     if not (allowed or empty_dir or written_by_theseus(absolute)):
-        kind = "a directory" if directory else "a file"
-        raise InputError(f"{what} {dest} exists and is {kind} theseus-ops did not write; pass --overwrite to "
+        found = "a directory" if directory else "a file"
+        raise InputError(f"{what} {dest} exists and is {found} theseus-ops did not write; pass --overwrite to "
                          "replace it, or choose another path")
     return dest
 

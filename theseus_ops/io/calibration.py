@@ -52,7 +52,7 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def load_calibration(path: str | Path, input_kind: str, decoder_start: int | None = None) -> Calibration:
-    """Load and validate; ``input_kind`` is the family's ``tokens`` or ``pixels``.
+    """Load and validate; ``input_kind`` is the architecture's ``tokens`` or ``pixels``.
 
     ``decoder_start`` (an encoder-decoder's decoder start token) makes the decoder's tokens part of
     the examples: ``decoder_input_ids`` as given, or the labels shifted right behind the start token,

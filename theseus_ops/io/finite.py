@@ -40,7 +40,7 @@ def require_finite_number(value: float, name: str) -> float:
 
 def task_vector_tensors(tv) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor a task vector would write, named: deltas, or each LoRA factor of each weight."""
-    if tv.kind == "full":
+    if tv.vector_format == "full":
         yield from tv.deltas.items()
         return
     for name, factors in tv.lora.items():

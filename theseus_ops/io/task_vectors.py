@@ -27,7 +27,9 @@ from theseus_ops.transport.task_vector import LoraFactors, TaskVector
 
 FORMAT_VERSION = "1"
 META_FORMAT = "theseus.format_version"
-META_KIND = "theseus.kind"
+META_VECTOR_FORMAT = "theseus.kind"  # the file's vector format: FULL_DELTA or LORA_FORMAT (wire values, kept)
+FULL_DELTA = "full_delta"
+LORA_FORMAT = "lora"
 META_BASE_SHA = "theseus.base_sha256"
 META_BASE_TYPE = "theseus.base_model_type"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -54,9 +56,9 @@ def read_delta_file(path: Path) -> TaskVector:
     tensors, metadata = _load_safetensors(path)
     if not tensors:
         raise InputError(f"{path}: the task vector holds no tensors")
-    kind = metadata.get(META_KIND, "full_delta")
-    if kind != "full_delta":
-        raise InputError(f"{path}: task-vector kind {kind!r} is not supported (expected full_delta)")
+    vector_format = metadata.get(META_VECTOR_FORMAT, FULL_DELTA)
+    if vector_format != FULL_DELTA:
+        raise InputError(f"{path}: task-vector format {vector_format!r} is not supported (expected {FULL_DELTA})")
     return TaskVector("full", deltas=tensors, metadata=metadata)
 
 
@@ -128,7 +130,7 @@ def delta_from_tuned(tuned_dir: Path, source: ModelInfo) -> TaskVector:
             deltas[name] = delta.to(value.dtype) if value.is_floating_point() else delta
     if not deltas:
         raise InputError(f"{tuned_dir}: identical to the source base; the task vector would be empty")
-    return TaskVector("full", deltas=deltas, metadata={META_KIND: "full_delta"})
+    return TaskVector("full", deltas=deltas, metadata={META_VECTOR_FORMAT: FULL_DELTA})
 
 
 def read_task_vector(path: str | Path, source: ModelInfo | None = None, tuned: bool = False) -> TaskVector:
@@ -163,7 +165,7 @@ def validate_against_base(tv: TaskVector, source: ModelInfo, where: str) -> None
         if name not in source.shapes:
             raise InputError(f"{where}: parameter {shown(name)} does not exist in the source base")
         shape = source.shapes[name]
-        if tv.kind == "full":
+        if tv.vector_format == "full":
             tensors = {"delta": tv.deltas[name]}
             got = tuple(tv.deltas[name].shape)
             ok = got == shape
@@ -191,13 +193,13 @@ def write_task_vector(
     """Write atomically: a delta file for a full vector, a PEFT adapter directory for LoRA."""
     dest = Path(dest)
     meta = {META_FORMAT: FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
-    if tv.kind == "full":
-        meta[META_KIND] = "full_delta"
+    if tv.vector_format == "full":
+        meta[META_VECTOR_FORMAT] = FULL_DELTA
         tensors = {k: v.contiguous() for k, v in tv.deltas.items()}
         with atomic_path(dest) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return
-    meta[META_KIND] = "lora"
+    meta[META_VECTOR_FORMAT] = LORA_FORMAT
     tensors = {}
     for name, f in tv.lora.items():
         module = name.removesuffix(".weight")
@@ -220,8 +222,8 @@ def dense_deltas(path: str | Path, target_dir: str | Path) -> dict[str, torch.Te
     return dense_deltas_of(read_task_vector(path), inspect_model_dir(target_dir).architecture)
 
 
-def dense_deltas_of(tv: TaskVector, family: ArchitectureSpec) -> dict[str, torch.Tensor]:
-    """:func:`dense_deltas` of a vector in memory, for a target of ``family``."""
+def dense_deltas_of(tv: TaskVector, architecture: ArchitectureSpec) -> dict[str, torch.Tensor]:
+    """:func:`dense_deltas` of a vector in memory, for a target of ``architecture``."""
     from theseus_ops.transport.engine import storage_delta
 
-    return {name: storage_delta(family, name, tv).float() for name in tv.names()}
+    return {name: storage_delta(architecture, name, tv).float() for name in tv.names()}

@@ -24,6 +24,7 @@ from theseus_ops.io.models import load_model, load_state, resolve_device
 from theseus_ops.pipeline.calibration import check_token_range, load_calibrations, trim_calibrations
 from theseus_ops.pipeline.loaded import NOTHING_LOADED, Loaded
 from theseus_ops.pipeline.pair import ModelPair, model_summary
+from theseus_ops.transport.architecture import ARCHITECTURE_KEY
 from theseus_ops.transport.engine import ParamPlan, all_space_keys, plan_transport, space_requests
 from theseus_ops.transport.methods import get_method
 from theseus_ops.transport.methods.base import CalibrationInputs, LoadedModels
@@ -111,7 +112,7 @@ class EstimateRun:
 
 def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None = None,
                       loaded: Loaded = NOTHING_LOADED, *, progress: Callable[[str], None] | None = None) -> Alignment:
-    """Maps for the given target-space keys (all of the family's when None), with provenance.
+    """Maps for the given target-space keys (all of the architecture's when None), with provenance.
 
     ``loaded`` hands over models and calibration examples the caller holds; ``progress`` receives the
     long steps' lines (default: the ``theseus_ops`` log).
@@ -123,7 +124,7 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
     provenance = {
         "theseus_ops_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "family": pair.architecture.name,
+        ARCHITECTURE_KEY: pair.architecture.name,
         "source": model_summary(pair.source),
         "target": model_summary(pair.target),
         "calibration": estimate.calibration,
@@ -140,8 +141,8 @@ def check_alignment_result(alignment: Alignment, pair: ModelPair) -> None:
     """An alignment with no spaces, or with a NaN map or quality figure, would silently port nothing."""
     if not alignment.maps:
         archs = pair.target.config.get("architectures")
-        raise InputError(f"no space of the {pair.architecture.name} family could be aligned: the loaded models lack "
-                         f"every module it maps (config.json architectures of {pair.target.path}: {archs!r}; "
+        raise InputError(f"no space of the {pair.architecture.name} architecture could be aligned: the loaded models "
+                         f"lack every module it maps (config.json architectures of {pair.target.path}: {archs!r}; "
                          f"of {pair.source.path}: {pair.source.config.get('architectures')!r})")
     require_finite(alignment.maps, "alignment")
     for key, quality in alignment.quality.items():

@@ -29,7 +29,7 @@ _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat1
 
 @dataclass(frozen=True)
 class ModelPair:
-    """Two base models of one family, read from their headers, and how their layers pair."""
+    """Two base models of one architecture, read from their headers, and how their layers pair."""
 
     source: ModelInfo
     target: ModelInfo
@@ -55,7 +55,7 @@ class ModelPair:
 
 
 def pair_of(source: ModelInfo, target: ModelInfo, layer_map: str) -> ModelPair:
-    """Pair two described models: one family, valid configs, and the layer map between their stacks."""
+    """Pair two described models: one architecture, valid configs, and the layer map between their stacks."""
     architecture = same_architecture(source.model_type, target.model_type)
     architecture.check_config(source.config, f"{source.path}/config.json")
     architecture.check_config(target.config, f"{target.path}/config.json")

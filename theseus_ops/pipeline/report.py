@@ -99,7 +99,7 @@ def build_report(cfg: TransportConfig, pair: ModelPair, tv_label: str, tv: TaskV
         method=cfg.method,
         source_base=model_summary(pair.source),
         target_base=model_summary(pair.target),
-        task_vector={"path": tv_label, "kind": tv.kind, "entries": len(records)},
+        task_vector={"path": tv_label, "kind": tv.vector_format, "entries": len(records)},
         layer_map=pair.layer_map.describe(),
         options={"center": cfg.center, "whiten_power": cfg.whiten_power, "max_rows": cfg.max_rows,
                  "allow_partial": cfg.allow_partial, **method_options, "alignment": cfg.alignment,

@@ -23,6 +23,7 @@ from theseus_ops.pipeline.loaded import NOTHING_LOADED, Loaded
 from theseus_ops.pipeline.pair import ModelPair
 from theseus_ops.pipeline.report import Report, build_report, planned_record
 from theseus_ops.transport.engine import ParamPlan, ParamRecord, execute_plan, plan_transport, space_widths
+from theseus_ops.transport.layer_map import SCHEME_KEY
 from theseus_ops.transport.methods import MethodInfo, get_method
 from theseus_ops.transport.methods.base import MethodOutput
 from theseus_ops.transport.methods.checks import check_labels, check_lora, check_same_shapes
@@ -48,7 +49,8 @@ def check_alignment(alignment: Alignment, pair: ModelPair, method: str, where: s
                          f"({prov['source']['path']} -> {prov['target']['path']})")
     if prov["layer_map"].get("sources") != list(pair.layer_map.sources) or (
             prov["layer_map"].get("stacks", {}) != pair.layer_map.describe().get("stacks", {})):
-        raise InputError(f"{where} was prepared with layer map {prov['layer_map']['kind']}; pass the same --layer-map")
+        raise InputError(f"{where} was prepared with layer map {prov['layer_map'][SCHEME_KEY]}; "
+                         "pass the same --layer-map")
     if prov["options"]["method"] != method:
         raise InputError(f"{where} holds {prov['options']['method']} maps but --method is {method}")
 
@@ -120,7 +122,7 @@ def _check_applicable(info: MethodInfo, pair: ModelPair, plans: list[ParamPlan],
 
     Only these checks raise :class:`NotApplicableError`; the workflow records that as "not applicable".
     """
-    check_same_shapes(info, plans, pair.source.shapes, pair.layer_map.kind, pair.source.num_layers,
+    check_same_shapes(info, plans, pair.source.shapes, pair.layer_map.scheme, pair.source.num_layers,
                       pair.target.num_layers)
     if info.capabilities.needs_labels:
         check_labels(info, run.target_calibration()[0])
@@ -132,7 +134,7 @@ def _refusal(records: list[ParamRecord], pair: ModelPair, report: Report) -> Tra
     unused = pair.layer_map.unused_by_stack()
     if unused and any("feeds no target layer" in (r.reason or "") for r in left):
         return TransportRefused(
-            f"layer map {pair.layer_map.kind} leaves source layer(s) {', '.join(map(str, unused))} unused, so "
+            f"layer map {pair.layer_map.scheme} leaves source layer(s) {', '.join(map(str, unused))} unused, so "
             f"{len(left)} of {len(records)} task-vector parameters would be dropped (first: {left[0].name}); "
             "nothing was computed; pass --allow-partial to accept that, or choose another --layer-map", report)
     return TransportRefused(
@@ -159,7 +161,7 @@ def transport_in_memory(cfg: TransportConfig, pair: ModelPair, task_vector: Task
     """
     info = get_method(cfg.method)
     label = tv_label if tv_label is not None else str(cfg.task_vector or cfg.source_tuned)
-    check_lora(info, task_vector.kind)
+    check_lora(info, task_vector.vector_format)
     plans = plan_transport(pair.architecture, task_vector.names(), pair.target.shapes, pair.layer_map,
                            pair.target_prefix, pair.source.config, pair.target.config)
     run = TransportRun(cfg, info, pair, task_vector, plans, loaded, progress or estimate.log_progress)

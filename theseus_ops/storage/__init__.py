@@ -2,6 +2,7 @@
 
 from theseus_ops.storage.manifest import MANIFEST_NAME, FileEntry, Manifest, build_manifest, file_sha256, verify_local
 from theseus_ops.storage.releases import (
+    BASE_LINE_KEY,
     LandedRelease,
     download_release,
     land_release,
@@ -12,6 +13,7 @@ from theseus_ops.storage.releases import (
 from theseus_ops.storage.zones import LandingZone, LocalLandingZone, S3LandingZone, StorageConfig, open_zone
 
 __all__ = [
+    "BASE_LINE_KEY",
     "MANIFEST_NAME",
     "FileEntry",
     "LandedRelease",

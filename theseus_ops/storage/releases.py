@@ -1,10 +1,10 @@
-"""Base releases in the landing zone: ``<family>/<release>/`` plus a manifest written last.
+"""Base releases in the landing zone: ``<base line>/<release>/`` plus a manifest written last.
 
-A release counts as landed once ``<family>/<release>/theseus-manifest.json`` exists; files
+A release counts as landed once ``<base line>/<release>/theseus-manifest.json`` exists; files
 without a manifest are an upload in progress (or an interrupted one) and are ignored.
 
 Releases are immutable and have a single writer. ``land_release`` uploads the files under a
-folder named by their content hash, ``<family>/<release>/sha256-<digest>/``, and then commits
+folder named by their content hash, ``<base line>/<release>/sha256-<digest>/``, and then commits
 the release by creating its manifest with one conditional write (``put_bytes_if_absent``). Of
 concurrent writers exactly one creates the manifest; the others find it there: with the same
 content they report ``created=False``, with other content they get :class:`ConflictError`
@@ -30,6 +30,10 @@ from theseus_ops.storage.manifest import MANIFEST_NAME, Manifest, build_manifest
 from theseus_ops.storage.zones import LandingZone, open_zone
 
 log = logging.getLogger("theseus_ops")
+# The wire name of a base line (the registered model whose versions are a model's base releases) in
+# manifests and every JSON the workflow writes or passes on (XCom, records, the releases view, Asset
+# events, DAG Params, the webhook's answer): "family", as it always was. Read and written through this.
+BASE_LINE_KEY = "family"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
@@ -44,7 +48,7 @@ def check_name(value: str, what: str) -> str:
 class LandedRelease:
     """A committed release; ``created`` is set by :func:`land_release` only (True for the one writer that won)."""
 
-    family: str
+    base_line: str
     release: str
     manifest: Manifest
     url: str
@@ -53,11 +57,12 @@ class LandedRelease:
     def file_key(self, path: str) -> str:
         """The zone key of one of the release's files."""
         root = self.manifest.meta.get(CONTENT_ROOT)
-        return f"{self.family}/{self.release}/{root}/{path}" if root else f"{self.family}/{self.release}/{path}"
+        return f"{self.base_line}/{self.release}/{root}/{path}" if root else f"{self.base_line}/{self.release}/{path}"
 
     def as_dict(self) -> dict:
-        out = {"family": self.family, "release": self.release, "url": self.url, "files": len(self.manifest.files),
-               "bytes": self.manifest.total_bytes, "content_sha256": self.manifest.digest()}
+        out = {BASE_LINE_KEY: self.base_line, "release": self.release, "url": self.url,
+               "files": len(self.manifest.files), "bytes": self.manifest.total_bytes,
+               "content_sha256": self.manifest.digest()}
         if self.created is not None:
             out["created"] = self.created
         return out
@@ -72,62 +77,62 @@ def content_root(manifest: Manifest) -> str:
 
 
 class BaseRegistry(Protocol):
-    """What the scan needs from a catalog: whether a family's release is already registered."""
+    """What the scan needs from a catalog: whether a base line's release is already registered."""
 
-    def base_release_registered(self, family: str, release: str) -> bool: ...
-
-
-def _manifest_key(family: str, release: str) -> str:
-    return f"{family}/{release}/{MANIFEST_NAME}"
+    def base_release_registered(self, base_line: str, release: str) -> bool: ...
 
 
-def read_landed(zone: LandingZone, family: str, release: str) -> LandedRelease | None:
+def _manifest_key(base_line: str, release: str) -> str:
+    return f"{base_line}/{release}/{MANIFEST_NAME}"
+
+
+def read_landed(zone: LandingZone, base_line: str, release: str) -> LandedRelease | None:
     """The landed release, or None if its manifest is not (yet) there."""
-    raw = zone.get_bytes(_manifest_key(family, release))
+    raw = zone.get_bytes(_manifest_key(base_line, release))
     if raw is None:
         return None
-    where = f"{zone.url}/{_manifest_key(family, release)}"
+    where = f"{zone.url}/{_manifest_key(base_line, release)}"
     manifest = Manifest.from_json(raw, where)
     root = manifest.meta.get(CONTENT_ROOT)
     if root is not None and root != content_root(manifest):
         raise InputError(f"{where}: {CONTENT_ROOT} {root!r} does not match the files it lists")
-    return LandedRelease(family, release, manifest, f"{zone.url}/{family}/{release}")
+    return LandedRelease(base_line, release, manifest, f"{zone.url}/{base_line}/{release}")
 
 
-def land_release(local_dir: str | Path, family: str, release: str, zone: LandingZone | None = None,
+def land_release(local_dir: str | Path, base_line: str, release: str, zone: LandingZone | None = None,
                  progress: Callable[[str], None] | None = None) -> LandedRelease:
-    """Upload a model directory as ``<family>/<release>/``, the manifest last, as its single writer.
+    """Upload a model directory as ``<base line>/<release>/``, the manifest last, as its single writer.
 
     Idempotent: landing the same content again is a no-op (``created=False``); other content
     under a landed release is refused with :class:`ConflictError` (releases are immutable), also
     when the other writer is running at the same moment (see the module docstring).
     """
-    check_name(family, "family")
+    check_name(base_line, "family")  # the word users type: --family, the Param
     check_name(release, "release")
     zone = zone or open_zone()
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise InputError(f"{local_dir} is not a directory")
-    built = build_manifest(local_dir, family=family, release=release)
+    built = build_manifest(local_dir, **{BASE_LINE_KEY: base_line, "release": release})
     root = content_root(built)
     manifest = Manifest(built.files, {**built.meta, CONTENT_ROOT: root, LANDING_ID: uuid.uuid4().hex})
-    existing = read_landed(zone, family, release)
+    existing = read_landed(zone, base_line, release)
     if existing is not None:
         return _landed_already(existing, manifest)
     staged = []
     for rel, path in local_files(local_dir):
-        staged.append(f"{family}/{release}/{root}/{rel}")
+        staged.append(f"{base_line}/{release}/{root}/{rel}")
         zone.put_file(path, staged[-1])
         if progress:
             progress(rel)
-    if zone.put_bytes_if_absent(_manifest_key(family, release), manifest.to_json().encode()):
-        log.info("landed %s/%s: %d files, %d bytes", family, release, len(manifest.files), manifest.total_bytes)
-        return LandedRelease(family, release, manifest, f"{zone.url}/{family}/{release}", created=True)
-    existing = read_landed(zone, family, release)
+    if zone.put_bytes_if_absent(_manifest_key(base_line, release), manifest.to_json().encode()):
+        log.info("landed %s/%s: %d files, %d bytes", base_line, release, len(manifest.files), manifest.total_bytes)
+        return LandedRelease(base_line, release, manifest, f"{zone.url}/{base_line}/{release}", created=True)
+    existing = read_landed(zone, base_line, release)
     if existing is None:  # pragma: no cover - a committed manifest is never removed by theseus-ops
-        raise CatalogError(f"{zone.url}/{family}/{release}: the manifest disappeared while landing")
+        raise CatalogError(f"{zone.url}/{base_line}/{release}: the manifest disappeared while landing")
     if existing.manifest.meta.get(LANDING_ID) == manifest.meta[LANDING_ID]:
-        return LandedRelease(family, release, existing.manifest, existing.url, created=True)  # a retried commit
+        return LandedRelease(base_line, release, existing.manifest, existing.url, created=True)  # a retried commit
     try:
         return _landed_already(existing, manifest)
     except ConflictError:
@@ -138,8 +143,8 @@ def land_release(local_dir: str | Path, family: str, release: str, zone: Landing
 def _landed_already(existing: LandedRelease, manifest: Manifest) -> LandedRelease:
     """The landed release if it holds ``manifest``'s content (``created=False``), else ConflictError."""
     if existing.manifest.digest() == manifest.digest():
-        log.info("%s/%s is already landed with the same content", existing.family, existing.release)
-        return LandedRelease(existing.family, existing.release, existing.manifest, existing.url, created=False)
+        log.info("%s/%s is already landed with the same content", existing.base_line, existing.release)
+        return LandedRelease(existing.base_line, existing.release, existing.manifest, existing.url, created=False)
     raise ConflictError(f"{existing.url} is already landed with other content (content sha256 "
                         f"{existing.manifest.digest()}, this directory has {manifest.digest()}); releases are "
                         f"immutable, land it under a new release name")
@@ -156,19 +161,19 @@ def _discard(zone: LandingZone, keys: list[str]) -> None:
 def list_landed_releases(zone: LandingZone) -> list[LandedRelease]:
     """Every complete release in the zone; folders without a manifest, or with a corrupt one, are skipped."""
     found = []
-    for family in zone.children(""):
-        if not _NAME.match(family):
+    for base_line in zone.children(""):
+        if not _NAME.match(base_line):
             continue
-        for release in zone.children(f"{family}/"):
+        for release in zone.children(f"{base_line}/"):
             if not _NAME.match(release):
                 continue
             try:
-                landed = read_landed(zone, family, release)
+                landed = read_landed(zone, base_line, release)
             except InputError as exc:
-                log.warning("skipping %s/%s: %s", family, release, exc)
+                log.warning("skipping %s/%s: %s", base_line, release, exc)
                 continue
             if landed is None:
-                log.info("skipping %s/%s: no manifest yet (upload incomplete)", family, release)
+                log.info("skipping %s/%s: no manifest yet (upload incomplete)", base_line, release)
                 continue
             found.append(landed)
     return found
@@ -180,16 +185,16 @@ def scan_landed_releases(zone: LandingZone | None = None, catalog: BaseRegistry 
     landed = list_landed_releases(zone)
     if catalog is None:
         return landed
-    return [r for r in landed if not catalog.base_release_registered(r.family, r.release)]
+    return [r for r in landed if not catalog.base_release_registered(r.base_line, r.release)]
 
 
-def download_release(zone: LandingZone, family: str, release: str, dest: str | Path) -> Path:
+def download_release(zone: LandingZone, base_line: str, release: str, dest: str | Path) -> Path:
     """Download a landed release into ``dest`` and verify every file's sha256; atomic on success."""
-    check_name(family, "family")
+    check_name(base_line, "family")
     check_name(release, "release")
-    landed = read_landed(zone, family, release)
+    landed = read_landed(zone, base_line, release)
     if landed is None:
-        raise InputError(f"{zone.url}/{family}/{release} has not landed (no {MANIFEST_NAME})")
+        raise InputError(f"{zone.url}/{base_line}/{release} has not landed (no {MANIFEST_NAME})")
     dest = Path(dest)
     with staging_directory(dest) as tmp:
         for f in landed.manifest.files:

@@ -1,7 +1,7 @@
 """Landing zones: object storage (S3 API, via boto3) or a local directory, behind one interface.
 
 Keys are POSIX paths relative to the zone's root (``s3://bucket/prefix`` or a directory), laid out
-as ``<family>/<release>/<file>``. Every call goes through the bounded retry policy.
+as ``<base line>/<release>/<file>``. Every call goes through the bounded retry policy.
 
 ``put_bytes_if_absent`` is the one primitive that lets concurrent writers agree on a winner: it
 creates the key only if nothing is there, atomically (S3 ``PutObject`` with ``If-None-Match: *``;

@@ -1,6 +1,6 @@
 """Architecture specs: which parameter reads and writes which activation site.
 
-Each architecture (a *family* of model types sharing one layout: ``llama`` covers Llama, Qwen2 and
+Each architecture (the model types sharing one layout: ``llama`` covers Llama, Qwen2 and
 Mistral) is one JSON file in ``architectures/``. Loading turns it into frozen records and refuses
 unknown keys and dangling site references, so a typo fails in a test instead of silently
 dropping a parameter from transport.
@@ -25,11 +25,13 @@ from theseus_ops.transport.rule_table import RULES as RULES  # the rule names a 
 from theseus_ops.transport.rule_table import check_options, check_rule
 
 LAYER = "${layer}"
-# The stack every family has; an encoder-decoder adds named ones (T5's ``decoder``, placeholder ``${decoder}``).
+# The stack every architecture has; an encoder-decoder adds named ones (T5's ``decoder``, placeholder ``${decoder}``).
 MAIN_STACK = "layers"
 # Which token sequence a site sees: the model's input, or an encoder-decoder's decoder input.
 SEQUENCES = ("input", "decoder")
 SHARED_PREFIX = "@"
+# The architecture's name as the JSON outputs call it (the alignment provenance, ``inspect``): its old name, kept.
+ARCHITECTURE_KEY = "family"
 
 @dataclass(frozen=True)
 class Split:
@@ -53,7 +55,7 @@ class Split:
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """A fused layout as the family declares it: config references, resolved per model."""
+    """A fused layout as the architecture declares it: config references, resolved per model."""
 
     ratio: tuple[ConfigRef, ...]
     groups: ConfigRef = 1
@@ -119,7 +121,7 @@ class StackSpec:
 class ParamSpec:
     """One parameter (name template) and the rule that transports it.
 
-    Names are relative to the model's prefix (one of the family's ``prefixes``: ``bert.`` inside a
+    Names are relative to the model's prefix (one of the architecture's ``prefixes``: ``bert.`` inside a
     ``BertForSequenceClassification``, nothing in a bare ``BertModel``), unless ``absolute``: a task
     head such as ``classifier.weight`` sits outside the backbone whatever the prefix.
     """
@@ -147,7 +149,7 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """A whole architecture family, as loaded from its JSON file."""
+    """A whole architecture spec, as loaded from its JSON file."""
 
     name: str
     description: str
@@ -194,7 +196,7 @@ class ArchitectureSpec:
         return self.decoder_start is not None
 
     def settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """config.json as the family reads it: the top level, then each of ``config_sections`` in turn for a
+        """config.json as the architecture reads it: the top level, then each of ``config_sections`` in turn for a
         key the top level lacks (a full CLIPModel's layer count sits in its vision_config only)."""
         merged: dict[str, Any] = {}
         for section in reversed(self.config_sections):
@@ -205,15 +207,15 @@ class ArchitectureSpec:
         return merged
 
     def check_config(self, config: Mapping[str, Any], where: str) -> None:
-        """Refuse a model whose config selects a layout this family does not describe.
+        """Refuse a model whose config selects a layout this architecture does not describe.
 
-        A key the config leaves out takes transformers' default, which is the layout the family describes.
+        A key the config leaves out takes transformers' default, which is the layout the architecture describes.
         """
         for key, wanted in self.requires.items():
             found = lookup(config, key)
             if found is not MISSING and found != wanted:
-                raise InputError(f"{where}: the {self.name} family describes {key}={json.dumps(wanted)} models only, "
-                                 f"this config has {key}={json.dumps(found)}")
+                raise InputError(f"{where}: the {self.name} architecture describes {key}={json.dumps(wanted)} "
+                                 f"models only, this config has {key}={json.dumps(found)}")
 
 
 def space_key(site: str, layer: int | None, stack: str | None) -> str:
@@ -224,10 +226,10 @@ def space_key(site: str, layer: int | None, stack: str | None) -> str:
     return f"{stack}.{layer}.{site}" if stack is not None else site
 
 
-def parse_space_key(key: str, family: ArchitectureSpec) -> tuple[str | None, int | None, str]:
+def parse_space_key(key: str, architecture: ArchitectureSpec) -> tuple[str | None, int | None, str]:
     """(stack, layer, site) of a space key; (None, None, site) for a global space."""
     parts = key.split(".", 2)
-    if len(parts) == 3 and parts[0] in family.stacks and parts[1].isdigit():
+    if len(parts) == 3 and parts[0] in architecture.stacks and parts[1].isdigit():
         return parts[0], int(parts[1]), parts[2]
     return None, None, key
 
@@ -260,15 +262,15 @@ _MAP_KEYS = {"kind", "heads", "within", "rotary_fraction"}
 _SCALE_KEYS = {"config", "power"}
 
 
-def _reject_unknown(kind: str, where: str, data: dict[str, Any], allowed: set[str]) -> None:
+def _reject_unknown(what: str, where: str, data: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(data) - allowed
     if unknown:
-        raise ValueError(f"{where}: unknown {kind} key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ValueError(f"{where}: unknown {what} key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-def parse_architecture(data: dict[str, Any], where: str = "<family>") -> ArchitectureSpec:
-    """Validate one family description and build its frozen record."""
-    _reject_unknown("family", where, data, _ARCHITECTURE_KEYS)
+def parse_architecture(data: dict[str, Any], where: str = "<architecture>") -> ArchitectureSpec:
+    """Validate one architecture spec and build its frozen record."""
+    _reject_unknown("family", where, data, _ARCHITECTURE_KEYS)  # "unknown family key": tests assert the words
     splits = _parse_splits(data.get("splits", {}), where)
 
     stack_raw = data.get("stacks", {})
@@ -398,7 +400,7 @@ def _decoder_start(raw: Any, where: str) -> ConfigRef | None:
 def _config_sections(raw: Any, where: str) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
         raise ValueError(f"{where}: config_sections must list config.json keys (dotted for nested objects) of "
-                         "objects that hold the family's settings")
+                         "objects that hold the architecture's settings")
     return tuple(raw)
 
 
@@ -480,25 +482,25 @@ def all_architectures() -> tuple[ArchitectureSpec, ...]:
 
 
 def supported_model_types() -> list[str]:
-    return sorted(t for fam in all_architectures() for t in fam.model_types)
+    return sorted(t for spec in all_architectures() for t in spec.model_types)
 
 
 def architecture_for_model_type(model_type: str) -> ArchitectureSpec:
-    """The family of a Hugging Face ``config.model_type``, or an error naming the supported ones."""
-    for fam in all_architectures():
-        if model_type in fam.model_types:
-            return fam
+    """The architecture of a Hugging Face ``config.model_type``, or an error naming the supported ones."""
+    for spec in all_architectures():
+        if model_type in spec.model_types:
+            return spec
     raise UnsupportedArchitectureError(
         f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported_model_types())}"
     )
 
 
 def same_architecture(source_type: str, target_type: str) -> ArchitectureSpec:
-    """Both models' family; models of different families cannot share a transport."""
+    """Both models' architecture; models of different architectures cannot share a transport."""
     source, target = architecture_for_model_type(source_type), architecture_for_model_type(target_type)
     if source.name != target.name:
         raise InputError(
-            f"source and target are different families ({source.name} vs {target.name}); "
+            f"source and target are different families ({source.name} vs {target.name}); "  # asserted by tests
             "transport needs two models of one family"
         )
     return source

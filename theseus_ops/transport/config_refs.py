@@ -1,6 +1,6 @@
-"""Config references: how a family names a value of a model's config.json.
+"""Config references: how an architecture names a value of a model's config.json.
 
-Kept apart from the family loader so that the transport rules and the head maps, which the loader's
+Kept apart from the architecture loader so that the transport rules and the head maps, which the loader's
 rule table imports, can resolve references without importing the loader.
 """
 
@@ -31,7 +31,7 @@ def lookup(config: Mapping[str, Any], key: str) -> Any:
 def config_value(config: Mapping[str, Any], ref: ConfigRef, what: str) -> Any:
     """The first of ``ref``'s alternatives that the config has (a number is its own value).
 
-    Raises InputError naming the keys when none is present: a family reads widths it cannot guess.
+    Raises InputError naming the keys when none is present: an architecture reads widths it cannot guess.
     """
     for alternative in ref if isinstance(ref, list) else [ref]:
         if isinstance(alternative, bool) or not isinstance(alternative, int | float | str):

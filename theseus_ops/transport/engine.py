@@ -99,27 +99,27 @@ class ParamRecord:
         return {**self.__dict__, "norm_lost_share": self.norm_lost_share}
 
 
-def storage_delta(family: ArchitectureSpec, name: str, tv: TaskVector) -> torch.Tensor:
+def storage_delta(architecture: ArchitectureSpec, name: str, tv: TaskVector) -> torch.Tensor:
     """An entry's dense delta in the parameter's storage layout (Conv1D weights are [in, out]).
 
-    The layout comes from the family description, never from comparing shapes: a square Conv1D
+    The layout comes from the architecture spec, never from comparing shapes: a square Conv1D
     weight looks the same either way round.
     """
-    if tv.kind == "full":
+    if tv.vector_format == "full":
         return tv.deltas[name]
     factors = tv.lora[name]
     delta = factors.dense()
-    found = family.match(name)
+    found = architecture.match(name)
     if found is not None and found[0].layout == "in_out" and not factors.embedding:
         delta = delta.T
     return delta
 
 
-def detect_prefix(family: ArchitectureSpec, names: list[str]) -> str:
+def detect_prefix(architecture: ArchitectureSpec, names: list[str]) -> str:
     """The naming prefix a model uses (e.g. ``vision_model.`` for a full CLIP model)."""
-    counts = {p: 0 for p in family.prefixes}
+    counts = {p: 0 for p in architecture.prefixes}
     for name in names:
-        found = family.match(name)
+        found = architecture.match(name)
         if found and not found[0].absolute:  # a head's name says nothing about the backbone's prefix
             counts[found[2]] += 1
     return max(counts, key=lambda p: (counts[p], -len(p)))
@@ -135,7 +135,7 @@ def _factor(spec: ParamSpec, source_config: Config, target_config: Config) -> fl
 
 
 def plan_transport(
-    family: ArchitectureSpec,
+    architecture: ArchitectureSpec,
     names: list[str],
     target_shapes: Mapping[str, tuple[int, ...]],
     layer_map: LayerMap,
@@ -145,15 +145,16 @@ def plan_transport(
 ) -> list[ParamPlan]:
     """Resolve every task-vector entry to its target parameters and spaces.
 
-    The configs resolve what the family reads from them (fused layouts, embedding scales); families
+    The configs resolve what the architecture reads from them (fused layouts, embedding scales); architectures
     that read nothing work without.
     """
     source_config, target_config = source_config or {}, target_config or {}
     plans = []
     for name in names:
-        found = family.match(name)
+        found = architecture.match(name)
         if found is None:
-            plans.append(ParamPlan(name, None, None, reason=f"no rule in family {family.name} for this parameter"))
+            plans.append(ParamPlan(name, None, None,
+                                   reason=f"no rule in architecture {architecture.name} for this parameter"))
             continue
         spec, layer, _prefix = found
         layers: list[int | None] = [None]
@@ -165,7 +166,7 @@ def plan_transport(
             if not layers:
                 which = "" if spec.stack == "layers" else f"{spec.stack} "
                 plans.append(ParamPlan(name, spec.rule, layer, reason=f"source {which}layer {layer} feeds no target "
-                                       f"layer under layer map {layer_map.kind}", spec=spec))
+                                       f"layer under layer map {layer_map.scheme}", spec=spec))
                 continue
         targets, reason = [], None
         for j in layers:
@@ -176,11 +177,11 @@ def plan_transport(
                 break
 
             def key(site: str, j: int | None = j, stack: str | None = spec.stack) -> str:
-                return space_key(site, j, stack if family.is_layer_site(site, stack) else None)
+                return space_key(site, j, stack if architecture.is_layer_site(site, stack) else None)
 
             splits = None
             if spec.split is not None:
-                layout = family.splits[spec.split]
+                layout = architecture.splits[spec.split]
                 splits = (layout.resolve(source_config, f"{name} (source split {spec.split})"),
                           layout.resolve(target_config, f"{target_name} (target split {spec.split})"))
             targets.append(TargetPlan(
@@ -199,18 +200,18 @@ def plan_transport(
     return plans
 
 
-def _resolved_site(family: ArchitectureSpec, site: SiteSpec, layer: int | None, prefix: str, config: Config,
+def _resolved_site(architecture: ArchitectureSpec, site: SiteSpec, layer: int | None, prefix: str, config: Config,
                    what: str) -> ResolvedSite:
     modules = tuple(resolve_name(m, layer, prefix, site.absolute) for m in site.module)
     if site.split is not None:
-        layout = family.splits[site.split]
+        layout = architecture.splits[site.split]
         return ResolvedSite(modules, site.capture, site.part, len(layout.ratio), layout.resolve(config, what),
                             site.sequence)
     return ResolvedSite(modules, site.capture, site.chunk, site.chunks, sequence=site.sequence)
 
 
 def space_requests(
-    family: ArchitectureSpec,
+    architecture: ArchitectureSpec,
     keys: set[str],
     layer_map: LayerMap,
     source_prefix: str,
@@ -225,32 +226,33 @@ def space_requests(
     source_config, target_config = source_config or {}, target_config or {}
     requests = []
     for key in sorted(keys):
-        stack, j, site_name = parse_space_key(key, family)
+        stack, j, site_name = parse_space_key(key, architecture)
         if stack is not None:
             source_layer = layer_map.for_stack(stack).sources[j]
             if source_layer is None:
                 continue
-            site = family.stacks[stack].sites[site_name]
+            site = architecture.stacks[stack].sites[site_name]
             source_key = space_key(site_name, source_layer, stack)
         else:
             j = source_layer = None
-            site = family.global_sites[key]
+            site = architecture.global_sites[key]
             source_key = key
         requests.append(SpaceRequest(
             key=key,
             source_key=source_key,
-            source=_resolved_site(family, site, source_layer, source_prefix, source_config, f"space {key} (source)"),
-            target=_resolved_site(family, site, j, target_prefix, target_config, f"space {key} (target)"),
+            source=_resolved_site(architecture, site, source_layer, source_prefix, source_config,
+                                  f"space {key} (source)"),
+            target=_resolved_site(architecture, site, j, target_prefix, target_config, f"space {key} (target)"),
             structure=(HeadStructure.resolve(site.map, source_config, target_config, f"space {key}")
                        if site.map is not None else None),
         ))
     return requests
 
 
-def all_space_keys(family: ArchitectureSpec, layer_map: LayerMap) -> set[str]:
-    """Every space of the family for a layer map: what ``prepare`` estimates for reuse."""
-    keys = set(family.global_sites)
-    for name, stack in family.stacks.items():
+def all_space_keys(architecture: ArchitectureSpec, layer_map: LayerMap) -> set[str]:
+    """Every space of the architecture for a layer map: what ``prepare`` estimates for reuse."""
+    keys = set(architecture.global_sites)
+    for name, stack in architecture.stacks.items():
         for j, source in enumerate(layer_map.for_stack(name).sources):
             if source is not None:
                 keys.update(space_key(site, j, name) for site in stack.sites)
@@ -287,7 +289,7 @@ def execute_plan(
     maps: Mapping[str, torch.Tensor],
 ) -> tuple[TaskVector, list[ParamRecord]]:
     """Apply the rules with the given space maps; every entry gets a record."""
-    out = TaskVector(task_vector.kind, adapter_config=task_vector.adapter_config)
+    out = TaskVector(task_vector.vector_format, adapter_config=task_vector.adapter_config)
     records = []
     for plan in plans:
         before = task_vector.norm(plan.source_name)
@@ -303,7 +305,7 @@ def execute_plan(
             map_in = maps[t.reads] if t.reads and not is_shared(t.reads) else None
             maps_out = [None if is_shared(w) else maps[w] for w in t.writes]
             try:
-                if task_vector.kind == "full":
+                if task_vector.vector_format == "full":
                     value = transport_dense(plan.spec, plan.source_name, task_vector.deltas[plan.source_name],
                                             map_in, maps_out, t.shape, t.splits)
                 else:
@@ -317,7 +319,7 @@ def execute_plan(
         if reason:
             records.append(ParamRecord(plan.source_name, "left_out", plan.rule, [], before, None, spaces, reason))
             continue
-        store = out.deltas if out.kind == "full" else out.lora
+        store = out.deltas if out.vector_format == "full" else out.lora
         after = 0.0
         for name, value in produced.items():
             store[name] = value

@@ -15,7 +15,7 @@ import torch
 
 from theseus_ops.errors import InputError
 
-if TYPE_CHECKING:  # imported by the rules, which the family loader imports: no import back at run time
+if TYPE_CHECKING:  # imported by the rules, which the architecture loader imports: no import back at run time
     from theseus_ops.transport.architecture import Split
 
 

@@ -41,10 +41,10 @@ from theseus_ops.errors import InputError
 from theseus_ops.transport.config_refs import config_int, config_value
 from theseus_ops.transport.maps import PolarResult, polar_factor
 
-if TYPE_CHECKING:  # the family loader imports this module (through the rule table): no import back at run time
+if TYPE_CHECKING:  # the architecture loader imports this module (through the rule table): no import back at run time
     from theseus_ops.transport.architecture import HeadMapSpec
 
-# How a per-head map may act inside one head (the module docstring); the family loader validates against it.
+# How a per-head map may act inside one head (the module docstring); the architecture loader validates against it.
 WITHIN_HEAD = ("identity", "shared", "rotary")
 
 

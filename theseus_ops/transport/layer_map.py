@@ -12,16 +12,21 @@ from pathlib import Path
 
 from theseus_ops.errors import InputError
 
+# The scheme's key in ``describe()`` (the alignment provenance, the report): "kind", as it always was.
+SCHEME_KEY = "kind"
+
 
 @dataclass(frozen=True)
 class LayerMap:
     """``sources[j]`` is the source layer that feeds target layer j, or None.
 
+    ``scheme`` says how it was made: ``identity``, ``uniform`` or ``file:<name>``.
+
     This is the main stack's map; an encoder-decoder's further stacks (T5's decoder) each have their
     own, in ``stacks``, since their depths differ and each pairs its own layers.
     """
 
-    kind: str
+    scheme: str
     source_depth: int
     target_depth: int
     sources: tuple[int | None, ...]
@@ -58,7 +63,7 @@ class LayerMap:
 
     def describe(self) -> dict:
         described = {
-            "kind": self.kind,
+            SCHEME_KEY: self.scheme,
             "source_depth": self.source_depth,
             "target_depth": self.target_depth,
             "sources": list(self.sources),
@@ -98,8 +103,8 @@ def build_stacked_layer_map(spec: str, source_depths: Mapping[str, int], target_
         except InputError as exc:
             raise InputError(f"stack {name}: {exc}") from None
     main = maps.pop("layers")
-    kind = main.kind if spec in ("identity", "uniform") else f"file:{Path(spec).name}"
-    return LayerMap(kind, main.source_depth, main.target_depth, main.sources, tuple(maps.items()))
+    scheme = main.scheme if spec in ("identity", "uniform") else f"file:{Path(spec).name}"
+    return LayerMap(scheme, main.source_depth, main.target_depth, main.sources, tuple(maps.items()))
 
 
 def _read_json(path: Path, spec: str) -> object:
@@ -132,7 +137,7 @@ def _build_one(spec: str | dict, source_depth: int, target_depth: int, where: st
     return _from_mapping(_read_json(path, spec), source_depth, target_depth, str(path), f"file:{path.name}")
 
 
-def _from_mapping(raw: object, source_depth: int, target_depth: int, where: str, kind: str) -> LayerMap:
+def _from_mapping(raw: object, source_depth: int, target_depth: int, where: str, scheme: str) -> LayerMap:
     path = where
     if not isinstance(raw, dict):
         raise InputError(f"layer map {path}: expected an object mapping target layer to source layer")
@@ -148,4 +153,4 @@ def _from_mapping(raw: object, source_depth: int, target_depth: int, where: str,
                                   or not 0 <= value < source_depth):
             raise InputError(f"layer map {path}: source layer {value!r} outside 0..{source_depth - 1}")
         sources[j] = value
-    return LayerMap(kind, source_depth, target_depth, tuple(sources))
+    return LayerMap(scheme, source_depth, target_depth, tuple(sources))

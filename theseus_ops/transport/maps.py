@@ -404,7 +404,7 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
         raise InputError(f"space {source_key}: only {stats.rows} activation row(s); at least 2 are needed")
     cross, sq_a, sq_b, gram_a = _statistics_terms(stats, options)
     target = _polar_target(stats, options, cross)
-    if structure is not None:  # a constrained map the family declares (head_maps.HeadStructure)
+    if structure is not None:  # a constrained map the architecture declares (head_maps.HeadStructure)
         data_only = structure.polar(target, options.rank_tol, options.fill)
     else:
         data_only = polar_factor(target, options.rank_tol, fill=options.fill, solver=options.solver)

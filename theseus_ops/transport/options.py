@@ -45,7 +45,7 @@ def option_specs(config_cls: type) -> list[OptionSpec]:
             raise TypeError(f"{config_cls.__name__}.{f.name} needs option(default, help=...) so the CLI can offer it")
         if f.default is dataclasses.MISSING:
             raise TypeError(f"{config_cls.__name__}.{f.name} needs a default: a method runs with its defaults")
-        kind = f.metadata.get("type") or type(f.default)
-        specs.append(OptionSpec(f.name, f.default, f.metadata["help"], kind, f.metadata.get("metavar"),
+        value_type = f.metadata.get("type") or type(f.default)
+        specs.append(OptionSpec(f.name, f.default, f.metadata["help"], value_type, f.metadata.get("metavar"),
                                 f.metadata.get("choices")))
     return specs

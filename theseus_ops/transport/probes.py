@@ -49,7 +49,7 @@ def probe_inputs(
     Token ids are drawn from the vocabulary both models share (an encoder-decoder's decoder gets them
     shifted right behind ``decoder_start``); images are drawn once at the larger
     size and resized to each model's, so row i of A and B describes the same example. The configs are
-    as the family reads them (``ArchitectureSpec.settings``: a full CLIPModel's vision_config merged in).
+    as the architecture reads them (``ArchitectureSpec.settings``: a full CLIPModel's vision_config merged in).
     """
     gen = torch.Generator().manual_seed(probe.seed)
     if input_kind == "tokens":

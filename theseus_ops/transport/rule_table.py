@@ -1,9 +1,9 @@
-"""The rule table: every transport rule a family file may name, each defined here, once.
+"""The rule table: every transport rule a architecture file may name, each defined here, once.
 
 A rule is all of what a parameter's ``rule`` decides: which keys its declaration needs and takes (the
-family loader asks), how it moves a dense delta and a LoRA adapter (the engine asks), and which of its
+architecture loader asks), how it moves a dense delta and a LoRA adapter (the engine asks), and which of its
 spaces' widths its shapes give (what pad and naive maps are built from). A new rule is a new row; a new
-architecture whose parameters use the existing rules is a new family file and no code.
+architecture whose parameters use the existing rules is a new architecture file and no code.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from theseus_ops.errors import InputError
 from theseus_ops.transport import rules
 from theseus_ops.transport.head_maps import head_block_map
-from theseus_ops.transport.rules import ROW_KINDS, LoraResult, Map, Operands, RuleRefused, Splits, check_shape
+from theseus_ops.transport.rules import ROWS_INDEXED_BY, LoraResult, Map, Operands, RuleRefused, Splits, check_shape
 from theseus_ops.transport.task_vector import LoraFactors
 
-if TYPE_CHECKING:  # the family loader imports this table: no import back at run time
+if TYPE_CHECKING:  # the architecture loader imports this table: no import back at run time
     from theseus_ops.transport.architecture import ParamSpec, SiteSpec
     from theseus_ops.transport.engine import TargetPlan
 
@@ -41,7 +41,7 @@ class Rule:
     """One transport rule.
 
     ``reads``: a parameter names the space it reads (a linear weight's input), and only such a rule's do.
-    ``rows``: the parameter is a table whose rows are indexed one of the ``ROW_KINDS`` ways, and says which.
+    ``rows``: the parameter is a table whose rows are indexed one of the ``ROWS_INDEXED_BY`` ways, and says which.
     ``options``: which of ``OPTIONS`` it may declare: a fused ``split``, a ``head_block`` weight, an
     ``output_scale``. ``check``: what else its declaration must satisfy, given the sites it references.
     ``lora`` / ``lora_embedding``: its move of a PEFT linear / embedding adapter; None refuses the adapter.
@@ -122,14 +122,15 @@ RULES = tuple(RULE_TABLE)
 
 
 def check_rule(spec: ParamSpec, where: str) -> None:
-    """The rule exists, and the parameter names a read space and row kind exactly when its rule needs them."""
+    """The rule exists, and the parameter names a read space and what its rows are indexed by exactly when its
+    rule needs them."""
     rule = RULE_TABLE.get(spec.rule)
     if rule is None:
         raise ValueError(f"{where}: {spec.name}: unknown rule {spec.rule!r}; known: {RULES}")
     if rule.reads != (spec.reads is not None):
         raise ValueError(f"{where}: {spec.name}: 'reads' is required for, and only for, linear weights")
-    if rule.rows != (spec.rows is not None) or (spec.rows and spec.rows not in ROW_KINDS):
-        raise ValueError(f"{where}: {spec.name}: embeddings need rows in {ROW_KINDS}, others none")
+    if rule.rows != (spec.rows is not None) or (spec.rows and spec.rows not in ROWS_INDEXED_BY):
+        raise ValueError(f"{where}: {spec.name}: embeddings need rows in {ROWS_INDEXED_BY}, others none")
 
 
 def check_options(spec: ParamSpec, site_of: SiteOf, name: str) -> None:

@@ -21,14 +21,14 @@ from theseus_ops.errors import InputError
 from theseus_ops.transport.fused import merge_rows, split_rows
 from theseus_ops.transport.head_maps import head_correspondence
 
-if TYPE_CHECKING:  # the family loader imports the rule table, hence this module: no import back at run time
+if TYPE_CHECKING:  # the architecture loader imports the rule table, hence this module: no import back at run time
     from theseus_ops.transport.architecture import ParamSpec, Split
 
 Map = torch.Tensor | None
 # A fused parameter's layout in the source and in the target (None: equal contiguous parts).
 Splits: TypeAlias = "tuple[Split, Split] | None"
 # How an embedding table's rows are indexed, which says how a table is fitted to another row count.
-ROW_KINDS = ("vocab", "positions", "cls_grid")
+ROWS_INDEXED_BY = ("vocab", "positions", "cls_grid")
 
 
 class RuleRefused(Exception):
@@ -97,13 +97,13 @@ def _scale(t: Map, x: torch.Tensor) -> torch.Tensor:
     return x if t is None else (t * t).T.to(x.dtype) @ x
 
 
-def _resize_rows(rows: torch.Tensor, count: int, kind: str, name: str) -> torch.Tensor:
+def _resize_rows(rows: torch.Tensor, count: int, indexed_by: str, name: str) -> torch.Tensor:
     """Fit a [rows, d] table to ``count`` rows: positions pad or truncate, grids resample."""
     if rows.shape[0] == count:
         return rows
-    if kind == "vocab":
+    if indexed_by == "vocab":
         raise RuleRefused(f"{name}: vocabularies differ ({rows.shape[0]} vs {count} rows); rows cannot be mapped")
-    if kind == "positions":
+    if indexed_by == "positions":
         out = rows.new_zeros(count, rows.shape[1])
         keep = min(count, rows.shape[0])
         out[:keep] = rows[:keep]
@@ -142,7 +142,7 @@ def dense_vector(x: torch.Tensor, op: Operands) -> torch.Tensor:
 
 
 def dense_embedding(x: torch.Tensor, op: Operands) -> torch.Tensor:
-    """τ T_e on the columns, then the rows fitted to the target's count by their ``rows`` kind."""
+    """τ T_e on the columns, then the rows fitted to the target's count by what their ``rows`` are indexed by."""
     rows = _right(x.reshape(-1, x.shape[-1]), op.maps_out[0])
     count = math.prod(op.target_shape[:-1])
     return _resize_rows(rows, count, op.spec.rows or "vocab", op.name).reshape(*op.target_shape[:-1], -1)

@@ -55,7 +55,7 @@ class SpaceRequest:
     source_key: str
     source: ResolvedSite
     target: ResolvedSite
-    structure: HeadStructure | None = None  # a per-head map constraint the family declares for this space
+    structure: HeadStructure | None = None  # a per-head map constraint the architecture declares for this space
 
 
 @dataclass
@@ -139,7 +139,7 @@ class _Recorder:
 def _hook_key(site: ResolvedSite, modules: dict) -> tuple[str, str]:
     name = site.module_in(modules)
     if name is None:
-        raise InputError(f"model has no module {' or '.join(site.candidates)} that the family description expects")
+        raise InputError(f"model has no module {' or '.join(site.candidates)} that the architecture spec expects")
     return (name, site.capture)
 
 

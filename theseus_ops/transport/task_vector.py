@@ -41,13 +41,13 @@ class LoraFactors:
 class TaskVector:
     """What fine-tuning added to a base, keyed by the base's parameter names.
 
-    ``kind == "full"`` fills ``deltas``; ``kind == "lora"`` fills ``lora`` (keyed by the adapted
+    ``vector_format == "full"`` fills ``deltas``; ``"lora"`` fills ``lora`` (keyed by the adapted
     weight's parameter name, e.g. ``model.layers.0.self_attn.q_proj.weight``) and keeps the PEFT
     ``adapter_config`` to write a valid adapter back. ``base_layer_copies`` are full base weights
     PEFT saves beside embedding adapters; they must equal the source base and are not written back.
     """
 
-    kind: Literal["full", "lora"]
+    vector_format: Literal["full", "lora"]  # the catalog's theseus.format
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)
     lora: dict[str, LoraFactors] = field(default_factory=dict)
     adapter_config: dict | None = None
@@ -55,9 +55,9 @@ class TaskVector:
     base_layer_copies: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def names(self) -> list[str]:
-        return sorted(self.deltas) if self.kind == "full" else sorted(self.lora)
+        return sorted(self.deltas) if self.vector_format == "full" else sorted(self.lora)
 
     def norm(self, name: str) -> float:
-        if self.kind == "full":
+        if self.vector_format == "full":
             return float(self.deltas[name].double().norm())
         return self.lora[name].frobenius()

@@ -7,18 +7,19 @@ returns them, never tensors. An orchestrator passes them between tasks as JSON (
 
     cfg = WorkflowConfig.from_env()
     register_landed_releases(cfg)
-    pairs = resolve_releases(cfg, select_releases(cfg, family="llama-tiny"))
+    pairs = resolve_releases(cfg, select_releases(cfg, base_line="llama-tiny"))
     jobs = plan_jobs(cfg, pairs)
     outcomes = [port_job(cfg, job) for job in jobs]  # one mapped task each; a failure is recorded, then raised
     summaries = summarize_releases(cfg, pairs, jobs, outcomes)  # summary runs; releases marked processed
 """
 
+from theseus_ops.storage import BASE_LINE_KEY
 from theseus_ops.workflow.config import DEFAULT_ALPHAS, DEFAULT_METHODS, WorkflowConfig, default_methods, methods_param
 from theseus_ops.workflow.contracts import Failure, Job, Outcome, Pair, Registered, Release, ReleaseSummary
 from theseus_ops.workflow.reconcile import (
     ANNOUNCED_TAG,
     PROCESSED_TAG,
-    families,
+    base_lines,
     mark_announced,
     mark_processed,
     pending_releases,
@@ -52,6 +53,7 @@ from theseus_ops.workflow.summary import (
 
 __all__ = [
     "ANNOUNCED_TAG",
+    "BASE_LINE_KEY",
     "DEFAULT_ALPHAS",
     "DEFAULT_METHODS",
     "FAILURE_TAG",
@@ -66,10 +68,10 @@ __all__ = [
     "Release",
     "ReleaseSummary",
     "WorkflowConfig",
+    "base_lines",
     "collect_outcomes",
     "default_methods",
     "failure_message",
-    "families",
     "list_task_vectors",
     "local_pair",
     "mark_announced",

@@ -5,7 +5,8 @@ construction, so a malformed value fails where it is made rather than three task
 ``KeyError``. An orchestrator passes values between tasks as JSON (Airflow's XCom), so each type
 has ``to_json()`` and ``from_json()``; convert at that boundary only. The JSON shapes are the ones
 the DAG always passed and the records (``outcome.json``, ``summary.json``) always held: the plugin,
-the summary view and older records read them unchanged.
+the summary view and older records read them unchanged. A base line goes out as ``"family"``
+(``BASE_LINE_KEY``), its name in every JSON the workflow ever wrote.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 from theseus_ops.catalog.client import check_model_name
 from theseus_ops.catalog.schema import VersionRef
 from theseus_ops.errors import InputError
+from theseus_ops.storage.releases import BASE_LINE_KEY
 
 Json = dict[str, Any]
+TASK_KIND_KEY = "kind"  # an outcome's task kind in its JSON (outcome.json, XCom, summary.json), as always
 
 
 def _version(value: object, what: str) -> str:
@@ -45,15 +48,15 @@ def _field(data: Mapping[str, Any], key: str, what: str) -> Any:
 # -- releases ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Release:
-    """A base release to port to: ``family/version``, and the base version it supersedes (None: the one below)."""
+    """A base release to port to: ``base_line/version``, and the base version it supersedes (None: the one below)."""
 
-    family: str
+    base_line: str
     version: str
     release: str | None = None  # the landing-zone release name; None when named by hand (Params)
     supersedes: str | None = None
 
     def __post_init__(self) -> None:
-        check_model_name(self.family)
+        check_model_name(self.base_line)
         object.__setattr__(self, "version", _version(self.version, "a release version"))
         if self.supersedes is not None:
             object.__setattr__(self, "supersedes", _version(self.supersedes, "the superseded version"))
@@ -61,16 +64,16 @@ class Release:
     @property
     def key(self) -> tuple[str, str]:
         """Identity of the release: one event per key is enough, however often it was announced."""
-        return self.family, self.version
+        return self.base_line, self.version
 
     def to_json(self) -> Json:
-        return {"family": self.family, "version": self.version, "release": self.release,
+        return {BASE_LINE_KEY: self.base_line, "version": self.version, "release": self.release,
                 "supersedes": self.supersedes}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Release:
         data = _mapping(data, "a release")
-        return cls(_field(data, "family", "a release"), _field(data, "version", "a release"), data.get("release"),
+        return cls(_field(data, BASE_LINE_KEY, "a release"), _field(data, "version", "a release"), data.get("release"),
                    data.get("supersedes"))
 
 
@@ -105,24 +108,24 @@ class BaseSide:
 
 @dataclass(frozen=True)
 class Pair:
-    """The (source, target) bases of one release step of ``family``: what every vector is ported across."""
+    """The (source, target) bases of one release step of ``base_line``: what every vector is ported across."""
 
-    family: str
+    base_line: str
     source: BaseSide
     target: BaseSide
 
     def __post_init__(self) -> None:
-        check_model_name(self.family)
+        check_model_name(self.base_line)
         if self.source.version == self.target.version:
-            raise InputError(f"source and target are the same base version {self.family}/{self.target.version}")
+            raise InputError(f"source and target are the same base version {self.base_line}/{self.target.version}")
 
     @property
     def source_ref(self) -> VersionRef:
-        return VersionRef(self.family, self.source.version)
+        return VersionRef(self.base_line, self.source.version)
 
     @property
     def target_ref(self) -> VersionRef:
-        return VersionRef(self.family, self.target.version)
+        return VersionRef(self.base_line, self.target.version)
 
     def side(self, name: str) -> BaseSide:
         """``source`` or ``target`` by name (the steps that treat both bases alike loop over the names)."""
@@ -131,13 +134,13 @@ class Pair:
         return self.source if name == "source" else self.target
 
     def to_json(self) -> Json:
-        return {"family": self.family, "source": self.source.to_json(), "target": self.target.to_json()}
+        return {BASE_LINE_KEY: self.base_line, "source": self.source.to_json(), "target": self.target.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Pair:
         data = _mapping(data, "a pair")
         try:
-            return cls(data["family"], BaseSide.from_json(data["source"]), BaseSide.from_json(data["target"]))
+            return cls(data[BASE_LINE_KEY], BaseSide.from_json(data["source"]), BaseSide.from_json(data["target"]))
         except (KeyError, TypeError) as exc:
             raise InputError(f"not a pair from resolve_pair: missing {exc}") from exc
 
@@ -224,7 +227,7 @@ class Outcome:
     registered: Registered
     outcome_key: str
     tie_metric: str | None = None
-    kind: str | None = None
+    task_kind: str | None = None  # JSON key "kind" (TASK_KIND_KEY)
     general_metric: str | None = None
     general_loss_change: float | None = None
     reused: bool = False
@@ -249,7 +252,8 @@ class Outcome:
         """The recorded shape (``outcome.json``, the ``port`` task's XCom), in its historical key order."""
         out: Json = {
             "vector": self.vector, "task": self.task, "dataset": self.dataset, "source_base": self.source_base,
-            "target_base": self.target_base, "metric": self.metric, "tie_metric": self.tie_metric, "kind": self.kind,
+            "target_base": self.target_base, "metric": self.metric, "tie_metric": self.tie_metric,
+            TASK_KIND_KEY: self.task_kind,
             "general_metric": self.general_metric, "base": self.base, "methods": self.methods,
             "selected": self.selected, "selected_alpha": self.selected_alpha, "selected_test": self.selected_test,
             "base_test": self.base_test, "general_loss_change": self.general_loss_change,
@@ -274,7 +278,7 @@ class Outcome:
             registered=Registered.from_json(_field(data, "registered", what)),
             outcome_key=_field(data, "outcome_key", what),
             tie_metric=data["tie_metric"] if "tie_metric" in data else legacy_tie_metric(metric),
-            kind=data.get("kind"), general_metric=data.get("general_metric"),
+            task_kind=data.get(TASK_KIND_KEY), general_metric=data.get("general_metric"),
             general_loss_change=data.get("general_loss_change"), reused=bool(data.get("reused", False)),
             seconds=float(data.get("seconds") or 0.0), outcome_run=data.get("outcome_run"))
 
@@ -323,7 +327,7 @@ class ReleaseSummary:
     only the counts and ids, as it always did.
     """
 
-    family: str
+    base_line: str
     version: str
     summary_run: str
     vectors: int
@@ -332,15 +336,15 @@ class ReleaseSummary:
     results: tuple[Result, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        check_model_name(self.family)
+        check_model_name(self.base_line)
         object.__setattr__(self, "version", _version(self.version, "a release version"))
         if not self.summary_run:
-            raise InputError(f"the summary of {self.family}/{self.version} needs its run id")
+            raise InputError(f"the summary of {self.base_line}/{self.version} needs its run id")
         if len(self.failed) > self.vectors:
-            raise InputError(f"{self.family}/{self.version}: more failures than vectors")
+            raise InputError(f"{self.base_line}/{self.version}: more failures than vectors")
 
     def to_json(self) -> Json:
-        return {"family": self.family, "version": self.version, "summary_run": self.summary_run,
+        return {BASE_LINE_KEY: self.base_line, "version": self.version, "summary_run": self.summary_run,
                 "vectors": self.vectors, "failed": [f.to_json() for f in self.failed],
                 "candidates": list(self.candidates)}
 
@@ -349,6 +353,6 @@ class ReleaseSummary:
         """The XCom shape back (without ``results``, which the XCom does not carry)."""
         data = _mapping(data, "a release summary")
         what = "a release summary"
-        return cls(_field(data, "family", what), _field(data, "version", what), _field(data, "summary_run", what),
+        return cls(_field(data, BASE_LINE_KEY, what), _field(data, "version", what), _field(data, "summary_run", what),
                    int(_field(data, "vectors", what)), tuple(Failure.from_json(f) for f in data.get("failed") or ()),
                    tuple(data.get("candidates") or ()))

@@ -48,27 +48,27 @@ def _local_base(catalog: Catalog, cfg: WorkflowConfig, mv) -> BaseSide:
     return side
 
 
-def resolve_pair(cfg: WorkflowConfig, family: str, target_version: str, source_version: str | None = None) -> Pair:
+def resolve_pair(cfg: WorkflowConfig, base_line: str, target_version: str, source_version: str | None = None) -> Pair:
     """Both bases of a release step, downloaded and verified.
 
     The source defaults to the highest base version below the target (the release it supersedes).
     """
     catalog = catalog_of(cfg)
-    versions = {str(v.version): v for v in base_versions(catalog, family)}
+    versions = {str(v.version): v for v in base_versions(catalog, base_line)}
     target_version = str(target_version)
     if target_version not in versions:
-        raise InputError(f"{family}/{target_version} is not a registered base release")
+        raise InputError(f"{base_line}/{target_version} is not a registered base release")
     if source_version is None:
         lower = [v for v in versions if int(v) < int(target_version)]
         if not lower:
-            raise InputError(f"{family}/{target_version} has no earlier base release to port task vectors from")
+            raise InputError(f"{base_line}/{target_version} has no earlier base release to port task vectors from")
         source_version = max(lower, key=int)
     source_version = str(source_version)
     if source_version not in versions:
-        raise InputError(f"{family}/{source_version} is not a registered base release")
+        raise InputError(f"{base_line}/{source_version} is not a registered base release")
     if source_version == target_version:
-        raise InputError(f"source and target are the same base version {family}/{target_version}")
-    return Pair(family, _local_base(catalog, cfg, versions[source_version]),
+        raise InputError(f"source and target are the same base version {base_line}/{target_version}")
+    return Pair(base_line, _local_base(catalog, cfg, versions[source_version]),
                 _local_base(catalog, cfg, versions[target_version]))
 
 
@@ -80,10 +80,10 @@ def local_pair(cfg: WorkflowConfig, pair: Pair) -> Pair:
     """
     if all(side.dir and Path(side.dir, "config.json").is_file() for side in (pair.source, pair.target)):
         return pair
-    local = resolve_pair(cfg, pair.family, pair.target.version, pair.source.version)
+    local = resolve_pair(cfg, pair.base_line, pair.target.version, pair.source.version)
     for name in ("source", "target"):
         if local.side(name).sha256 != pair.side(name).sha256:
-            raise InputError(f"{pair.family}/{local.side(name).version} changed since the pair was resolved")
+            raise InputError(f"{pair.base_line}/{local.side(name).version} changed since the pair was resolved")
     return local
 
 
@@ -93,7 +93,7 @@ def list_task_vectors(cfg: WorkflowConfig, pair: Pair, tasks: list[str] | None =
     found = catalog_of(cfg).search_versions(tags=TaskVectorTags.search(base_model=source.name,
                                                                        base_version=source.version))
     wanted = set(tasks) if tasks else None
-    # registration order (the family's task order), so the DAG's mapped tasks and the summary agree
+    # registration order (the order the tasks were cataloged in), so the DAG's mapped tasks and the summary agree
     found = sorted(found, key=lambda v: (int(v.creation_timestamp or 0), v.name, int(v.version)))
     return [f"{v.name}/{v.version}" for v in found
             if wanted is None or TaskVectorTags.read(v.tags, "task") in wanted]

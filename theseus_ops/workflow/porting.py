@@ -86,7 +86,7 @@ class PortInputs:
         uses_data = get_method(method).capabilities.needs_calibration
         suffix = f"-{self.cal_fp[:16]}" if uses_data else ""
         name = f"{src.sha256[:12]}-{tgt.sha256[:12]}-{method}{suffix}.safetensors"
-        path = self.cfg.work_dir / "alignments" / self.pair.family / name
+        path = self.cfg.work_dir / "alignments" / self.pair.base_line / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             prep = PrepareConfig(src.dir, tgt.dir, self.spec if uses_data else CalibrationSpec(), method=method,
@@ -115,7 +115,7 @@ class PortInputs:
         require_finite_result(result, f"{method} transport of {self.tv_path}")
         total = len(report.records)
         log.info("transported %s task vector with %d tensors by %s (%d/%d transported), kept in memory",
-                 result.kind, len(result.names()), method, total - len(report.left_out), total)
+                 result.vector_format, len(result.names()), method, total - len(report.left_out), total)
         return Transported(result, report, alignment_uri)
 
     def dense(self, transported: Transported) -> dict[str, torch.Tensor]:

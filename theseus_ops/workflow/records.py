@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog import Catalog, VersionRef
+from theseus_ops.catalog.schema import OUTCOME_KEY_TAG, SELECTED_TAG, SOURCE_VECTOR_TAG, TARGET_BASE_TAG
 from theseus_ops.errors import InputError
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.contracts import Outcome
 from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
 log = logging.getLogger("theseus_ops")
-OUTCOME_KEY_TAG = "theseus.outcome_key"
 OUTCOME_FILE = "outcome.json"
 
 
@@ -78,8 +78,8 @@ def record_outcome(cfg: WorkflowConfig, catalog: Catalog, outcome: Outcome, scra
     ref, target = VersionRef.parse(outcome.vector), VersionRef.parse(outcome.target_base)
     plots = [vector_plot(outcome, scratch)]
     return log_run(catalog, f"outcome-{ref.name}-{ref.version}-to-{target.name}-{target.version}",
-                   {OUTCOME_KEY_TAG: outcome.outcome_key, "theseus.source_vector": outcome.vector,
-                    "theseus.target_base": outcome.target_base, "theseus.selected": outcome.selected},
+                   {OUTCOME_KEY_TAG: outcome.outcome_key, SOURCE_VECTOR_TAG: outcome.vector,
+                    TARGET_BASE_TAG: outcome.target_base, SELECTED_TAG: outcome.selected},
                    {OUTCOME_FILE: json.dumps(outcome.to_json(), indent=2)},
                    outcome_metrics(outcome), files=[p for p in plots if p is not None],
                    params={**config_params(cfg, VersionRef.parse(outcome.source_base), target),

@@ -139,7 +139,7 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
     target_ref = pair.target_ref
     chosen, metric = selection.chosen, selection.metric
     transported = done[selection.selected]
-    path = scratch / "transported" / (selection.selected if transported.vector.kind == "lora"
+    path = scratch / "transported" / (selection.selected if transported.vector.vector_format == "lora"
                                       else f"{selection.selected}.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     api.publish_transport(transported.vector, transported.report, inputs.model_pair, selection.selected, path)
@@ -155,7 +155,7 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
     common = dict(source_vector=ref, target_base=target_ref, method=selection.selected, alpha=chosen.alpha,
                   evaluation=evaluation, gate=gate, options=options)
     name = f"{ref.name}{cfg.serving_suffix}"
-    if transported.vector.kind == "lora":  # a PEFT adapter on the target base, never a merged copy
+    if transported.vector.vector_format == "lora":  # a PEFT adapter on the target base, never a merged copy
         model = register_transported_adapter(catalog, name, path, base_dir=pair.target.dir, **common)
     else:
         model_dir = api.merge_into(inputs.model_pair.target, transported.vector, chosen.alpha, scratch / "model",
@@ -168,12 +168,13 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
 
 
 def outcome_of(selection: Selection, config: TaskConfig) -> dict:
-    """The recorded shape of a selection: ``base``, ``methods`` (each at its α, or not applicable), the choice."""
+    """A selection as :class:`Outcome` fields: ``base``, ``methods`` (each at its α, or not applicable), the choice."""
     sel = selection.chosen
     base = selection.base
     general = sel.general or base.general
     return {
-        "metric": selection.metric, "tie_metric": selection.tie_metric, "kind": config.kind,
+        "metric": selection.metric, "tie_metric": selection.tie_metric,
+        "task_kind": config.task_kind,
         "general_metric": None if general is None else general.name,
         "base": base.as_dict(), "methods": {m: r.as_dict() for m, r in selection.methods.items()},
         "selected": selection.selected, "selected_alpha": sel.alpha, "selected_test": sel.test[selection.metric],
@@ -207,7 +208,7 @@ def _check_target(catalog: Catalog, pair: Pair) -> None:
 def _check_metric(ref: VersionRef, tags: TaskVectorTags) -> None:
     """Refuse an unknown metric for the task's kind before any download or GPU work."""
     try:
-        resolve_metric(tags.kind, tags.metric)
+        resolve_metric(tags.resolved_task_kind, tags.metric)
     except InputError as exc:
         raise InputError(f"task vector {ref}: {exc}") from None
 

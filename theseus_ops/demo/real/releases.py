@@ -151,9 +151,9 @@ def bert_releases(state: dict[str, torch.Tensor], config, seed: int, widening: W
             "v2-wide": (wide_config, widen_mlp_bert(state, widening.mlp))}
 
 
-def permutation_tensors(kind: str, config, seed: int) -> dict[str, torch.Tensor]:
+def permutation_tensors(architecture: str, config, seed: int) -> dict[str, torch.Tensor]:
     """The permutations v2-perm applied, so tests can map its outputs back (bare encoders' hidden states)."""
-    if kind == "bert":
+    if architecture == "bert":
         return bert_permutations(config, seed)
     from theseus_ops.demo.grow import permutations
 

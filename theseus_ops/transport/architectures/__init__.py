@@ -1,1 +1,1 @@
-"""Architecture specs, one JSON file per architecture family (loaded by ``transport/architecture.py``)."""
+"""Architecture specs, one JSON file per architecture (loaded by ``transport/architecture.py``)."""

@@ -1,7 +1,7 @@
 """What a method implements, and what the API hands it.
 
 A method turns a :class:`TransportContext` into a :class:`MethodOutput`: either one map per
-coordinate space (the engine then applies the family's rules, so fused projections, Conv1D layouts
+coordinate space (the engine then applies the architecture's rules, so fused projections, Conv1D layouts
 and LoRA factors are handled once for every map method), or a finished task vector with its report
 lines (a method that edits the vector itself, like GradFix). A method that estimates its maps from
 the two models (``Capabilities.estimates_maps``) also implements :meth:`Method.estimate`, which

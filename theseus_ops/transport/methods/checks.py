@@ -24,20 +24,20 @@ def _lora_capable() -> str:
     return " or ".join(n for n in sorted(method_names()) if get_method(n).capabilities.handles_lora)
 
 
-def check_lora(info: MethodInfo, kind: str) -> None:
+def check_lora(info: MethodInfo, vector_format: str) -> None:
     """A method that handles full deltas only refuses a LoRA adapter."""
-    if kind == "lora" and not info.capabilities.handles_lora:
+    if vector_format == "lora" and not info.capabilities.handles_lora:
         raise NotApplicableError(f"method {info.name} does not support LoRA adapters; use {_lora_capable()}, "
                                  "or pass the fine-tuned model with --source-tuned")
 
 
-def check_same_shapes(info: MethodInfo, plans: list[ParamPlan], source_shapes: dict, layer_kind: str,
+def check_same_shapes(info: MethodInfo, plans: list[ParamPlan], source_shapes: dict, layer_scheme: str,
                       source_depth: int, target_depth: int) -> None:
     """Methods defined only for identical shapes refuse any other pair, naming the first mismatch."""
     if not info.capabilities.same_shapes_only:
         return
     method, other = info.name, _alternatives('same_shapes_only')
-    if source_depth != target_depth or layer_kind != "identity":
+    if source_depth != target_depth or layer_scheme != "identity":
         raise NotApplicableError(f"{method} needs models of identical shape, but the source has {source_depth} "
                                  f"layers and the target {target_depth}; use --method {other}")
     for plan in plans:
