@@ -136,6 +136,8 @@ def test_s3_input_errors_are_one_line(s3):
     _upload(client, bucket, "partial", {"train.jsonl": _gen_jsonl(GEN["train"]).encode()})
     with pytest.raises(InputError, match=r"missing split file\(s\) val\.jsonl, test\.jsonl"):
         dataset_dir(f"s3://{bucket}/partial")
+    with pytest.raises(InputError, match=r"without \?query"):
+        dataset_dir(f"s3://{bucket}/t?splits=train,validation,test")
     with pytest.raises(InputError, match="only file://DIR and s3://"):
         dataset_dir("gs://bucket/t")
 

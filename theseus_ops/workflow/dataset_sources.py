@@ -95,6 +95,8 @@ def fetch_s3(uri: str) -> Path:
     parsed = urlparse(uri)
     if not parsed.netloc:
         raise InputError(f"dataset {uri} names no bucket")
+    if parsed.query or parsed.fragment:
+        raise InputError(f"dataset {uri}: an s3:// dataset is a bare prefix, without ?query or #fragment")
     zone = S3LandingZone(parsed.netloc, parsed.path.strip("/"), StorageConfig.from_env(url=uri))
     listing = zone.objects()
     if not listing:
