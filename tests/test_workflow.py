@@ -175,7 +175,7 @@ def test_broken_vector_fails_alone_with_one_line(world):
     assert "does not exist" in error and "\n" not in error
     assert sum("error" in o for o in outcomes.values()) == 1
     with pytest.raises(InputError, match="only file://"):
-        dataset_dir("s3://bucket/data")
+        dataset_dir("http://host/data")
 
 
 def test_second_run_creates_nothing(world):

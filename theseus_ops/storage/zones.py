@@ -264,6 +264,28 @@ class S3LandingZone:
             raise
 
 
+    def objects(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        """Every object below ``prefix`` (a folder key, or empty for the zone's root), recursively:
+        (key relative to ``prefix``, size in bytes, ETag without its quotes), sorted by key."""
+        full = self._key(prefix.strip("/")) + "/" if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
+
+        def listing():
+            found = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                found += [(o["Key"][len(full):], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
+                          for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+            return sorted(found)
+
+        try:
+            return self._retry(f"listing of s3://{self.bucket}/{full}", listing)
+        except Exception as exc:
+            if _is_missing(exc):
+                raise InputError(f"bucket {self.bucket} does not exist at {self.config.endpoint_url or 'AWS'}") \
+                    from exc
+            raise
+
+
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""

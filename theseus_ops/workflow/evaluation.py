@@ -21,10 +21,9 @@ from theseus_ops.evaluation.config import (
     TaskConfig,
 )
 from theseus_ops.evaluation.loading import load_tokenizer
+from theseus_ops.workflow.dataset_sources import HELDOUT_FILE, fetch_s3, from_save_to_disk, is_save_to_disk
 
 __all__ = ["HELDOUT_FILE", "dataset_dir", "load_tokenizer", "task_config"]
-
-HELDOUT_FILE = "heldout.txt"  # the general-capability text of LM tasks, beside the splits
 
 
 def _split_present(path: Path, task_kind: str, split: str) -> bool:
@@ -45,14 +44,23 @@ def _split_name(task_kind: str, split: str) -> str:
 def dataset_dir(uri: str, task_kind: str = GENERATION) -> Path:
     """The local task directory a dataset URI names, with every split a ``task_kind`` task needs.
 
-    Only ``file://DIR`` is supported so far.
+    ``file://DIR`` is used in place; ``s3://BUCKET/PREFIX`` is downloaded and verified into the cache
+    (:func:`~theseus_ops.workflow.dataset_sources.fetch_s3`). Either may be a ``datasets.save_to_disk``
+    DatasetDict, converted to split files in the cache
+    (:func:`~theseus_ops.workflow.dataset_sources.from_save_to_disk`).
     """
     parsed = urlparse(uri)
-    if parsed.scheme != "file":
-        raise InputError(f"dataset {uri}: only file://DIR task directories are supported by the workflow")
-    path = Path(unquote(parsed.netloc + parsed.path))
-    if not path.is_dir():
-        raise InputError(f"dataset {uri}: directory {path} does not exist")
+    if parsed.scheme == "s3":
+        path = fetch_s3(uri)
+    elif parsed.scheme == "file":
+        path = Path(unquote(parsed.netloc + parsed.path))
+        if not path.is_dir():
+            raise InputError(f"dataset {uri}: directory {path} does not exist")
+    else:
+        raise InputError(f"dataset {uri}: only file://DIR and s3://BUCKET/PREFIX datasets are supported by the "
+                         "workflow")
+    if is_save_to_disk(path):
+        path = from_save_to_disk(uri, path, task_kind)
     missing = [s for s in SPLITS if not _split_present(path, task_kind, s)]
     if missing:
         names = ", ".join(_split_name(task_kind, s) for s in missing)
