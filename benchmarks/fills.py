@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,22 +73,11 @@ def short_calibration(root: Path, oracle: str) -> dict[str, dict[str, float]]:
 
 
 def bert_identity(root: Path) -> dict[str, float]:
-    import transformers
-
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=64, num_labels=3, max_position_embeddings=64, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4)).eval()
-    model.save_pretrained(root / "bert")
-    delta = tiny.random_delta(load_file(str(root / "bert" / "model.safetensors")), 0.02)
-    tiny.save_delta(delta, root / "bert-tv.safetensors")
-    ids = torch.randint(3, 64, (16, 24), generator=torch.Generator().manual_seed(0))
-    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(root / "bert-cal.safetensors"))
+    model_dir, tv, calibration, delta = eq.bert_at_init(root)
     errors = {}
     for fill in FILLS:
-        cfg = TransportConfig(str(root / "bert"), str(root / "bert"), "theseus",
-                              task_vector=str(root / "bert-tv.safetensors"),
-                              calibration=CalibrationSpec(str(root / "bert-cal.safetensors")), fill=fill, device="cpu")
+        cfg = TransportConfig(str(model_dir), str(model_dir), "theseus", task_vector=str(tv),
+                              calibration=CalibrationSpec(str(calibration)), fill=fill, device="cpu")
         api.transport(cfg, root / f"bert-{fill}.safetensors")
         errors[fill] = _worst_weight_error(load_file(str(root / f"bert-{fill}.safetensors")), delta)
     return errors

@@ -53,10 +53,13 @@ def byte_tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 
 def fit(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float, seed: int = 0) -> None:
-    """Full-batch Adam steps on ``batch`` (which carries its ``labels``); the model ends in eval mode."""
+    """Full-batch Adam steps on ``batch`` (which carries its ``labels``); the model ends in eval mode.
+
+    Only parameters that require gradients are trained, so a PEFT model trains its adapter alone.
+    """
     torch.manual_seed(seed)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     for _ in range(steps):
         loss = model(**batch).loss
         opt.zero_grad()

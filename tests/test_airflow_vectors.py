@@ -28,7 +28,7 @@ import torch
 import transformers
 
 from tests.conftest_servers import BIN, mlflow_sqlite  # noqa: F401 - fixture
-from tests.eval_models import LABELS, PAIR_ROWS, TEXT_ROWS, bert_classifier, write_jsonl
+from tests.eval_models import LABELS, PAIR_ROWS, TEXT_ROWS, bert_classifier, fit, write_jsonl
 from tests.test_airflow import ROOT, run, run_dag, tis
 from theseus_ops import api
 from theseus_ops.catalog import ALIAS_CANDIDATE, Catalog, CatalogConfig, VersionRef, register_task_vector
@@ -47,18 +47,6 @@ def _batch(model_dir: Path) -> dict[str, torch.Tensor]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
     return {**batch, "labels": torch.tensor([LABELS.index(y) for _, y in TEXT_ROWS])}
-
-
-def _fit(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float) -> None:
-    torch.manual_seed(0)
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    for _ in range(steps):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
 
 
 def _accuracy(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
@@ -86,7 +74,7 @@ def build_classifier_family(root: Path) -> dict[str, Path]:
     assert _accuracy(auto.from_pretrained(str(v1)).eval(), batch) < 0.5  # the base does not know the task
 
     tuned = auto.from_pretrained(str(v1))
-    _fit(tuned, batch, 60, 1e-3)
+    fit(tuned, batch, 60, 1e-3)
     assert _accuracy(tuned, batch) == 1.0
     tuned.save_pretrained(str(root / "tuned"))
     transformers.AutoTokenizer.from_pretrained(str(v1)).save_pretrained(str(root / "tuned"))
@@ -96,7 +84,7 @@ def build_classifier_family(root: Path) -> dict[str, Path]:
 
     torch.manual_seed(0)
     lora = get_peft_model(auto.from_pretrained(str(v1)), LoraConfig(r=8, lora_alpha=16, target_modules=LORA_MODULES))
-    _fit(lora, batch, 100, 3e-3)
+    fit(lora, batch, 100, 3e-3)
     assert _accuracy(lora, batch) == 1.0
     lora.save_pretrained(str(root / "topic-lora"))
 

@@ -119,19 +119,25 @@ def test_pad_fill_is_not_equivariant(pair):
     assert worst > 1e-2
 
 
+def _short_calibration_transport(tmp_path: Path, oracle: str, fill: str) -> tuple[tiny.Case, dict, dict]:
+    """Theseus on a tiny Llama oracle calibrated on 2 examples (48 rows for 64 MLP units): case, report, τ_B."""
+    case = tiny.Case(tmp_path, "llama", oracle)
+    short = tiny.calibration(tmp_path / "short.safetensors", rows=2)
+    cfg = TransportConfig(str(case.source), str(case.target), "theseus", task_vector=str(case.task_vector),
+                          calibration=CalibrationSpec(str(short)), fill=fill)
+    report = api.transport(cfg, tmp_path / "out.safetensors")
+    return case, report, load_file(str(tmp_path / "out.safetensors"))
+
+
 @pytest.mark.parametrize("oracle", ["identity", "permutation"])
 def test_project_fill_completes_from_probes_when_calibration_is_short(tmp_path, oracle):
     """Two calibration examples (48 rows) leave the 64-unit MLP spaces partly undetermined; seeded probe
     inputs, which depend on neither model's coordinates, complete them, so the oracles stay exact."""
-    case = tiny.Case(tmp_path, "llama", oracle)
-    short = tiny.calibration(tmp_path / "short.safetensors", rows=2)
-    cfg = TransportConfig(str(case.source), str(case.target), "theseus", task_vector=str(case.task_vector),
-                          calibration=CalibrationSpec(str(short)), fill="project")
-    report = api.transport(cfg, tmp_path / "out.safetensors")
+    case, report, out = _short_calibration_transport(tmp_path, oracle, "project")
     hidden = report["spaces"]["layers.0.mlp_hidden"]
     assert hidden["data_rank"] < 64 and hidden["data_rank"] + hidden["probe_filled"] == 64
     assert "layers.0.mlp_hidden" in report["alignment_provenance"]["calibration"]["completion"]["spaces"]
-    assert case.error(load_file(str(tmp_path / "out.safetensors"))) < 1e-3
+    assert case.error(out) < 1e-3
 
 
 @pytest.mark.parametrize("oracle", ["identity", "permutation"])
@@ -139,17 +145,31 @@ def test_weights_fill_completes_from_the_base_weights_when_calibration_is_short(
     """The same short calibration, completed by weight matching instead of probes: no second forward pass,
     and the oracles stay exact because the weight-matching moment is the permutation times a positive
     semi-definite matrix on an identical or permuted target."""
-    case = tiny.Case(tmp_path, "llama", oracle)
-    short = tiny.calibration(tmp_path / "short.safetensors", rows=2)
-    cfg = TransportConfig(str(case.source), str(case.target), "theseus", task_vector=str(case.task_vector),
-                          calibration=CalibrationSpec(str(short)), fill="weights")
-    report = api.transport(cfg, tmp_path / "out.safetensors")
+    case, report, out = _short_calibration_transport(tmp_path, oracle, "weights")
     hidden = report["spaces"]["layers.0.mlp_hidden"]
     assert hidden["data_rank"] < 64 and hidden["data_rank"] + hidden["weight_filled"] == 64
     assert hidden["probe_filled"] == 0
     completion = report["alignment_provenance"]["calibration"]["completion"]
     assert completion["prior"] == "base weights" and "layers.0.mlp_hidden" in completion["spaces"]
-    assert case.error(load_file(str(tmp_path / "out.safetensors"))) < 1e-4
+    assert case.error(out) < 1e-4
+
+
+def bert_at_init(root: Path) -> tuple[Path, Path, Path, dict[str, torch.Tensor]]:
+    """A BERT classifier at init (β = 0), a random task vector on it and 16 calibration sequences:
+    the model directory, the vector's file, the calibration file and the vector itself."""
+    import transformers
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=64, num_labels=3, max_position_embeddings=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4)).eval()
+    model.save_pretrained(root / "bert")
+    delta = tiny.random_delta(load_file(str(root / "bert" / "model.safetensors")), 0.02)
+    tv = tiny.save_delta(delta, root / "bert-tv.safetensors")
+    ids = torch.randint(3, 64, (16, 24), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(root / "bert-cal.safetensors"))
+    return root / "bert", tv, root / "bert-cal.safetensors", delta
 
 
 def test_weights_fill_keeps_structurally_unexcited_directions(tmp_path):
@@ -158,23 +178,11 @@ def test_weights_fill_keeps_structurally_unexcited_directions(tmp_path):
     ``project`` fill drops that direction of every update; the ``weights`` fill completes it from the
     weights (the norm's space first, then, a round later, the projections it feeds), so the identity
     oracle is exact again."""
-    import transformers
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=64, num_labels=3, max_position_embeddings=64, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4)).eval()
-    model.save_pretrained(tmp_path / "bert")
-    delta = tiny.random_delta(load_file(str(tmp_path / "bert" / "model.safetensors")), 0.02)
-    tiny.save_delta(delta, tmp_path / "tv.safetensors")
-    ids = torch.randint(3, 64, (16, 24), generator=torch.Generator().manual_seed(0))
-    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(tmp_path / "cal.safetensors"))
+    model_dir, tv, calibration, delta = bert_at_init(tmp_path)
     worst = {}
     for fill in ("project", "weights"):
-        cfg = TransportConfig(str(tmp_path / "bert"), str(tmp_path / "bert"), "theseus",
-                              task_vector=str(tmp_path / "tv.safetensors"),
-                              calibration=CalibrationSpec(str(tmp_path / "cal.safetensors")), fill=fill)
+        cfg = TransportConfig(str(model_dir), str(model_dir), "theseus", task_vector=str(tv),
+                              calibration=CalibrationSpec(str(calibration)), fill=fill)
         report = api.transport(cfg, tmp_path / f"{fill}.safetensors")
         out = load_file(str(tmp_path / f"{fill}.safetensors"))
         worst[fill] = max(float((out[k] - v).norm() / v.norm()) for k, v in delta.items() if v.norm() > 0)

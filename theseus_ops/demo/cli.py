@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from theseus_ops.transport.tolerances import DEFAULT_FILL, FILLS
+
 OURS = ("evaluate", "bench")
 
 
@@ -31,9 +33,8 @@ def add_subcommands(sub) -> None:
     q.add_argument("--cache", metavar="DIR", help="family cache root (default .theseus/families)")
     q.add_argument("--alphas", default="0,0.5,1,1.5,2,3,4,5", help="comma-separated α grid searched on val")
     q.add_argument("--no-plots", action="store_true")
-    q.add_argument("--fill", default=None, metavar="FILL",
-                   help="what estimated maps do on directions the calibration leaves open (pad, project, weights; "
-                        "default: the engine's)")
+    q.add_argument("--fill", default=DEFAULT_FILL, choices=FILLS,
+                   help="what estimated maps do on directions the calibration leaves open (default %(default)s)")
 
 
 def _alphas(text: str) -> tuple[float, ...]:
@@ -62,13 +63,8 @@ def run(args: argparse.Namespace) -> int | None:
         print(json.dumps(evaluate_model(args.model, args.task, args.split, args.heldout, args.limit), indent=2))
         return 0
     from theseus_ops.demo.bench import BenchConfig, run_quality
-    from theseus_ops.transport.tolerances import DEFAULT_FILL, FILLS
-
-    fill = args.fill or DEFAULT_FILL
-    if fill not in FILLS:
-        raise InputError(f"--fill must be one of {', '.join(FILLS)}, got {fill!r}")
     cfg = BenchConfig(family=args.family, alphas=_alphas(args.alphas), cache=args.cache, plots=not args.no_plots,
-                      fill=fill)
+                      fill=args.fill)
     quiet = getattr(args, "quiet", False)
     results = run_quality(cfg, args.out, progress=(lambda _m: None) if quiet else
                           (lambda m: print(f"theseus-ops: {m}", file=sys.stderr)))

@@ -255,14 +255,7 @@ class S3LandingZone:
                 names.update(o["Key"][len(full):] for o in page.get("Contents", []))
             return sorted(n for n in names if n)
 
-        try:
-            return self._retry(f"listing of s3://{self.bucket}/{full}", listing)
-        except Exception as exc:
-            if _is_missing(exc):
-                raise InputError(f"bucket {self.bucket} does not exist at {self.config.endpoint_url or 'AWS'}") \
-                    from exc
-            raise
-
+        return self._listing(full, listing)
 
     def objects(self, prefix: str = "") -> list[tuple[str, int, str]]:
         """Every object below ``prefix`` (a folder key, or empty for the zone's root), recursively:
@@ -277,6 +270,10 @@ class S3LandingZone:
                           for o in page.get("Contents", []) if not o["Key"].endswith("/")]
             return sorted(found)
 
+        return self._listing(full, listing)
+
+    def _listing(self, full: str, listing: Callable[[], list]) -> list:
+        """A listing below the key prefix ``full``, retried; a bucket that does not exist is an input error."""
         try:
             return self._retry(f"listing of s3://{self.bucket}/{full}", listing)
         except Exception as exc:

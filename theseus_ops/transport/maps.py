@@ -337,6 +337,18 @@ class SpaceQuality:
         return self.weakly_determined > 0 and self.probe_filled == 0 and self.weight_filled == 0
 
 
+def moment_residual(t: torch.Tensor, cross: torch.Tensor, sq_a: float, sq_b: float,
+                    gram_a: torch.Tensor | None) -> float:
+    """‖X_A T − X_B‖ / ‖X_B‖ from the moments: tr(Tᵀ G_A T) − 2 tr(Tᵀ C) + ‖X_B‖², NaN when ‖X_B‖ = 0.
+
+    Without the Gram, tr(Tᵀ G_A T) is taken as ‖X_A‖²: exact when T Tᵀ = I (d_A ≤ d_B), an upper bound
+    otherwise.
+    """
+    quad = float((t.T @ gram_a @ t).trace()) if gram_a is not None else sq_a
+    err2 = max(quad - 2.0 * float((t * cross).sum()) + sq_b, 0.0)
+    return (err2 / sq_b) ** 0.5 if sq_b > 0 else float("nan")
+
+
 def _statistics_terms(stats, options: MapOptions) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
     """Cross moment, squared norms and Gram of A, centered if asked."""
     cross, sq_a, sq_b, gram_a = stats.cross, float(stats.sq_a), float(stats.sq_b), stats.gram_a
@@ -370,6 +382,17 @@ def _polar_target(stats, options: MapOptions, cross: torch.Tensor | None = None)
 def _unit(m: torch.Tensor) -> torch.Tensor:
     norm = float(torch.linalg.matrix_norm(m))
     return m / norm if norm > 0 else m
+
+
+def _with_prior(target: torch.Tensor, prior_moment: torch.Tensor, prior_rank_tol: float, weight: float,
+                rank_tol: float) -> PolarResult:
+    """The projected polar factor of C/‖C‖ + w·P/‖P‖, P the prior moment's own projected polar factor.
+
+    P's singular values are all 1, so every direction the prior determines stands well above the
+    cut-off, and the data still decides every direction it determines beyond w of its largest.
+    """
+    prior = polar_factor(prior_moment, prior_rank_tol, fill="project").map
+    return polar_factor(_unit(target) + weight * _unit(prior), rank_tol, fill="project")
 
 
 def estimate_space_map(stats, source_key: str, options: MapOptions,
@@ -413,24 +436,18 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
         # A ridge of 1e-4 of each Gram's trace (≥ 1e-4 of its top eigenvalue) bounds the noise below.
         whitened = dataclasses.replace(options, whiten_power=PROBE_WHITEN_POWER,
                                        whiten_eps=PROBE_RIDGE * max(target.shape))
-        prior = polar_factor(_polar_target(probe_stats, whitened), PROBE_PRIOR_RANK_TOL, fill="project").map
-        mixed = _unit(target) + PROBE_PRIOR_WEIGHT * _unit(prior)
-        polar = polar_factor(mixed, options.rank_tol, fill="project")
+        polar = _with_prior(target, _polar_target(probe_stats, whitened), PROBE_PRIOR_RANK_TOL, PROBE_PRIOR_WEIGHT,
+                            options.rank_tol)
         probe_filled = max(0, polar.data_rank - data_only.data_rank)
     weight_filled = 0
     if weight_prior is not None and options.fill == "weights" and structure is None:
-        # The prior enters as its own polar factor (singular values 1), so every direction the weights
-        # determine stands well above the cut-off, as the probe prior does.
-        prior = polar_factor(weight_prior.to(target), WEIGHT_PRIOR_RANK_TOL, fill="project").map
-        mixed = _unit(target) + WEIGHT_PRIOR_WEIGHT * _unit(prior)
-        polar = polar_factor(mixed, options.rank_tol, fill="project")
+        polar = _with_prior(target, weight_prior.to(target), WEIGHT_PRIOR_RANK_TOL, WEIGHT_PRIOR_WEIGHT,
+                            options.rank_tol)
         weight_filled = max(0, polar.data_rank - data_only.data_rank)
     t = polar.map
     # Without Gram statistics, tr(Tᵀ G_A T) = ‖X_A‖² is exact when T Tᵀ = I (d_A ≤ d_B), an upper bound otherwise
     # (a projected map only drops directions the data barely reaches, so the bound stays tight).
-    quad = float((t.T @ gram_a @ t).trace()) if gram_a is not None else sq_a
-    err2 = max(quad - 2.0 * float((t * cross).sum()) + sq_b, 0.0)
-    residual = (err2 / sq_b) ** 0.5 if sq_b > 0 else float("nan")
+    residual = moment_residual(t, cross, sq_a, sq_b, gram_a)
     width_a, width_b = cross.shape
     quality = SpaceQuality(
         source_key=source_key,

@@ -7,7 +7,7 @@ import math
 import torch
 
 from theseus_ops.errors import InputError
-from theseus_ops.transport.maps import pad_map
+from theseus_ops.transport.maps import moment_residual, pad_map
 
 Inputs = dict[str, torch.Tensor]
 
@@ -30,12 +30,11 @@ def split_examples(source: Inputs, target: Inputs, holdout: float) -> tuple[tupl
 
 
 def held_out_residual(stats, t: torch.Tensor) -> float:
-    """‖X_A T − X_B‖ / ‖X_B‖ on held-out rows, from their moments (with the source Gram)."""
+    """‖X_A T − X_B‖ / ‖X_B‖ on held-out rows, from their moments (with the source Gram); 0 without rows' energy."""
+    if float(stats.sq_b) <= 0:
+        return 0.0
     t = t.to(stats.cross)
-    quad = float((t.T @ stats.gram_a @ t).trace())
-    err2 = max(quad - 2.0 * float((t * stats.cross).sum()) + float(stats.sq_b), 0.0)
-    sq_b = float(stats.sq_b)
-    return (err2 / sq_b) ** 0.5 if sq_b > 0 else 0.0
+    return moment_residual(t, stats.cross, float(stats.sq_a), float(stats.sq_b), stats.gram_a)
 
 
 def choose_maps(maps: dict[str, torch.Tensor], held: dict) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
