@@ -191,3 +191,27 @@ def test_family_config_keys_are_validated_strictly(edit, match):
     edit(raw)
     with pytest.raises(ValueError, match=match):
         parse_architecture(raw)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r["global_sites"]["post_ln"].update(follows="no_such_site"), "follows must name a global or main-stack"),
+    (lambda r: r["global_sites"]["post_ln"].update(follows="post_ln"), "follows must name"),
+    (lambda r: r["layer_sites"]["q"].update(follows="embed"), "follows must name another site of the layers stack"),
+])
+def test_follows_names_a_site_the_space_can_keep_coordinates_of(edit, match):
+    raw = _raw("clip_vision")
+    edit(raw)
+    with pytest.raises(ValueError, match=match):
+        parse_architecture(raw)
+
+
+def test_pooled_norm_space_follows_the_last_layer():
+    """CLIP's post_layernorm sees one token per image and no weight reads it: its space keeps the last
+    layer's residual coordinates, which the weights fill uses where the images leave it open."""
+    from theseus_ops.transport.engine import space_requests
+    from theseus_ops.transport.layer_map import build_layer_map
+
+    clip = architecture_for_model_type("clip_vision_model")
+    requests = space_requests(clip, {"post_ln", "layers.2.q"}, build_layer_map("uniform", 3, 3), "", "")
+    follows = {r.key: r.follows for r in requests}
+    assert follows == {"post_ln": "layers.2.resid_out", "layers.2.q": None}

@@ -183,7 +183,7 @@ def test_rank_tolerance_is_an_option_and_is_reported(tmp_path):
     loose = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration, rank_tol=0.5, fill="pad"),
                         tmp_path / "b.align")
     assert loose.provenance["options"]["rank_tol"] == 0.5 and loose.provenance["options"]["fill"] == "pad"
-    assert strict.provenance["options"]["fill"] == "pad"
+    assert strict.provenance["options"]["fill"] == "weights"  # the default
     hidden_strict, hidden_loose = strict.quality["layers.0.mlp_hidden"], loose.quality["layers.0.mlp_hidden"]
     assert hidden_strict["data_rank"] == 64 and hidden_loose["data_rank"] < 64
     assert hidden_loose["data_rank"] + hidden_loose["prior_filled"] + hidden_loose["seeded_filled"] == 64

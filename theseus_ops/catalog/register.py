@@ -75,6 +75,12 @@ def options_sha256(options: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def calibration_tag(options: dict) -> str | None:
+    """The ``calibration`` option (recipe and rows used) as a tag value; None for an uncalibrated method."""
+    value = options.get("calibration")
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def idempotency_key(source_vector: VersionRef, target_base: VersionRef, method: str, options: dict) -> str:
     """The identity of a transport: (source vector version, target base version, method, options hash)."""
     payload = json.dumps({"source_vector": str(source_vector), "target_base": str(target_base), "method": method,
@@ -262,7 +268,8 @@ def register_transported_vector(catalog: Catalog, source_vector: VersionRef, tar
     tags = TaskVectorTags(task=source.task, base_model=target_base.name, base_version=target_base.version,
                           format=fmt, dataset=source.dataset, metric=source.metric,
                           transported_from=str(source_vector), method=method, alpha=repr(float(alpha)),
-                          alignment=alignment, **source.evaluation_fields()).to_tags()
+                          alignment=alignment, calibration=calibration_tag(options),
+                          **source.evaluation_fields()).to_tags()
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
     mv, created = catalog.register_entry(name, path, tags, "task_vector",
                                          f"{source.task} task vector ported from {source_vector} by {method}",
@@ -516,7 +523,7 @@ def _register_transported(catalog: Catalog, name: str, fmt: str, save: Callable[
         base_test_metric=repr(evaluation.base_test_metric),
         general_loss=None if evaluation.general_loss is None else repr(evaluation.general_loss),
         base_general_loss=None if evaluation.base_general_loss is None else repr(evaluation.base_general_loss),
-        gate=decision.tag, format=fmt,
+        gate=decision.tag, format=fmt, calibration=calibration_tag(options),
     ).to_tags()
     tags.update({IDEMPOTENCY_KEY: key, OPTIONS_SHA256: options_sha256(options)})
     metrics = model_metrics(source.metric, float(alpha), evaluation)

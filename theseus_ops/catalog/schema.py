@@ -157,6 +157,7 @@ class TaskVectorTags(_Tags):
     chat_template: str | None = None  # "true" | "false"
     max_new_tokens: str | None = None
     general_dataset: str | None = None  # URI of a second, untouched task (general capability)
+    calibration: str | None = None  # a transported vector's calibration recipe and rows used (JSON)
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -239,6 +240,7 @@ class TransportedModelTags(_Tags):
     gate: str | None = None  # passed | failed: reason
     # full: a merged model; lora: a PEFT adapter on the target base (base_model/base_version). Absent: full
     format: str | None = None
+    calibration: str | None = None  # the calibration recipe and rows used (JSON), for a calibrated method
 
     def __post_init__(self) -> None:
         if self.format not in (None, *FORMATS):

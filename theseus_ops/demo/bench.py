@@ -15,11 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from theseus_ops.demo.family import TARGETS, Family, build_family, ensure_references, family_config
 from theseus_ops.demo.skills import load_split
 from theseus_ops.errors import TheseusError
 from theseus_ops.evaluation import Candidate, NotApplicable, TaskConfig, score_at, sweep_and_select
+from theseus_ops.evaluation.calibration import build_calibration, shared_vocabulary
 from theseus_ops.evaluation.generation import GenerationEvaluator
+from theseus_ops.evaluation.recipe import CalibrationRecipe
 from theseus_ops.io.task_vectors import dense_deltas
 from theseus_ops.plots import SweepPanel, sweep_figure
 from theseus_ops.transport.methods import get_method, method_names
@@ -41,6 +45,9 @@ class BenchConfig:
     plots: bool = True
     family_overrides: dict = field(default_factory=dict, hash=False)
     fill: str = DEFAULT_FILL  # what the estimated maps do on directions the calibration leaves open
+    # None: the family's own calibration files (task rows plus corpus windows); else built per skill by
+    # the workflow's recipe builder (evaluation.calibration), as the workflow would
+    calibration: CalibrationRecipe | None = None
 
 
 class Release:
@@ -76,11 +83,26 @@ def _share(value: float, base: float, tuned: float) -> float | None:
     return None if gain <= 1e-9 else (value - base) / gain
 
 
+def recipe_calibrations(fam: Family, recipe: CalibrationRecipe, skills, out: Path) -> dict[str, Path]:
+    """Each skill's calibration file built by ``recipe`` (the demo family's releases share one tokenizer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for skill in skills:
+        evaluator = GenerationEvaluator(TaskConfig(dataset=fam.task(skill), heldout=fam.heldout),
+                                        report=lambda _m: None)
+        built = build_calibration(evaluator, fam.model("v1"), recipe, vocab=shared_vocabulary(fam.model("v1")),
+                                  heldout=fam.heldout)
+        paths[skill] = out / f"{skill}.safetensors"
+        save_file(built.tensors, str(paths[skill]), metadata=built.metadata(recipe))
+    return paths
+
+
 def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out: Path, alignments: dict,
-               fill: str = DEFAULT_FILL) -> Path:
+               fill: str = DEFAULT_FILL, calibrations: dict[str, Path] | None = None) -> Path:
     from theseus_ops import api
     from theseus_ops.config import CalibrationSpec, PrepareConfig, TransportConfig
 
+    cal_file = str((calibrations or {}).get(skill) or fam.calibration(skill))
     source, tgt = str(fam.model("v1")), str(fam.model(target))
     caps = get_method(method).capabilities
     kwargs: dict = {}
@@ -89,12 +111,12 @@ def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out:
         if key not in alignments:
             path = out.parent.parent / "alignments" / f"{target}-{method}{'-' + skill if key[2] else ''}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
-            cal = CalibrationSpec(str(fam.calibration(skill))) if caps.needs_calibration else CalibrationSpec()
+            cal = CalibrationSpec(cal_file) if caps.needs_calibration else CalibrationSpec()
             api.prepare(PrepareConfig(source, tgt, cal, method=method, fill=fill), path)
             alignments[key] = str(path)
         kwargs["alignment"] = alignments[key]
     elif caps.needs_calibration:
-        kwargs["calibration"] = CalibrationSpec(str(fam.calibration(skill)))
+        kwargs["calibration"] = CalibrationSpec(cal_file)
         kwargs["fill"] = fill
     dest = out / (f"{method}" if tv.is_dir() else f"{method}.safetensors")
     out.mkdir(parents=True, exist_ok=True)
@@ -103,11 +125,12 @@ def _transport(fam: Family, target: str, method: str, tv: Path, skill: str, out:
 
 
 def _run_cell(fam: Family, release: Release, cfg: BenchConfig, target: str, skill: str, tv: Path, label: str,
-              base: Candidate, out: Path, alignments: dict) -> dict:
+              base: Candidate, out: Path, alignments: dict, calibrations: dict[str, Path] | None = None) -> dict:
     """All methods for one (target, task vector), through the evaluation package's sweep-and-select."""
     def delta_of(method: str):
         try:
-            path = _transport(fam, target, method, tv, skill, out / target / label, alignments, cfg.fill)
+            path = _transport(fam, target, method, tv, skill, out / target / label, alignments, cfg.fill,
+                              calibrations)
         except TheseusError as exc:
             return NotApplicable(method, str(exc).splitlines()[0])
         return dense_deltas(path, fam.model(target))
@@ -156,7 +179,10 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
                                 "build_seconds_recorded": fam.info.get("build_seconds"),
                                 "build_or_load_seconds": round(build_s, 2), "timings": fam.info.get("timings"),
                                 "reference_seconds": round(reference_s, 2), "reference_timings": reference_timings},
-                     "alphas": list(cfg.alphas), "source": {}, "cells": []}
+                     "alphas": list(cfg.alphas), "source": {}, "cells": [], "fill": cfg.fill,
+                     "calibration": cfg.calibration.as_dict() if cfg.calibration else "family files"}
+    calibrations = (recipe_calibrations(fam, cfg.calibration, fam_cfg.skills, out / "calibration")
+                    if cfg.calibration else None)
     source = Release(fam, "v1", splits)
     for skill in splits:
         tuned = dense_deltas(fam.task_vector(skill), fam.model("v1"))
@@ -175,7 +201,8 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
                 tvs.append((f"{skill}-lora", fam.lora(skill)))
             for label, tv in tvs:
                 t0 = time.perf_counter()
-                cell = _run_cell(fam, release, cfg, target, skill, tv, label, base, out / "transported", alignments)
+                cell = _run_cell(fam, release, cfg, target, skill, tv, label, base, out / "transported", alignments,
+                                 calibrations)
                 cell["seconds"] = round(time.perf_counter() - t0, 2)
                 results["cells"].append(cell)
                 progress(f"bench: {target} {label}: selected {cell['selected']} ({cell['seconds']:.1f}s)")

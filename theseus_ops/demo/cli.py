@@ -35,6 +35,9 @@ def add_subcommands(sub) -> None:
     q.add_argument("--no-plots", action="store_true")
     q.add_argument("--fill", default=DEFAULT_FILL, choices=FILLS,
                    help="what estimated maps do on directions the calibration leaves open (default %(default)s)")
+    q.add_argument("--calibration", metavar="RECIPE",
+                   help="build each skill's calibration set by this recipe, as the workflow does "
+                        "(task=N,text=N,probes=N,answers=yes|no,max_length=N); default: the family's own files")
 
 
 def _alphas(text: str) -> tuple[float, ...]:
@@ -63,8 +66,11 @@ def run(args: argparse.Namespace) -> int | None:
         print(json.dumps(evaluate_model(args.model, args.task, args.split, args.heldout, args.limit), indent=2))
         return 0
     from theseus_ops.demo.bench import BenchConfig, run_quality
+    from theseus_ops.evaluation.recipe import CalibrationRecipe
+
+    recipe = CalibrationRecipe.parse(args.calibration) if args.calibration is not None else None
     cfg = BenchConfig(family=args.family, alphas=_alphas(args.alphas), cache=args.cache, plots=not args.no_plots,
-                      fill=args.fill)
+                      fill=args.fill, calibration=recipe)
     quiet = getattr(args, "quiet", False)
     results = run_quality(cfg, args.out, progress=(lambda _m: None) if quiet else
                           (lambda m: print(f"theseus-ops: {m}", file=sys.stderr)))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from safetensors.torch import load_file
 from theseus_ops.errors import InputError
 from theseus_ops.io.safetensors_header import read_header
 
+# safetensors metadata key of a calibration file theseus-ops built from a recipe (evaluation.calibration):
+# the recipe and the rows each source gave, carried into the alignment's provenance
+RECIPE_METADATA_KEY = "theseus.calibration_recipe"
 KNOWN_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
 # What an encoder-decoder (T5) also takes: the decoder's tokens, or labels that give them.
 DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask")
@@ -30,6 +34,7 @@ class Calibration:
     tensors: dict[str, torch.Tensor]
     fingerprint: str
     path: str
+    recipe: dict | None = None  # how the set was built, when theseus-ops built it (evaluation.recipe)
 
     @property
     def rows(self) -> int:
@@ -39,7 +44,8 @@ class Calibration:
         return {k: v for k, v in self.tensors.items() if k != "labels"}
 
     def head(self, rows: int) -> Calibration:
-        return Calibration({k: v[:rows] for k, v in self.tensors.items()}, self.fingerprint + f":{rows}", self.path)
+        return Calibration({k: v[:rows] for k, v in self.tensors.items()}, self.fingerprint + f":{rows}", self.path,
+                           self.recipe)
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -61,7 +67,7 @@ def load_calibration(path: str | Path, input_kind: str, decoder_start: int | Non
     path = Path(path)
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist")
-    read_header(path, follow_symlink=True)
+    header = read_header(path, follow_symlink=True)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -117,7 +123,19 @@ def load_calibration(path: str | Path, input_kind: str, decoder_start: int | Non
             raise InputError(f"{path}: 'labels' holds {int(labels.min())}; labels are ids >= 0, or -100 (ignored)")
     if decoder_start is not None:
         tensors = _with_decoder_inputs(tensors, decoder_start, path)
-    return Calibration(tensors, fingerprint(tensors), str(path))
+    return Calibration(tensors, fingerprint(tensors), str(path), _recipe_of(header.metadata))
+
+
+def _recipe_of(metadata: dict[str, str]) -> dict | None:
+    """The recipe record a built calibration file carries (``RECIPE_METADATA_KEY``)."""
+    raw = metadata.get(RECIPE_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _with_decoder_inputs(tensors: dict[str, torch.Tensor], start: int, path: Path) -> dict[str, torch.Tensor]:

@@ -68,7 +68,8 @@ class EstimateRun:
         check_token_range(target_cal, pair.target, "target")
         return CalibrationInputs(source_cal.inputs(), target_cal.inputs(),
                                  {"source_fingerprint": source_cal.fingerprint,
-                                  "target_fingerprint": target_cal.fingerprint, "rows": source_cal.rows})
+                                  "target_fingerprint": target_cal.fingerprint, "rows": source_cal.rows,
+                                  **({"recipe": source_cal.recipe} if source_cal.recipe else {})})
 
     def models(self) -> LoadedModels:
         if self._models is not None:

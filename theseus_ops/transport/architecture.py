@@ -98,6 +98,11 @@ class SiteSpec:
     part: int | None = None
     map: HeadMapSpec | None = None
     sequence: str = "input"
+    # The site whose coordinates this one keeps: the output of an elementwise op (a norm) on that site,
+    # such as a pooled token's final LayerNorm. A global site may follow a main-stack site (its last
+    # layer), a layer site one of its own stack (same layer). The ``weights`` fill then completes this
+    # space from that space's map too, where no weight reads it (``weight_prior``).
+    follows: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +258,7 @@ _ARCHITECTURE_KEYS = {
     "global_sites", "layer_sites", "parameters", "prefixes", "splits", "requires", "stacks", "decoder_start",
     "config_sections", "tie_default",
 }
-_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute", "split", "part", "map", "sequence"}
+_SITE_KEYS = {"module", "capture", "chunk", "chunks", "absolute", "split", "part", "map", "sequence", "follows"}
 _STACK_KEYS = {"num_layers_key", "sites", "sequence"}
 _PARAM_KEYS = {"name", "rule", "writes", "reads", "layout", "rows", "tied_to", "absolute", "split", "head_block",
                "output_scale", "first_layer"}
@@ -323,6 +328,7 @@ def parse_architecture(data: dict[str, Any], where: str = "<architecture>") -> A
         stacks[stack_name] = StackSpec(stack_name, raw_stack["num_layers_key"],
                                        sites(raw_stack.get("sites", {}), stack_name,
                                              raw_stack.get("sequence", "input")))
+    _check_follows(global_sites, stacks, where)
     params = []
     for raw in data["parameters"]:
         _reject_unknown("parameter", f"{where}: {raw.get('name')}", raw, _PARAM_KEYS)
@@ -389,6 +395,19 @@ def parse_architecture(data: dict[str, Any], where: str = "<architecture>") -> A
         tie_default=_tie_default(data.get("tie_default", False), where),
         _patterns=tuple(patterns),
     )
+
+
+def _check_follows(global_sites: dict[str, SiteSpec], stacks: dict[str, StackSpec], where: str) -> None:
+    """A global site follows a global or main-stack site; a layer site one of its own stack; never itself."""
+    owners = [(None, global_sites, {**global_sites, **stacks[MAIN_STACK].sites})]
+    owners += [(name, stack.sites, stack.sites) for name, stack in stacks.items()]
+    for stack, own, allowed in owners:
+        for site_name, site in own.items():
+            if site.follows is None:
+                continue
+            if not isinstance(site.follows, str) or site.follows == site_name or site.follows not in allowed:
+                scope = "a global or main-stack site" if stack is None else f"another site of the {stack} stack"
+                raise ValueError(f"{where}: site {site_name}: follows must name {scope}, got {site.follows!r}")
 
 
 def _decoder_start(raw: Any, where: str) -> ConfigRef | None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from theseus_ops.transport.architecture import (
+    MAIN_STACK,
     ArchitectureSpec,
     ParamSpec,
     SiteSpec,
@@ -233,10 +234,12 @@ def space_requests(
                 continue
             site = architecture.stacks[stack].sites[site_name]
             source_key = space_key(site_name, source_layer, stack)
+            follows = space_key(site.follows, j, stack) if site.follows else None
         else:
             j = source_layer = None
             site = architecture.global_sites[key]
             source_key = key
+            follows = _global_follows(architecture, site, layer_map)
         requests.append(SpaceRequest(
             key=key,
             source_key=source_key,
@@ -245,8 +248,19 @@ def space_requests(
             target=_resolved_site(architecture, site, j, target_prefix, target_config, f"space {key} (target)"),
             structure=(HeadStructure.resolve(site.map, source_config, target_config, f"space {key}")
                        if site.map is not None else None),
+            follows=follows,
         ))
     return requests
+
+
+def _global_follows(architecture: ArchitectureSpec, site: SiteSpec, layer_map: LayerMap) -> str | None:
+    """The key of the space a global site follows: a global one, or a main-stack site of the last layer."""
+    if site.follows is None or site.follows in architecture.global_sites:
+        return site.follows
+    sources = layer_map.for_stack(MAIN_STACK).sources
+    if not sources or sources[-1] is None:
+        return None
+    return space_key(site.follows, len(sources) - 1, MAIN_STACK)
 
 
 def all_space_keys(architecture: ArchitectureSpec, layer_map: LayerMap) -> set[str]:

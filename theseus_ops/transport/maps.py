@@ -397,8 +397,12 @@ def _with_prior(target: torch.Tensor, prior_moment: torch.Tensor, prior_rank_tol
 
 def estimate_space_map(stats, source_key: str, options: MapOptions,
                        probe_stats=None, structure=None,
-                       weight_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, SpaceQuality]:
+                       weight_prior: torch.Tensor | None = None,
+                       data_quality: SpaceQuality | None = None) -> tuple[torch.Tensor, SpaceQuality]:
     """The map T (float32, d_A × d_B) of one space, and its quality report.
+
+    ``data_quality``: this space's report from its data-only estimate, when the caller re-estimates it
+    with a prior; its data rank stands, so the data-only polar factor is not decomposed again.
 
     ``probe_stats`` (``project`` fill only): the same space's statistics on seeded probe inputs, which
     both models see alike and which depend on neither model's coordinates (with Gram matrices). Their
@@ -429,6 +433,8 @@ def estimate_space_map(stats, source_key: str, options: MapOptions,
     target = _polar_target(stats, options, cross)
     if structure is not None:  # a constrained map the architecture declares (head_maps.HeadStructure)
         data_only = structure.polar(target, options.rank_tol, options.fill)
+    elif data_quality is not None and (weight_prior is not None or probe_stats is not None):
+        data_only = PolarResult(torch.empty(0), data_quality.data_rank, 0, 0, data_quality.weakly_determined)
     else:
         data_only = polar_factor(target, options.rank_tol, fill=options.fill, solver=options.solver)
     polar, probe_filled = data_only, 0

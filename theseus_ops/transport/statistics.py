@@ -56,6 +56,7 @@ class SpaceRequest:
     source: ResolvedSite
     target: ResolvedSite
     structure: HeadStructure | None = None  # a per-head map constraint the architecture declares for this space
+    follows: str | None = None  # the space whose coordinates this one keeps (``SiteSpec.follows``), by key
 
 
 @dataclass

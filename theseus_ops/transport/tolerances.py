@@ -11,7 +11,7 @@ DEFAULT_RANK_TOL = 1e-6
 # from the base weights (``weight_prior``), ``project`` drops them (or completes them from probe inputs),
 # ``pad`` fills them with the zero-pad prior, which is not equivariant.
 FILLS = ("weights", "project", "pad")
-DEFAULT_FILL = "pad"
+DEFAULT_FILL = "weights"
 # The fills whose data-only map is the projected polar factor (equivariant; the rest is completed or dropped).
 PROJECTING_FILLS = ("weights", "project")
 

@@ -18,6 +18,11 @@ matrix, which is why a map completed from it stays exact there.
 
 One backward pass through the rules gives every space's G_s at once (autograd), so the prior costs
 about one transport of the base weights, and no decomposition.
+
+A space that no weight reads and only a norm writes (CLIP's pooled ``post_layernorm``, seen on one
+token per image) gets almost nothing from its weights. The architecture then says which space it
+follows (``SiteSpec.follows``): an elementwise op keeps its input's coordinates, so that space's
+map, itself equivariant, joins the prior (:func:`with_followed_maps`).
 """
 
 from __future__ import annotations
@@ -81,3 +86,31 @@ def weight_matching_priors(
         return {}
     grads = torch.autograd.grad(score, list(leaves.values()), allow_unused=True)
     return {k: g.detach() for k, g in zip(leaves, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)}
+
+
+def with_followed_maps(priors: Mapping[str, torch.Tensor], follows: Mapping[str, str],
+                       maps: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each prior plus the current map of the space it follows, both at unit Frobenius norm.
+
+    ``follows``: space → the space whose coordinates it keeps (only spaces to complete). On an identical
+    or permuted target the followed map is that permutation, and the weight moment the permutation
+    times a positive semi-definite matrix, so their sum keeps the completed map exact there.
+    """
+    out = dict(priors)
+    for key, followed in follows.items():
+        if followed not in maps or maps[followed].shape != _shape_of(key, priors, maps):
+            continue
+        link = maps[followed].detach().double()
+        own = out.get(key)
+        out[key] = _unit(link) if own is None else _unit(own) + _unit(link)
+    return out
+
+
+def _shape_of(key: str, priors: Mapping[str, torch.Tensor], maps: Mapping[str, torch.Tensor]) -> torch.Size | None:
+    found = priors.get(key, maps.get(key))
+    return found.shape if found is not None else None
+
+
+def _unit(m: torch.Tensor) -> torch.Tensor:
+    norm = float(torch.linalg.matrix_norm(m))
+    return m / norm if norm > 0 else m

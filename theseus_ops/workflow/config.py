@@ -10,6 +10,7 @@ from pathlib import Path
 
 from theseus_ops.catalog.config import CatalogConfig, GateConfig
 from theseus_ops.errors import InputError
+from theseus_ops.evaluation.recipe import CalibrationRecipe
 from theseus_ops.storage.zones import StorageConfig
 from theseus_ops.transport.methods import get_method, method_names
 
@@ -48,14 +49,17 @@ class WorkflowConfig:
 
     ``methods``: every method is tried on every pair; one whose shape rule fails for the pair (naive,
     gradfix on a wider target) is recorded as not applicable, not as an error. ``alphas``: the grid
-    swept on val to pick each method's scale. ``calibration_rows``: train rows used to align and for
-    gradfix's labels (the first N, so reruns see the same rows). ``device``: transport/prepare
+    swept on val to pick each method's scale. ``calibration``: what both bases see while their maps are
+    estimated (:class:`~theseus_ops.evaluation.recipe.CalibrationRecipe`: the first N train rows, so
+    reruns see the same rows, plus held-out text windows and probes); gradfix takes its labels from
+    the task rows. ``device``: transport/prepare
     device; scoring runs on ``$THESEUS_DEVICE`` too, but defaults to the CPU
     (:func:`theseus_ops.evaluation.eval_device`).
 
     Env defaults (:meth:`from_env`): the catalog's, storage's and gate's own, plus
     ``THESEUS_WORK_DIR`` (``.theseus/work``), ``THESEUS_METHODS`` and ``THESEUS_ALPHAS`` (comma
-    lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION_ROWS`` (256) and
+    lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION`` (a recipe such as
+    ``task=256,text=128,probes=0,answers=yes,max_length=128``), ``THESEUS_CALIBRATION_ROWS`` (its task rows) and
     ``THESEUS_DEVICE`` (``auto``).
     """
 
@@ -67,7 +71,7 @@ class WorkflowConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     serving_suffix: str = "-serving"
     device: str = "auto"
-    calibration_rows: int = 256
+    calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "work_dir", Path(self.work_dir))
@@ -91,9 +95,8 @@ class WorkflowConfig:
             raise InputError(f"the serving suffix {self.serving_suffix!r} must be non-empty letters, digits, . _ -")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"the workflow device must be auto, cpu or cuda, got {self.device!r}")
-        if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) \
-                or self.calibration_rows < 2:
-            raise InputError(f"calibration_rows must be an integer of at least 2, got {self.calibration_rows!r}")
+        if not isinstance(self.calibration, CalibrationRecipe):
+            raise InputError(f"calibration must be a CalibrationRecipe, got {type(self.calibration).__name__}")
 
     @classmethod
     def from_env(cls, **overrides) -> WorkflowConfig:
@@ -114,17 +117,18 @@ class WorkflowConfig:
                 values["alphas"] = tuple(float(a) for a in _split(env("THESEUS_ALPHAS", "")))
             except ValueError as exc:
                 raise InputError(f"THESEUS_ALPHAS must be a comma list of numbers ({exc})") from exc
-        if env("THESEUS_CALIBRATION_ROWS"):
-            try:
-                values["calibration_rows"] = int(env("THESEUS_CALIBRATION_ROWS", ""))
-            except ValueError as exc:
-                raise InputError(f"THESEUS_CALIBRATION_ROWS must be an integer ({exc})") from exc
+        values["calibration"] = CalibrationRecipe.from_env()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def calibration_rows(self) -> int:
+        """The recipe's task rows (what ``THESEUS_CALIBRATION_ROWS`` sets)."""
+        return self.calibration.task_rows
 
     def fingerprint_options(self) -> dict:
         """The settings a task vector's outcome depends on (part of its idempotency key)."""
         return {"methods": list(self.methods), "alphas": list(self.alphas), "serving_suffix": self.serving_suffix,
-                "calibration_rows": self.calibration_rows,
+                "calibration": self.calibration.as_dict(),
                 "gate": {"margin": self.gate.margin, "max_general_loss_increase": self.gate.max_general_loss_increase,
                          "move_champion": self.gate.move_champion, "higher_is_better": self.gate.higher_is_better}}

@@ -35,6 +35,7 @@ from theseus_ops.catalog.schema import BaseReleaseTags, TaskVectorTags, Transpor
 from theseus_ops.config import CalibrationSpec
 from theseus_ops.errors import InputError, NotApplicableError
 from theseus_ops.evaluation import NotApplicable, Selection, TaskConfig, evaluator_for, sweep_and_select
+from theseus_ops.evaluation.calibration import build_calibration, shared_vocabulary
 from theseus_ops.evaluation.config import resolve_metric
 from theseus_ops.evaluation.protocol import Evaluator
 from theseus_ops.io.atomic import replacing
@@ -67,31 +68,43 @@ def _sha(payload: object) -> str:
 
 # -- process_task_vector ---------------------------------------------------------------------------
 def _calibration(cfg: WorkflowConfig, pair: Pair, evaluator: Evaluator) -> tuple[CalibrationSpec, str]:
-    """Train inputs encoded by each base's own tokenizer or processor, saved once per fingerprint.
+    """The recipe's calibration set (``cfg.calibration``) in each base's own tokenizer or processor, saved
+    once per fingerprint, with the recipe and the rows each source gave in the file's metadata.
 
     A task whose evaluator cannot encode calibration inputs gets none: the methods that align on
     data are then not applicable to it.
     """
+    recipe = cfg.calibration
+    dirs = {side: pair.side(side).dir for side in ("source", "target")}
+    vocab = shared_vocabulary(*dirs.values()) if recipe.probe_rows else None
     sides = {}
-    for side in ("source", "target"):
-        tensors = evaluator.calibration(pair.side(side).dir, cfg.calibration_rows)
-        if tensors is None:
+    for side, model_dir in dirs.items():
+        built = build_calibration(evaluator, model_dir, recipe, vocab=vocab, heldout=_heldout_of(evaluator))
+        if built is None:
             return CalibrationSpec(), ""
-        sides[side] = tensors
-    prints = {side: fingerprint(t) for side, t in sides.items()}
+        sides[side] = built
+    log.info("calibration: %s (%s)", ", ".join(f"{k} {v}" for k, v in sides["source"].used.items()),
+             json.dumps(recipe.as_dict(), sort_keys=True))
+    prints = {side: fingerprint(b.tensors) for side, b in sides.items()}
     fp = _sha(prints)
     folder = cfg.work_dir / "calibration"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for side, tensors in sides.items():
+    for side, built in sides.items():
         path = folder / f"{prints[side][:24]}.safetensors"
         if not path.is_file():
             with replacing(path, ".safetensors") as tmp:  # save_file writes 0600; replacing gives the umask's
-                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+                save_file(built.tensors, str(tmp), metadata=built.metadata(recipe))
         paths[side] = str(path)
     if prints["source"] == prints["target"]:
         return CalibrationSpec(both=paths["source"]), fp
     return CalibrationSpec(source=paths["source"], target=paths["target"]), fp
+
+
+def _heldout_of(evaluator: Evaluator) -> Path | None:
+    """The task's held-out text (text rows of the recipe), when its evaluator has a task config."""
+    config = getattr(evaluator, "config", None)
+    return getattr(config, "heldout", None)
 
 
 def transported_delta(inputs: PortInputs, method: str, done: dict[str, Transported]):
@@ -143,9 +156,10 @@ def _register(cfg: WorkflowConfig, catalog: Catalog, pair: Pair, ref: VersionRef
                                       else f"{selection.selected}.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     api.publish_transport(transported.vector, transported.report, inputs.model_pair, selection.selected, path)
-    options = {"workflow": WORKFLOW_FORMAT,
-               "calibration_sha256": (inputs.cal_fp if get_method(selection.selected).capabilities.needs_calibration
-                                      else None)}
+    calibrated = get_method(selection.selected).capabilities.needs_calibration
+    options = {"workflow": WORKFLOW_FORMAT, "calibration_sha256": inputs.cal_fp if calibrated else None}
+    if calibrated and inputs.cal_fp:  # the recipe joins the key (and a tag) only where it shaped the result
+        options["calibration"] = cfg.calibration.as_dict()
     vec = register_transported_vector(catalog, ref, target_ref, path, method=selection.selected, alpha=chosen.alpha,
                                       alignment=transported.alignment_uri, options=options)
     evaluation = Evaluation(val_metric=chosen.val[metric], test_metric=chosen.test[metric],

@@ -11,7 +11,7 @@ from theseus_ops.progress import Ticker
 from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
-from theseus_ops.transport.weight_prior import weight_matching_priors
+from theseus_ops.transport.weight_prior import weight_matching_priors, with_followed_maps
 
 log = logging.getLogger("theseus_ops")
 
@@ -136,22 +136,33 @@ def _complete_from_weights(
     plans = [p for p in plans if any(s in wanted for t in p.targets for s in (t.reads, *t.writes) if s)]
     source_weights, target_weights = base_state({p.source_name for p in plans},
                                                 {t.name for p in plans for t in p.targets})
+    follows = {k: by_key[k].follows for k in keys if by_key[k].follows}
     neighbours = _neighbours(plans)
-    for _ in range(WEIGHT_PRIOR_ROUNDS):
-        priors = weight_matching_priors(plans, source_weights, target_weights, maps, keys)
-        gained = []
+    for key, followed in follows.items():
+        neighbours.setdefault(followed, set()).add(key)
+    completing = set(keys)
+    data_quality = {k: quality[k] for k in keys}  # the data-only estimates' ranks stand in every round
+    ticker = Ticker(WEIGHT_PRIOR_ROUNDS)
+    for round_ in range(WEIGHT_PRIOR_ROUNDS):
+        priors = with_followed_maps(weight_matching_priors(plans, source_weights, target_weights, maps, keys),
+                                    {k: follows[k] for k in keys if k in follows}, maps)
+        moved = []
         for key in keys:
             if key not in priors:
                 continue  # no parameter of this space carries weights to match (what is open stays dropped)
-            before = quality[key].data_rank + quality[key].weight_filled
+            before = maps[key]
             maps[key], quality[key] = estimate_space_map(data_stats[key], by_key[key].source_key, options,
-                                                         structure=None, weight_prior=priors[key])
-            if quality[key].data_rank + quality[key].weight_filled > before:
-                gained.append(key)
-        # Only a space next to one that gained (sharing a parameter with it) can have a new prior.
-        touched = set().union(*(neighbours.get(k, set()) for k in gained)) if gained else set()
-        keys = [k for k in keys if k in touched
-                and quality[k].data_rank + quality[k].weight_filled < _full_rank(quality[k])]
+                                                         structure=None, weight_prior=priors[key],
+                                                         data_quality=data_quality[key])
+            if _moved(before, maps[key]):
+                moved.append(key)
+        # Only a space next to one whose map moved (sharing a parameter with it) can have a new prior: a
+        # direction gained, or a weak direction that the data map left noisy and the prior has now set.
+        touched = set().union(*(neighbours.get(k, set()) for k in moved)) if moved else set()
+        if progress:
+            progress(f"maps: completion round {round_ + 1}: {len(keys)} space(s) re-estimated, {len(moved)} moved, "
+                     f"{ticker.elapsed:.1f} s")
+        keys = sorted(touched & completing)
         if not keys:
             break
     data_stats.clear()
@@ -168,8 +179,14 @@ def _neighbours(plans: list[ParamPlan]) -> dict[str, set[str]]:
     return out
 
 
-def _full_rank(q: SpaceQuality) -> int:
-    return min(q.width_a, q.width_b)
+def _moved(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Whether a map changed beyond float32 storage rounding (relative to its largest entry)."""
+    scale = float(after.abs().max()) if after.numel() else 0.0
+    return scale > 0 and float((after - before).abs().max()) > MAP_MOVED_TOL * scale
+
+
+# A completed map that moved less than this (relative) leaves its neighbours' priors as they were.
+MAP_MOVED_TOL = 1e-5
 
 
 # Rounds of weight completion: a structural gap travels one linear layer per round (see above).
