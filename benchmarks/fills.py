@@ -2,14 +2,16 @@
 
 Run from the repository root:  .venv/bin/python benchmarks/fills.py --out benchmarks/results/fills.json
 
-Rows, for the ``pad`` and ``project`` fills:
+Rows, for the ``pad``, ``project`` and ``weights`` fills:
 - equivariance on a rank-deficient pair (low-rank q/k, a grown and moved wider target, the pair of
   tests/test_equivariance.py): the largest relative gap, over parameters, between perm(τ_B) and
   τ_perm(B);
 - the identity and permutation oracles of a tiny Llama calibrated on 2 examples (48 rows for 64 MLP
   units), as a logits error and as the largest relative weight error on identity;
 - the identity oracle of a tiny BERT at init, whose LayerNorm outputs never move along their mean
-  direction (structurally rank-deficient): the largest relative weight error.
+  direction (structurally rank-deficient): the largest relative weight error;
+- the random-init identity oracles of CLIP (a pooled norm space no weight reads) and a bare RoBERTa
+  (tests/test_families.py), as the largest relative weight error.
 """
 
 from __future__ import annotations
@@ -83,6 +85,36 @@ def bert_identity(root: Path) -> dict[str, float]:
     return errors
 
 
+def family_identity(root: Path, kind: str) -> dict[str, float]:
+    """The random-init identity oracle of ``tests/test_families.py`` for one family (16 examples, width 32):
+    the largest relative weight error. ``clip``: a pooled norm space no weight reads (``post_ln``);
+    ``roberta-bare``: attention sums whose neighbours' data maps are noisy on weak directions."""
+    from safetensors.torch import save_file
+
+    from tests.test_families import _model
+
+    folder = root / f"family-{kind}"
+    _model(kind, 32).eval().save_pretrained(folder / "A")
+    delta = tiny.random_delta(load_file(str(folder / "A" / "model.safetensors")), 0.02)
+    tiny.save_delta(delta, folder / "tv.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    if kind in ("vit", "clip", "vit-bare"):
+        images = torch.randn(16, 3, 40, 40, generator=gen)
+        data = {"pixel_values": torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")}
+    else:
+        ids = torch.randint(3, 64, (16, 24), generator=gen)
+        data = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    save_file(data, str(folder / "c.safetensors"))
+    errors = {}
+    for fill in FILLS:
+        cfg = TransportConfig(str(folder / "A"), str(folder / "A"), "theseus",
+                              task_vector=str(folder / "tv.safetensors"),
+                              calibration=CalibrationSpec(str(folder / "c.safetensors")), fill=fill, device="cpu")
+        api.transport(cfg, folder / f"out-{fill}.safetensors")
+        errors[fill] = _worst_weight_error(load_file(str(folder / f"out-{fill}.safetensors")), delta)
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/fills.json")
@@ -97,6 +129,8 @@ def main() -> None:
             "llama_short_calibration_identity": short_calibration(root, "identity"),
             "llama_short_calibration_permutation": short_calibration(root, "permutation"),
             "bert_identity_at_init_max_weight_error": bert_identity(root),
+            "clip_identity_at_init_max_weight_error": family_identity(root, "clip"),
+            "bare_roberta_identity_at_init_max_weight_error": family_identity(root, "roberta-bare"),
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

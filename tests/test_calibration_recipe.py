@@ -134,3 +134,25 @@ def test_the_workflow_reads_its_recipe_from_the_environment(monkeypatch):
     with pytest.raises(InputError, match="calibration probes='x' is not a whole number"):
         WorkflowConfig.from_env()
     assert WorkflowConfig().calibration == CalibrationRecipe()  # the default recipe
+
+
+def test_the_calibrate_command_writes_what_the_workflow_builds(lm_dir, lm_task, tmp_path, capsys):
+    from theseus_ops.cli import main
+
+    out = tmp_path / "cal.safetensors"
+    argv = ["calibrate", "--base", str(lm_dir), "--dataset", str(lm_task), "--recipe", "task=3,text=2,max_length=12",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert f"{out}: 5 rows (task 3, text 2, probe 0)" in capsys.readouterr().err
+    cal = load_calibration(out, "tokens")
+    recipe = CalibrationRecipe(task_rows=3, text_rows=2, max_length=12)
+    expected = build_calibration(_generation(lm_task), lm_dir, recipe, heldout=lm_task / "heldout.txt")
+    assert all(torch.equal(cal.tensors[k], v) for k, v in expected.tensors.items())
+    assert cal.recipe["recipe"] == recipe.as_dict()
+    assert main(argv) == 0  # its own output is replaced on a re-run
+    (tmp_path / "mine.safetensors").write_bytes(b"not ours")
+    assert main([*argv[:-1], str(tmp_path / "mine.safetensors")]) == 2  # a file it did not write is never clobbered
+    assert (tmp_path / "mine.safetensors").read_bytes() == b"not ours"
+    assert main([*argv[:6], "task=3,probes=q", "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "calibration probes='q' is not a whole number" in err and not (tmp_path / "x.safetensors").exists()

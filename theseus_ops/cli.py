@@ -164,6 +164,19 @@ def build_parser(providers: list | None = None) -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise a model, task vector or alignment file as JSON")
     i.add_argument("path")
 
+    c = sub.add_parser("calibrate", help="build a calibration file from a task dataset by a recipe, as the "
+                                         "workflow does")
+    c.add_argument("--base", required=True, metavar="DIR", help="the base whose tokenizer or processor encodes it")
+    c.add_argument("--dataset", required=True, metavar="DIR", help="task directory: train split, heldout.txt")
+    c.add_argument("--task-kind", default="generation", choices=["generation", "classification",
+                                                                 "image-classification", "perplexity"])
+    c.add_argument("--recipe", default="", metavar="RECIPE",
+                   help="task=N,text=N,probes=N,answers=yes|no,max_length=N,text_file=PATH "
+                        "(default task=256,text=128,probes=0,answers=yes,max_length=128)")
+    c.add_argument("--other-base", metavar="DIR", help="the pair's other base: probe ids stay in the shared vocabulary")
+    c.add_argument("--out", required=True, metavar="FILE.safetensors")
+    _add_overwrite(c)
+
     # Subcommands owned by other packages register themselves; imports stay light (no torch/mlflow).
     for provider in subcommand_providers() if providers is None else providers:
         provider.add_subcommands(sub)
@@ -228,6 +241,15 @@ def _run(args: argparse.Namespace, providers: list) -> int:
         api.apply_task_vector(args.base, args.task_vector, args.alpha, args.out, overwrite=args.overwrite)
     elif args.command == "inspect":
         print(json.dumps(api.inspect_path(args.path), indent=2, default=str))
+    elif args.command == "calibrate":
+        from theseus_ops.evaluation.calibration import write_calibration
+        from theseus_ops.evaluation.recipe import CalibrationRecipe
+
+        built = write_calibration(args.base, args.dataset, args.out, CalibrationRecipe.parse(args.recipe),
+                                  task_kind=args.task_kind, other_base=args.other_base, overwrite=args.overwrite)
+        if not args.quiet:
+            rows = ", ".join(f"{k.removesuffix('_rows')} {v}" for k, v in built.used.items())
+            print(f"{args.out}: {sum(built.used.values())} rows ({rows})", file=sys.stderr)
     return 0
 
 

@@ -147,3 +147,32 @@ def _same_width(parts: list[dict[str, torch.Tensor]], pad: int) -> list[dict[str
         out.append(grown)
     return out
 
+
+
+def write_calibration(base: str | Path, dataset: str | Path, out: str | Path, recipe: CalibrationRecipe, *,
+                      task_kind: str = "generation", other_base: str | Path | None = None,
+                      overwrite: bool = False) -> BuiltCalibration:
+    """``theseus-ops calibrate``: the recipe's calibration file for ``base``, as the workflow builds it.
+
+    ``dataset``: a task directory (its train split, and ``heldout.txt`` for text rows when the recipe
+    names no text). ``other_base``: the pair's other base, whose vocabulary bounds the probe ids. The
+    file is written atomically, with the recipe and the rows used in its metadata.
+    """
+    from safetensors.torch import save_file
+
+    from theseus_ops.evaluation.config import TaskConfig
+    from theseus_ops.evaluation.registry import evaluator_for
+    from theseus_ops.io.atomic import atomic_path, check_output, overwriting
+
+    check_output(out, overwrite=overwrite, what="--out")
+    dataset = Path(dataset)
+    heldout = dataset / "heldout.txt"
+    config = TaskConfig(task_kind=task_kind, dataset=dataset, heldout=heldout if heldout.is_file() else None)
+    evaluator = evaluator_for(config, report=lambda _m: None)
+    vocab = shared_vocabulary(base, *([other_base] if other_base else [])) if recipe.probe_rows else None
+    built = build_calibration(evaluator, base, recipe, vocab=vocab, heldout=config.heldout)
+    if built is None:
+        raise InputError(f"a {task_kind} task gives no calibration inputs")
+    with overwriting([out] if overwrite else []), atomic_path(out) as tmp:
+        save_file(built.tensors, str(tmp), metadata=built.metadata(recipe))
+    return built

@@ -26,7 +26,8 @@ from theseus_ops.errors import InputError
 MARKER = ".theseus-ops.json"
 WRITER = "theseus-ops"
 # safetensors metadata of theseus-ops formats (task vectors, alignments): files in them may be replaced
-_FILE_KEYS = ("theseus.written_by", "theseus.format_version", "theseus.alignment", "theseus.method")
+_FILE_KEYS = ("theseus.written_by", "theseus.format_version", "theseus.alignment", "theseus.method",
+              "theseus.calibration_recipe")
 # JSON keys only theseus-ops writes at the top of its reports
 _JSON_KEYS = ("theseus_ops_version",)
 
