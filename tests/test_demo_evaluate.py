@@ -81,6 +81,20 @@ def test_recovered_share():
     assert _share(0.5, 0.4, 0.4) is None
 
 
+def test_recovered_share_averaged_per_target():
+    from theseus_ops.demo.bench import recovered_by_target
+
+    results = {"cells": [
+        {"target": "t1", "selected": "pad", "methods": {"pad": {"recovered": 0.8}, "theseus": {"recovered": 0.4},
+                                                         "naive": {"not_applicable": "shapes"}}},
+        {"target": "t1", "selected": "theseus", "methods": {"pad": {"recovered": 0.2}, "theseus": {"recovered": 0.6}}},
+        {"target": "t2", "selected": "base", "methods": {"base": {"recovered": 0.0}, "pad": {"recovered": None}}},
+    ]}
+    shares = recovered_by_target(results)
+    assert shares["t1"] == pytest.approx({"pad": 0.5, "theseus": 0.5, "selected": 0.7})
+    assert shares["t2"] == {"base": 0.0, "selected": 0.0}  # a task without a share is left out, not a zero
+
+
 @pytest.mark.parametrize("content,message", [
     ('{"prompt": "a", "answer": "b"}\nnot json\n', "not valid JSON"),
     ('{"prompt": "a"}\n', "string 'prompt' and 'answer'"),
@@ -147,3 +161,4 @@ def test_bench_on_micro_is_reproducible(micro, tmp_path):
     assert any(c["task"] == "upper-lora" for c in first["cells"])
     table = markdown_table(first)
     assert "| v2-same | upper |" in table and (tmp_path / "a" / "table.md").is_file()
+    assert "## Share of the direct fine-tune's gain recovered" in table and "\n| v2-same | " in table

@@ -240,6 +240,21 @@ def _em_cell(m: str, r: dict, cell: dict) -> str:
     return f"{_fmt(r['test']['exact_match'])}{alpha}{mark}"
 
 
+def recovered_by_target(results: dict) -> dict[str, dict[str, float]]:
+    """target -> method (and "selected") -> mean share of the direct fine-tune's test-EM gain recovered,
+    over the target's tasks that have a share (a task whose direct fine-tune gained nothing has none)."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for cell in results["cells"]:
+        per = sums.setdefault(cell["target"], {})
+        for method, r in cell["methods"].items():
+            if isinstance(r, dict) and r.get("recovered") is not None:
+                per.setdefault(method, []).append(r["recovered"])
+        chosen = cell["methods"].get(cell.get("selected"), {})
+        if isinstance(chosen, dict) and chosen.get("recovered") is not None:
+            per.setdefault("selected", []).append(chosen["recovered"])
+    return {t: {m: sum(v) / len(v) for m, v in per.items()} for t, per in sums.items()}
+
+
 def markdown_table(results: dict) -> str:
     lines = [f"# bench quality: family `{results['family']['scale']}`", "",
              "Test exact match % (α chosen on val in brackets); ✓ marks the method selected on val; "
@@ -259,6 +274,10 @@ def markdown_table(results: dict) -> str:
         sel = cell["methods"][cell["selected"]]
         row += [cell["selected"], _fmt(sel.get("recovered"))]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Share of the direct fine-tune's gain recovered (test EM), mean over the target's tasks", "",
+              "| target | " + " | ".join(_shown()) + " | selected |", "|---|" + "---|" * (len(_shown()) + 1)]
+    for target, shares in recovered_by_target(results).items():
+        lines.append(f"| {target} | " + " | ".join(_fmt(shares.get(m)) for m in (*_shown(), "selected")) + " |")
     lines += ["", "## Targets: test answer-token accuracy % and held-out LM loss (nats) at the chosen α", "",
               "| target | task | " + " | ".join(_shown()) + " |", "|---|---|" + "---|" * len(_shown())]
     for cell in results["cells"]:
