@@ -250,3 +250,21 @@ def test_config_validation(tmp_path, monkeypatch):
     assert cfg.methods == ("pad", "theseus") and cfg.alphas == (0.0, 1.0) and cfg.work_dir == tmp_path
     with pytest.raises(InputError, match="name/version"):
         parse_ref("no-version")
+
+
+def test_fill_setting_reaches_the_maps_and_the_outcome_key(tmp_path, monkeypatch):
+    """THESEUS_FILL: validated, handed to prepare and transport, part of the key only when set."""
+    from theseus_ops.workflow.porting import PortInputs
+
+    monkeypatch.delenv("THESEUS_FILL", raising=False)
+    default = WorkflowConfig.from_env()
+    assert default.fill is None and "fill" not in default.fingerprint_options()
+    assert PortInputs(default, None, tmp_path, None, "").fill == {}  # the library's own default applies
+    monkeypatch.setenv("THESEUS_FILL", "weights")
+    cfg = WorkflowConfig.from_env()
+    assert cfg.fill == "weights" and cfg.fingerprint_options()["fill"] == "weights"
+    assert PortInputs(cfg, None, tmp_path, None, "").fill == {"fill": "weights"}
+    assert WorkflowConfig(fill="pad").fingerprint_options() != cfg.fingerprint_options()
+    monkeypatch.setenv("THESEUS_FILL", "zeros")
+    with pytest.raises(InputError, match="fill must be one of"):
+        WorkflowConfig.from_env()

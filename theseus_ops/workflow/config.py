@@ -12,6 +12,7 @@ from theseus_ops.catalog.config import CatalogConfig, GateConfig
 from theseus_ops.errors import InputError
 from theseus_ops.storage.zones import StorageConfig
 from theseus_ops.transport.methods import get_method, method_names
+from theseus_ops.transport.tolerances import FILLS
 
 
 def default_methods() -> tuple[str, ...]:
@@ -55,8 +56,11 @@ class WorkflowConfig:
 
     Env defaults (:meth:`from_env`): the catalog's, storage's and gate's own, plus
     ``THESEUS_WORK_DIR`` (``.theseus/work``), ``THESEUS_METHODS`` and ``THESEUS_ALPHAS`` (comma
-    lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION_ROWS`` (256) and
-    ``THESEUS_DEVICE`` (``auto``).
+    lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION_ROWS`` (256),
+    ``THESEUS_DEVICE`` (``auto``) and ``THESEUS_FILL`` (unset).
+
+    ``fill``: the map fill of the methods that estimate maps (``MapSettings.fill``: pad, project or
+    weights); None leaves the library's default, whatever it is, and changes no outcome key.
     """
 
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
@@ -68,6 +72,7 @@ class WorkflowConfig:
     serving_suffix: str = "-serving"
     device: str = "auto"
     calibration_rows: int = 256
+    fill: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "work_dir", Path(self.work_dir))
@@ -94,6 +99,8 @@ class WorkflowConfig:
         if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) \
                 or self.calibration_rows < 2:
             raise InputError(f"calibration_rows must be an integer of at least 2, got {self.calibration_rows!r}")
+        if self.fill is not None and self.fill not in FILLS:
+            raise InputError(f"the map fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
 
     @classmethod
     def from_env(cls, **overrides) -> WorkflowConfig:
@@ -106,6 +113,7 @@ class WorkflowConfig:
             "work_dir": Path(env("THESEUS_WORK_DIR", ".theseus/work")),
             "serving_suffix": env("THESEUS_SERVING_SUFFIX", "-serving"),
             "device": env("THESEUS_DEVICE", "auto"),
+            "fill": env("THESEUS_FILL") or None,
         }
         if env("THESEUS_METHODS"):
             values["methods"] = tuple(_split(env("THESEUS_METHODS", "")))
@@ -123,8 +131,12 @@ class WorkflowConfig:
         return cls(**values)
 
     def fingerprint_options(self) -> dict:
-        """The settings a task vector's outcome depends on (part of its idempotency key)."""
-        return {"methods": list(self.methods), "alphas": list(self.alphas), "serving_suffix": self.serving_suffix,
-                "calibration_rows": self.calibration_rows,
+        """The settings a task vector's outcome depends on (part of its idempotency key).
+
+        The fill is there only when set, so the keys of runs on the library's default stay as they were.
+        """
+        fill = {} if self.fill is None else {"fill": self.fill}
+        return {**fill, "methods": list(self.methods), "alphas": list(self.alphas),
+                "serving_suffix": self.serving_suffix, "calibration_rows": self.calibration_rows,
                 "gate": {"margin": self.gate.margin, "max_general_loss_increase": self.gate.max_general_loss_increase,
                          "move_champion": self.gate.move_champion, "higher_is_better": self.gate.higher_is_better}}

@@ -80,17 +80,24 @@ class PortInputs:
             self._models = (load_model(self.model_pair.source, device), load_model(self.model_pair.target, device))
         return Loaded(source_model=self._models[0], target_model=self._models[1])
 
+    @property
+    def fill(self) -> dict:
+        """The configured map fill as a MapSettings keyword (none: the library's default)."""
+        return {} if self.cfg.fill is None else {"fill": self.cfg.fill}
+
     def alignment(self, method: str) -> tuple[Alignment, Path]:
         """The pair's maps for ``method``, prepared once per (pair, method, calibration) and cached as a file."""
         src, tgt = self.pair.source, self.pair.target
         uses_data = get_method(method).capabilities.needs_calibration
         suffix = f"-{self.cal_fp[:16]}" if uses_data else ""
+        if self.cfg.fill is not None:  # maps of another fill are other maps
+            suffix += f"-{self.cfg.fill}"
         name = f"{src.sha256[:12]}-{tgt.sha256[:12]}-{method}{suffix}.safetensors"
         path = self.cfg.work_dir / "alignments" / self.pair.base_line / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             prep = PrepareConfig(src.dir, tgt.dir, self.spec if uses_data else CalibrationSpec(), method=method,
-                                 device=self.cfg.device)
+                                 device=self.cfg.device, **self.fill)
             alignment = compute_alignment(prep, self.model_pair, loaded=self.models())
             check_alignment_result(alignment, self.model_pair)
             alignment.save(path)
@@ -110,7 +117,7 @@ class PortInputs:
         elif caps.needs_calibration:
             kwargs["calibration"] = self.spec
         cfg = TransportConfig(self.pair.source.dir, self.pair.target.dir, method, task_vector=str(self.tv_path),
-                              device=self.cfg.device, **kwargs)
+                              device=self.cfg.device, **self.fill, **kwargs)
         result, report = transport_in_memory(cfg, self.model_pair, vector, loaded, tv_label=str(self.tv_path))
         require_finite_result(result, f"{method} transport of {self.tv_path}")
         total = len(report.records)

@@ -30,7 +30,8 @@ def config_params(cfg: WorkflowConfig, source: VersionRef, target: VersionRef) -
             "gate.margin": repr(gate.margin), "gate.max_general_loss_increase": repr(gate.max_general_loss_increase),
             "gate.move_champion": str(gate.move_champion), "gate.higher_is_better": str(gate.higher_is_better),
             "calibration_rows": str(cfg.calibration_rows), "source_base": str(source), "target_base": str(target),
-            "source_version": source.version, "target_version": target.version}
+            "source_version": source.version, "target_version": target.version,
+            **({} if cfg.fill is None else {"fill": cfg.fill})}
 
 
 def outcome_metrics(outcome: Outcome) -> dict[str, float]:
