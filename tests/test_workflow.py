@@ -250,3 +250,20 @@ def test_config_validation(tmp_path, monkeypatch):
     assert cfg.methods == ("pad", "theseus") and cfg.alphas == (0.0, 1.0) and cfg.work_dir == tmp_path
     with pytest.raises(InputError, match="name/version"):
         parse_ref("no-version")
+
+
+def test_fill_setting_reaches_the_maps_and_the_outcome_key(tmp_path, monkeypatch):
+    """THESEUS_FILL: validated, the library's default when unset, part of the outcome key and of the cached
+    alignment."""
+    from theseus_ops.transport.tolerances import DEFAULT_FILL
+
+    monkeypatch.delenv("THESEUS_FILL", raising=False)
+    default = WorkflowConfig.from_env()
+    assert default.fill == DEFAULT_FILL == "weights" and default.fingerprint_options()["fill"] == "weights"
+    monkeypatch.setenv("THESEUS_FILL", "pad")
+    cfg = WorkflowConfig.from_env()
+    assert cfg.fill == "pad" and cfg.fingerprint_options()["fill"] == "pad"
+    assert cfg.fingerprint_options() != default.fingerprint_options()
+    monkeypatch.setenv("THESEUS_FILL", "zeros")
+    with pytest.raises(InputError, match="fill must be one of"):
+        WorkflowConfig.from_env()

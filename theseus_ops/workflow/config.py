@@ -13,6 +13,7 @@ from theseus_ops.errors import InputError
 from theseus_ops.evaluation.recipe import CalibrationRecipe
 from theseus_ops.storage.zones import StorageConfig
 from theseus_ops.transport.methods import get_method, method_names
+from theseus_ops.transport.tolerances import DEFAULT_FILL, FILLS
 
 
 def default_methods() -> tuple[str, ...]:
@@ -59,8 +60,11 @@ class WorkflowConfig:
     Env defaults (:meth:`from_env`): the catalog's, storage's and gate's own, plus
     ``THESEUS_WORK_DIR`` (``.theseus/work``), ``THESEUS_METHODS`` and ``THESEUS_ALPHAS`` (comma
     lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION`` (a recipe such as
-    ``task=256,text=128,probes=0,answers=yes,max_length=128``), ``THESEUS_CALIBRATION_ROWS`` (its task rows) and
-    ``THESEUS_DEVICE`` (``auto``).
+    ``task=256,text=128,probes=0,answers=yes,max_length=128``), ``THESEUS_CALIBRATION_ROWS`` (its task rows),
+    ``THESEUS_DEVICE`` (``auto``) and ``THESEUS_FILL`` (the library's default fill).
+
+    ``fill``: the map fill of the methods that estimate maps (``MapSettings.fill``: weights, project or
+    pad); part of the outcome key and of the cached alignment's name.
     """
 
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
@@ -72,6 +76,7 @@ class WorkflowConfig:
     serving_suffix: str = "-serving"
     device: str = "auto"
     calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
+    fill: str = DEFAULT_FILL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "work_dir", Path(self.work_dir))
@@ -97,6 +102,8 @@ class WorkflowConfig:
             raise InputError(f"the workflow device must be auto, cpu or cuda, got {self.device!r}")
         if not isinstance(self.calibration, CalibrationRecipe):
             raise InputError(f"calibration must be a CalibrationRecipe, got {type(self.calibration).__name__}")
+        if self.fill not in FILLS:
+            raise InputError(f"the map fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
 
     @classmethod
     def from_env(cls, **overrides) -> WorkflowConfig:
@@ -109,6 +116,7 @@ class WorkflowConfig:
             "work_dir": Path(env("THESEUS_WORK_DIR", ".theseus/work")),
             "serving_suffix": env("THESEUS_SERVING_SUFFIX", "-serving"),
             "device": env("THESEUS_DEVICE", "auto"),
+            "fill": env("THESEUS_FILL") or DEFAULT_FILL,
         }
         if env("THESEUS_METHODS"):
             values["methods"] = tuple(_split(env("THESEUS_METHODS", "")))
@@ -128,7 +136,8 @@ class WorkflowConfig:
 
     def fingerprint_options(self) -> dict:
         """The settings a task vector's outcome depends on (part of its idempotency key)."""
-        return {"methods": list(self.methods), "alphas": list(self.alphas), "serving_suffix": self.serving_suffix,
+        return {"fill": self.fill, "methods": list(self.methods), "alphas": list(self.alphas),
+                "serving_suffix": self.serving_suffix,
                 "calibration": self.calibration.as_dict(),
                 "gate": {"margin": self.gate.margin, "max_general_loss_increase": self.gate.max_general_loss_increase,
                          "move_champion": self.gate.move_champion, "higher_is_better": self.gate.higher_is_better}}

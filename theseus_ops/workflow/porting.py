@@ -85,12 +85,13 @@ class PortInputs:
         src, tgt = self.pair.source, self.pair.target
         uses_data = get_method(method).capabilities.needs_calibration
         suffix = f"-{self.cal_fp[:16]}" if uses_data else ""
+        suffix += f"-{self.cfg.fill}"  # maps of another fill are other maps
         name = f"{src.sha256[:12]}-{tgt.sha256[:12]}-{method}{suffix}.safetensors"
         path = self.cfg.work_dir / "alignments" / self.pair.base_line / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             prep = PrepareConfig(src.dir, tgt.dir, self.spec if uses_data else CalibrationSpec(), method=method,
-                                 device=self.cfg.device)
+                                 device=self.cfg.device, fill=self.cfg.fill)
             alignment = compute_alignment(prep, self.model_pair, loaded=self.models())
             check_alignment_result(alignment, self.model_pair)
             alignment.save(path)
@@ -110,7 +111,7 @@ class PortInputs:
         elif caps.needs_calibration:
             kwargs["calibration"] = self.spec
         cfg = TransportConfig(self.pair.source.dir, self.pair.target.dir, method, task_vector=str(self.tv_path),
-                              device=self.cfg.device, **kwargs)
+                              device=self.cfg.device, fill=self.cfg.fill, **kwargs)
         result, report = transport_in_memory(cfg, self.model_pair, vector, loaded, tv_label=str(self.tv_path))
         require_finite_result(result, f"{method} transport of {self.tv_path}")
         total = len(report.records)

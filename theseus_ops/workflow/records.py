@@ -31,7 +31,7 @@ def config_params(cfg: WorkflowConfig, source: VersionRef, target: VersionRef) -
             "gate.move_champion": str(gate.move_champion), "gate.higher_is_better": str(gate.higher_is_better),
             "calibration_rows": str(cfg.calibration_rows), "source_base": str(source), "target_base": str(target),
             "source_version": source.version, "target_version": target.version,
-            **{f"calibration.{k}": str(v) for k, v in cfg.calibration.as_dict().items()}}
+            "fill": cfg.fill, **{f"calibration.{k}": str(v) for k, v in cfg.calibration.as_dict().items()}}
 
 
 def outcome_metrics(outcome: Outcome) -> dict[str, float]:
