@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = CalibrationRecipe.parse(spec)
         methods = ("theseus", "theseus-data-free") if i == 0 else ("theseus",)
         cfg = BenchConfig(family="tiny", alphas=alphas, methods=methods, targets=targets, cache=args.cache,
-                          plots=False, calibration=recipe)
+                          plots=False, calibration=recipe, references=False)
         t0 = time.perf_counter()
         results = run_quality(cfg, out / f"recipe-{i}", progress=lambda m, s=spec: print(f"[{s}] {m}", file=sys.stderr))
         runs[spec] = {"recipe": recipe.as_dict(), "seconds": round(time.perf_counter() - t0, 1),

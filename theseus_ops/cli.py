@@ -172,7 +172,7 @@ def build_parser(providers: list | None = None) -> argparse.ArgumentParser:
                                                                  "image-classification", "perplexity"])
     c.add_argument("--recipe", default="", metavar="RECIPE",
                    help="task=N,text=N,probes=N,answers=yes|no,max_length=N,text_file=PATH "
-                        "(default task=256,text=128,probes=0,answers=yes,max_length=128)")
+                        "(default task=128,text=128,probes=128,answers=yes,max_length=128)")
     c.add_argument("--other-base", metavar="DIR", help="the pair's other base: probe ids stay in the shared vocabulary")
     c.add_argument("--out", required=True, metavar="FILE.safetensors")
     _add_overwrite(c)

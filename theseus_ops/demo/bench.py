@@ -48,6 +48,8 @@ class BenchConfig:
     # None: the family's own calibration files (task rows plus corpus windows); else built per skill by
     # the workflow's recipe builder (evaluation.calibration), as the workflow would
     calibration: CalibrationRecipe | None = None
+    # the upper bound (each target fine-tuned directly on each skill; built once, cached in the family)
+    references: bool = True
 
 
 class Release:
@@ -170,7 +172,7 @@ def run_quality(cfg: BenchConfig, out: str | Path, progress=print) -> dict:
     fam = build_family(fam_cfg, cfg.cache, progress=progress)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    reference_timings = ensure_references(fam, progress)
+    reference_timings = ensure_references(fam, progress) if cfg.references else {}
     reference_s = time.perf_counter() - t0
     started = time.perf_counter()
     splits = {s: (load_split(fam.task(s), "val")[: cfg.val_limit], load_split(fam.task(s), "test")[: cfg.test_limit])

@@ -60,7 +60,7 @@ class WorkflowConfig:
     Env defaults (:meth:`from_env`): the catalog's, storage's and gate's own, plus
     ``THESEUS_WORK_DIR`` (``.theseus/work``), ``THESEUS_METHODS`` and ``THESEUS_ALPHAS`` (comma
     lists), ``THESEUS_SERVING_SUFFIX`` (``-serving``), ``THESEUS_CALIBRATION`` (a recipe such as
-    ``task=256,text=128,probes=0,answers=yes,max_length=128``), ``THESEUS_CALIBRATION_ROWS`` (its task rows),
+    ``task=128,text=128,probes=128,answers=yes,max_length=128``), ``THESEUS_CALIBRATION_ROWS`` (its task rows),
     ``THESEUS_DEVICE`` (``auto``) and ``THESEUS_FILL`` (the library's default fill).
 
     ``fill``: the map fill of the methods that estimate maps (``MapSettings.fill``: weights, project or
