@@ -75,7 +75,8 @@ def test_a_recipe_mixes_task_rows_text_windows_and_probes(lm_dir, lm_task):
 def test_without_answers_the_answer_tokens_leave_the_mask(lm_dir, lm_task):
     evaluator = _generation(lm_task)
     with_answers = evaluator.calibration(lm_dir, 3)
-    built = build_calibration(evaluator, lm_dir, CalibrationRecipe(task_rows=3, text_rows=0, answers=False))
+    recipe = CalibrationRecipe(task_rows=3, text_rows=0, probe_rows=0, answers=False)
+    built = build_calibration(evaluator, lm_dir, recipe)
     answer = with_answers["labels"] != -100
     assert bool(answer.any())
     assert bool((built.tensors["attention_mask"][answer] == 0).all())
@@ -90,14 +91,14 @@ def test_a_classification_task_gets_text_rows_without_labels(root):
         em.write_jsonl(task / f"{split}.jsonl", [{"text": t, "label": y} for t, y in em.TEXT_ROWS])
     (task / "heldout.txt").write_text(" ".join(t for t, _ in em.TEXT_ROWS) * 3)
     evaluator = evaluator_for(TaskConfig(task_kind="classification", dataset=task), report=lambda _m: None)
-    built = build_calibration(evaluator, bert, CalibrationRecipe(task_rows=4, text_rows=2, max_length=8),
+    built = build_calibration(evaluator, bert, CalibrationRecipe(task_rows=4, text_rows=2, probe_rows=0, max_length=8),
                               heldout=task / "heldout.txt")
     assert set(built.tensors) == {"input_ids", "attention_mask"} and built.used["text_rows"] == 2
     assert built.tensors["input_ids"].shape[0] == 6
 
 
 def test_the_recipe_travels_into_the_alignment_provenance(lm_dir, lm_task, tmp_path):
-    recipe = CalibrationRecipe(task_rows=3, text_rows=2, max_length=12)
+    recipe = CalibrationRecipe(task_rows=3, text_rows=2, probe_rows=0, max_length=12)
     built = build_calibration(_generation(lm_task), lm_dir, recipe, heldout=lm_task / "heldout.txt")
     path = tmp_path / "cal.safetensors"
     save_file(built.tensors, str(path), metadata=built.metadata(recipe))
@@ -113,7 +114,7 @@ def test_the_recipe_travels_into_the_alignment_provenance(lm_dir, lm_task, tmp_p
     ("rows=3", "calibration recipe item 'rows=3': expected one of task=, text=, probes="),
     ("answers=maybe", "calibration answers='maybe': use yes or no"),
     ("task=-1", "calibration task_rows must be a whole number >= 0"),
-    ("task=1,text=0", "needs at least 2 rows in all"),
+    ("task=1,text=0,probes=0", "needs at least 2 rows in all"),
     ("max_length=1", "max_length must be at least 2"),
     ("text_file=/no/such/file.txt", "calibration text /no/such/file.txt is not a file"),
 ])
@@ -134,18 +135,37 @@ def test_the_workflow_reads_its_recipe_from_the_environment(monkeypatch):
     with pytest.raises(InputError, match="calibration probes='x' is not a whole number"):
         WorkflowConfig.from_env()
     assert WorkflowConfig().calibration == CalibrationRecipe()  # the default recipe
+    assert CalibrationRecipe().as_dict() == {"task_rows": 128, "answers": True, "text_rows": 128, "text": None,
+                                             "probe_rows": 128, "max_length": 128}
+
+
+def test_rows_never_exceed_the_positions_the_model_has(root):
+    """A 64-position BERT gets rows of at most 62 tokens (text windows and probes too), whatever max_length says."""
+    bert = em.bert_classifier(root / "bert-positions", steps=1)
+    task = root / "topics-positions"
+    for split in ("train", "val", "test"):
+        em.write_jsonl(task / f"{split}.jsonl", [{"text": t, "label": y} for t, y in em.TEXT_ROWS])
+    (task / "heldout.txt").write_text(" ".join(t for t, _ in em.TEXT_ROWS) * 40)
+    evaluator = evaluator_for(TaskConfig(task_kind="classification", dataset=task), report=lambda _m: None)
+    positions = transformers.AutoConfig.from_pretrained(str(bert)).max_position_embeddings
+    built = build_calibration(evaluator, bert, CalibrationRecipe(task_rows=2, text_rows=2, probe_rows=2,
+                                                                 max_length=4 * positions),
+                              vocab=shared_vocabulary(bert), heldout=task / "heldout.txt")
+    assert built.tensors["input_ids"].shape[1] <= positions - 2
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(bert))
+    model(**built.tensors)  # every row fits the model
 
 
 def test_the_calibrate_command_writes_what_the_workflow_builds(lm_dir, lm_task, tmp_path, capsys):
     from theseus_ops.cli import main
 
     out = tmp_path / "cal.safetensors"
-    argv = ["calibrate", "--base", str(lm_dir), "--dataset", str(lm_task), "--recipe", "task=3,text=2,max_length=12",
-            "--out", str(out)]
+    argv = ["calibrate", "--base", str(lm_dir), "--dataset", str(lm_task),
+            "--recipe", "task=3,text=2,probes=0,max_length=12", "--out", str(out)]
     assert main(argv) == 0
     assert f"{out}: 5 rows (task 3, text 2, probe 0)" in capsys.readouterr().err
     cal = load_calibration(out, "tokens")
-    recipe = CalibrationRecipe(task_rows=3, text_rows=2, max_length=12)
+    recipe = CalibrationRecipe(task_rows=3, text_rows=2, probe_rows=0, max_length=12)
     expected = build_calibration(_generation(lm_task), lm_dir, recipe, heldout=lm_task / "heldout.txt")
     assert all(torch.equal(cal.tensors[k], v) for k, v in expected.tensors.items())
     assert cal.recipe["recipe"] == recipe.as_dict()

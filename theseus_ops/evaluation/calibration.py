@@ -64,10 +64,11 @@ def build_calibration(evaluator, model_dir: str | Path, recipe: CalibrationRecip
     task = evaluator.calibration(model_dir, recipe.task_rows) if recipe.task_rows else None
     if task is None and recipe.task_rows:
         return None
+    length = usable_length(model_dir, recipe.max_length)
     parts: list[dict[str, torch.Tensor]] = []
     used = {"task_rows": 0, "text_rows": 0, "probe_rows": 0}
     if task is not None:
-        task = _cut(task, recipe.max_length)
+        task = _cut(task, length)
         if not recipe.answers and "labels" in task:
             task = _without_answers(task)
         parts.append(task)
@@ -82,8 +83,8 @@ def build_calibration(evaluator, model_dir: str | Path, recipe: CalibrationRecip
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         source = recipe.text or heldout
         if recipe.text_rows and source is not None and Path(source).is_file():
-            ids = text_ids(tokenizer, Path(source).read_text(encoding="utf-8"), recipe.max_length, recipe.text_rows)
-            windows = windows_of(ids, recipe.max_length, recipe.text_rows)
+            ids = text_ids(tokenizer, Path(source).read_text(encoding="utf-8"), length, recipe.text_rows)
+            windows = windows_of(ids, length, recipe.text_rows)
             if windows:
                 parts.append(_token_rows(windows, pad, labelled))
                 used["text_rows"] = len(windows)
@@ -91,7 +92,7 @@ def build_calibration(evaluator, model_dir: str | Path, recipe: CalibrationRecip
             if vocab is None:
                 raise InputError("probe rows need the vocabulary both bases share")
             gen = torch.Generator().manual_seed(PROBE_SEED)
-            probes = torch.randint(0, vocab, (recipe.probe_rows, recipe.max_length), generator=gen)
+            probes = torch.randint(0, vocab, (recipe.probe_rows, length), generator=gen)
             parts.append(_token_rows(probes.tolist(), pad, labelled))
             used["probe_rows"] = recipe.probe_rows
         parts = _same_width(parts, pad)
@@ -102,6 +103,17 @@ def build_calibration(evaluator, model_dir: str | Path, recipe: CalibrationRecip
     if any(set(p) != keys for p in parts):
         raise InputError(f"calibration sources disagree on their tensors: {[sorted(p) for p in parts]}")
     return BuiltCalibration({k: torch.cat([p[k] for p in parts]).contiguous() for k in sorted(keys)}, used)
+
+
+def usable_length(model_dir: str | Path, max_length: int) -> int:
+    """``max_length``, cut to the positions the model has (less two, for RoBERTa's padding offset)."""
+    from theseus_ops.io.models import read_config
+
+    config = read_config(Path(model_dir))
+    sections = [config, *(v for v in config.values() if isinstance(v, dict))]  # a text_config nests its own
+    limits = [c[k] for c in sections for k in ("n_positions", "max_position_embeddings")
+              if isinstance(c.get(k), int) and c[k] > 2]
+    return max(2, min([max_length, *(limit - 2 for limit in limits)]))
 
 
 def _rows(tensors: dict[str, torch.Tensor]) -> int:
