@@ -204,3 +204,34 @@ def test_token_resampling_as_one_matrix_equals_interpolating_the_activations(tok
     torch.testing.assert_close(statistics._resample_tokens(acts, tokens, layout), direct, atol=1e-5, rtol=0)
     if layout == "cls_grid":
         assert torch.equal(statistics._resample_tokens(acts, tokens, layout)[:, 0], acts[:, 0])
+
+
+def test_float64_statistics_lower_the_permutation_oracle_floor(tmp_path):
+    """``precision=float64`` takes the per-batch products in float64: the cross moment is then the float64
+    product of the rows, and the permutation oracle's error falls below the float32 products' (measured
+    2-10x on every tiny family, BENCHMARKS.md §1b). The choice is recorded in the provenance."""
+    from safetensors.torch import load_file
+
+    from theseus_ops.config import TransportConfig
+
+    gen = torch.Generator().manual_seed(3)
+    xa, xb = torch.randn(300, 16, generator=gen) * 1e3, torch.randn(300, 24, generator=gen)
+    stats = SpaceStatistics.empty(16, 24, torch.device("cpu"), with_gram=False, precise=True)
+    stats.update(xa, xb)
+    assert torch.equal(stats.cross, xa.double().T @ xb.double())
+    case = tiny.Case(tmp_path, "xlm-roberta", "permutation")
+    errors = {}
+    for precision in ("float32", "float64"):
+        aligned = tmp_path / f"{precision}.alignment"
+        calibration = CalibrationSpec(str(case.calibration))
+        alignment = api.prepare(PrepareConfig(str(case.source), str(case.target), calibration, precision=precision,
+                                              device="cpu"), aligned)
+        assert alignment.provenance["options"]["precision"] == precision
+        cfg = TransportConfig(str(case.source), str(case.target), "theseus", task_vector=str(case.task_vector),
+                              alignment=str(aligned), device="cpu")
+        out = tmp_path / f"{precision}.safetensors"
+        api.transport(cfg, out)
+        errors[precision] = case.error(load_file(str(out)))
+    assert errors["float64"] < errors["float32"] < 1e-4
+    with pytest.raises(Exception, match="precision"):
+        MapOptions(precision="float16")

@@ -12,7 +12,8 @@ a permuted target (which computes the same function) would receive a different t
   directions is dropped (or, for ``theseus``, completed from seeded probe inputs that neither model's
   coordinates affect, see ``estimate_space_map``), and the report measures the dropped share per
   parameter.
-- ``pad`` (the default for now): undetermined directions are filled with the zero-pad prior restricted
+- ``pad`` (an explicit option; ``weights``, the default, is ``project`` completed from the base weights,
+  ``weight_prior``): undetermined directions are filled with the zero-pad prior restricted
   to the complements, then a seeded Gaussian, so the map stays semi-orthogonal. It keeps the identity
   oracle exact on spaces that are rank-deficient by construction (grouped-query attention outputs at
   init, pooled heads), but it depends on the target's coordinate order, so it is *not* equivariant.
@@ -28,9 +29,11 @@ import torch
 from theseus_ops.errors import InputError
 from theseus_ops.transport.tolerances import (
     DEFAULT_FILL,
+    DEFAULT_PRECISION,
     DEFAULT_RANK_TOL,
     DEFAULT_SOLVER,
     FILLS,
+    PRECISIONS,
     PROJECTING_FILLS,
     SOLVERS,
 )
@@ -51,8 +54,9 @@ class MapOptions:
         whiten_power: p in [0, 0.5]; polar factor of (G_A+εI)^-p C (G_B+εI)^-p. 0 is plain Procrustes.
         whiten_eps: ε, relative to the mean diagonal of each Gram matrix.
         rank_tol: singular values under rank_tol·s_max count as undetermined by the data.
-        fill: what the map does on undetermined directions: ``pad`` (the zero-pad prior; the default,
-            not equivariant) or ``project`` (drop them, or complete them from probe inputs; equivariant).
+        fill: what the map does on undetermined directions: ``weights`` (the default: drop them, then
+            complete them from the base weights; equivariant), ``project`` (drop them, or complete them from
+            probe inputs; equivariant) or ``pad`` (the zero-pad prior; not equivariant).
         solver: how the ``pad`` fill's polar factor is computed: ``eigh`` (fast) or ``svd`` (exact to
             rounding on every direction); see ``tolerances.SOLVERS``.
     """
@@ -63,6 +67,7 @@ class MapOptions:
     rank_tol: float = DEFAULT_RANK_TOL
     fill: str = DEFAULT_FILL
     solver: str = DEFAULT_SOLVER
+    precision: str = DEFAULT_PRECISION  # of the statistics' products (``tolerances.PRECISIONS``)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.whiten_power <= 0.5:
@@ -75,6 +80,8 @@ class MapOptions:
             raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def needs_gram(self) -> bool:

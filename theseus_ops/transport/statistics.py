@@ -71,9 +71,11 @@ class SpaceStatistics:
     rows: int = 0
     gram_a: torch.Tensor | None = None
     gram_b: torch.Tensor | None = None
+    precise: bool = False  # per-batch products in float64 (``tolerances.PRECISIONS``), not float32
 
     @classmethod
-    def empty(cls, width_a: int, width_b: int, device: torch.device, with_gram: bool) -> SpaceStatistics:
+    def empty(cls, width_a: int, width_b: int, device: torch.device, with_gram: bool,
+              precise: bool = False) -> SpaceStatistics:
         z = dict(dtype=torch.float64, device=device)
         return cls(
             cross=torch.zeros(width_a, width_b, **z),
@@ -83,6 +85,7 @@ class SpaceStatistics:
             sq_b=torch.zeros((), **z),
             gram_a=torch.zeros(width_a, width_a, **z) if with_gram else None,
             gram_b=torch.zeros(width_b, width_b, **z) if with_gram else None,
+            precise=precise,
         )
 
     def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
@@ -92,6 +95,8 @@ class SpaceStatistics:
         summation), and asking torch for a float64 reduction of float32 rows converts every element
         first: that cost the sums and norms more than the cross product itself.
         """
+        if self.precise:
+            xa, xb = xa.double(), xb.double()
         self.cross += (xa.T @ xb).double()
         self.sum_a += xa.sum(0).double()
         self.sum_b += xb.sum(0).double()
@@ -296,6 +301,7 @@ def collect_statistics(
     device: torch.device,
     with_gram: bool = False,
     progress: Callable[[str], None] | None = None,
+    precision: str = "float32",
 ) -> dict[str, SpaceStatistics]:
     """Stream the calibration examples through both models and accumulate every requested space."""
     if not requests:
@@ -328,7 +334,8 @@ def collect_statistics(
                         rows[pair_key] = paired_rows(act_a, act_b, masks[req.target.sequence], layout)
                     xa, xb = rows[pair_key]
                     if req.key not in stats:
-                        stats[req.key] = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, with_gram)
+                        stats[req.key] = SpaceStatistics.empty(xa.shape[1], xb.shape[1], xa.device, with_gram,
+                                                               precise=precision == "float64")
                     stats[req.key].update(xa, xb)
                 rows.clear()
                 rec_a.values.clear()

@@ -21,3 +21,10 @@ PROJECTING_FILLS = ("weights", "project")
 # statistics' own noise there). ``svd``: the SVD route, exact to float64 rounding on every direction.
 SOLVERS = ("eigh", "svd")
 DEFAULT_SOLVER = "eigh"
+
+# The precision of the statistics' per-batch products. ``float32`` (default): products in float32, sums in
+# float64; on the permutation oracles of the tiny families that leaves 1e-6..5e-6 relative logits error.
+# ``float64``: products in float64 too, about 5e-7 there (the float32 forward pass's own floor), at about
+# twice the cost of the product on the CPU (BENCHMARKS.md §1b).
+PRECISIONS = ("float32", "float64")
+DEFAULT_PRECISION = "float32"

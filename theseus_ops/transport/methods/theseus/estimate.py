@@ -43,6 +43,7 @@ def estimate_maps(
     stats = collect_statistics(
         source_model, target_model, requests, source_data, target_data,
         layout=layout, batch_size=batch_size, device=device, with_gram=options.needs_gram, progress=progress,
+        precision=options.precision,
     )
     maps, quality = {}, {}
     by_key = {r.key: r for r in requests}
@@ -103,7 +104,7 @@ def _complete_from_probes(
     source_probe, target_probe = probes(2 * max(pooled, default=0))
     stats = collect_statistics(source_model, target_model, requests, source_probe, target_probe,
                                layout=layout, batch_size=batch_size, device=device,
-                               with_gram=True)  # the probe prior is estimated whitened (maps)
+                               with_gram=True, precision=options.precision)  # the probe prior is whitened
     for request in requests:
         key = request.key
         maps[key], quality[key] = estimate_space_map(data_stats.pop(key), request.source_key, options,

@@ -32,7 +32,7 @@ class TheseusHybrid(PreparedMaps):
         )
         held = collect_statistics(models.source, models.target, [r for r in models.requests if r.key in maps],
                                   held_a, held_b, layout=ctx.layout, batch_size=ctx.batch_size, device=ctx.device,
-                                  with_gram=True)
+                                  with_gram=True, precision=ctx.options.precision)
         maps, choices = choose_maps(maps, held)
         pad_spaces = sorted(k for k, c in choices.items() if c["choice"] == "pad")
         ctx.progress(f"theseus-hybrid: pad map chosen on {len(pad_spaces)} of {len(choices)} spaces")
