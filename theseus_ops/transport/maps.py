@@ -386,7 +386,8 @@ def _polar_target(stats, options: MapOptions, cross: torch.Tensor | None = None)
             @ _inverse_power(gram_b, options.whiten_power, options.whiten_eps))
 
 
-def _unit(m: torch.Tensor) -> torch.Tensor:
+def unit_norm(m: torch.Tensor) -> torch.Tensor:
+    """``m`` scaled to unit Frobenius norm (zero stays zero): how a prior and the data are weighed."""
     norm = float(torch.linalg.matrix_norm(m))
     return m / norm if norm > 0 else m
 
@@ -399,7 +400,7 @@ def _with_prior(target: torch.Tensor, prior_moment: torch.Tensor, prior_rank_tol
     cut-off, and the data still decides every direction it determines beyond w of its largest.
     """
     prior = polar_factor(prior_moment, prior_rank_tol, fill="project").map
-    return polar_factor(_unit(target) + weight * _unit(prior), rank_tol, fill="project")
+    return polar_factor(unit_norm(target) + weight * unit_norm(prior), rank_tol, fill="project")
 
 
 def estimate_space_map(stats, source_key: str, options: MapOptions,

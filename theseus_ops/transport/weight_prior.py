@@ -33,6 +33,7 @@ import torch
 
 from theseus_ops.transport.architecture import is_shared
 from theseus_ops.transport.engine import ParamPlan
+from theseus_ops.transport.maps import unit_norm
 from theseus_ops.transport.rule_table import transport_dense
 from theseus_ops.transport.rules import RuleRefused
 
@@ -98,19 +99,10 @@ def with_followed_maps(priors: Mapping[str, torch.Tensor], follows: Mapping[str,
     """
     out = dict(priors)
     for key, followed in follows.items():
-        if followed not in maps or maps[followed].shape != _shape_of(key, priors, maps):
+        if followed not in maps or key not in maps or maps[followed].shape != maps[key].shape:
             continue
         link = maps[followed].detach().double()
         own = out.get(key)
-        out[key] = _unit(link) if own is None else _unit(own) + _unit(link)
+        out[key] = unit_norm(link) if own is None else unit_norm(own) + unit_norm(link)
     return out
 
-
-def _shape_of(key: str, priors: Mapping[str, torch.Tensor], maps: Mapping[str, torch.Tensor]) -> torch.Size | None:
-    found = priors.get(key, maps.get(key))
-    return found.shape if found is not None else None
-
-
-def _unit(m: torch.Tensor) -> torch.Tensor:
-    norm = float(torch.linalg.matrix_norm(m))
-    return m / norm if norm > 0 else m
