@@ -12,6 +12,8 @@ export THESEUS_METHODS="${THESEUS_METHODS:-pad,theseus}" THESEUS_ALPHAS="${THESE
 export THESEUS_CALIBRATION="${THESEUS_CALIBRATION:-task=48,text=16,max_length=128}"
 # shellcheck source=scripts/demo-env.sh
 source "$(dirname "$0")/demo-env.sh"  # BIN, ROOT, STATE, LOGS and every setting `make ui` shares
+# shellcheck source=scripts/demo-steps.sh
+source "$(dirname "$0")/demo-steps.sh"  # step, migrate_airflow_db, run_dag
 REAL_ROOT="${THESEUS_REAL_ROOT:-$ROOT/.theseus/real}"
 ROWS="${THESEUS_DEMO_ROWS:-}"  # keep the first N val and test rows (empty: every row)
 PREFIX="${THESEUS_DEMO_PREFIX:-real-}"
@@ -22,24 +24,12 @@ SEED=("$BIN/python" -m theseus_ops.demo.real.seed --fixtures-root "$REAL_ROOT" -
 "$BIN/python" -c "from theseus_ops.demo.real.sources import INSTALL_HINT, missing; import sys; m = missing(); \
 m and sys.exit(f'make demo-real: the real extra is missing ({\", \".join(m)}); {INSTALL_HINT}')"
 
-step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 t0=$SECONDS
-step "Airflow metadata DB: $AIRFLOW_HOME/airflow.db"
-"$BIN/airflow" db migrate > "$LOGS/airflow-db-migrate.log" 2>&1 || { tail -20 "$LOGS/airflow-db-migrate.log"; exit 1; }
+migrate_airflow_db
 
 step "real fixtures (built once under $REAL_ROOT); v1 of $MODELS (as $PREFIX*) and their task vectors cataloged; v2-wide landed"
 "${SEED[@]}" --target v2-wide 2> "$LOGS/seed.log" | tail -1 || { tail -20 "$LOGS/seed.log"; exit 1; }
 
-run_dag() {  # dag.test() through Airflow; the task table to the terminal, the runner's output to a new file
-  local dag="$1" out; shift
-  out="$LOGS/$dag.$(date -u +%Y%m%dT%H%M%SZ).log"  # one file per run: a second demo keeps the first one's
-  step "airflow: $dag (log: $out)"
-  if ! "$BIN/python" "$ROOT/plugins/theseus_airflow/runner.py" "$dag" "$@" > "$out" 2>&1; then
-    grep -v '^{' "$out" | grep -v '^20[0-9][0-9]-' || true
-    echo "the $dag run failed; see $out" >&2; exit 1
-  fi
-  grep -A100 "^$dag " "$out"
-}
 run_dag theseus_watch_releases
 run_dag theseus_transport_release
 

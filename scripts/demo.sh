@@ -7,26 +7,16 @@ FAMILY="${THESEUS_DEMO_FAMILY:-theseus-tiny}"
 SCALE="${THESEUS_DEMO_SCALE:-tiny}"
 # shellcheck source=scripts/demo-env.sh
 source "$(dirname "$0")/demo-env.sh"  # BIN, ROOT, STATE, LOGS and every setting `make ui` shares
+# shellcheck source=scripts/demo-steps.sh
+source "$(dirname "$0")/demo-steps.sh"  # step, migrate_airflow_db, run_dag
 
-step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 t0=$SECONDS
-step "Airflow metadata DB: $AIRFLOW_HOME/airflow.db"
-"$BIN/airflow" db migrate > "$LOGS/airflow-db-migrate.log" 2>&1 || { tail -20 "$LOGS/airflow-db-migrate.log"; exit 1; }
+migrate_airflow_db
 
 step "the $SCALE family (built once, cached under $STATE/families); v1 and its task vectors cataloged; v2-wide-shuffled landed"
 "$BIN/python" -m theseus_ops.demo.seed --scale "$SCALE" --family "$FAMILY" --families-root "$STATE/families" \
     --datasets-root "$STATE/datasets" 2> "$LOGS/seed.log" | tail -1
 
-run_dag() {  # dag.test() through Airflow; the task table to the terminal, the runner's output to a new file
-  local dag="$1" out; shift
-  out="$LOGS/$dag.$(date -u +%Y%m%dT%H%M%SZ).log"  # one file per run: a second demo keeps the first one's
-  step "airflow: $dag (log: $out)"
-  if ! "$BIN/python" "$ROOT/plugins/theseus_airflow/runner.py" "$dag" "$@" > "$out" 2>&1; then
-    grep -v '^{' "$out" | grep -v '^20[0-9][0-9]-' || true
-    echo "the $dag run failed; see $out" >&2; exit 1
-  fi
-  grep -A100 "^$dag " "$out"
-}
 run_dag theseus_watch_releases
 run_dag theseus_transport_release
 
