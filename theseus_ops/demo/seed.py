@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
@@ -111,8 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets-root", default=".theseus/datasets")
     parser.add_argument("--report", action="store_true", help="print the newest release summary instead of seeding")
     args = parser.parse_args(argv)
-    # progress lines (family build stages and steps) go to stderr, which the demo keeps as seed.log;
-    # stdout carries only the result
+
+    def command() -> int | dict:
+        if args.report:
+            print(report(WorkflowConfig.from_env(), args.family))
+            return 0
+        return seed_demo(WorkflowConfig.from_env(), args.scale, args.family, args.target, Path(args.families_root),
+                         Path(args.datasets_root))
+
+    return run_seed_command(command)
+
+
+def run_seed_command(command: Callable[[], int | dict | list]) -> int:
+    """A seeding command's shell: progress lines to stderr (the demo keeps them as seed.log), its result as
+    JSON on stdout (or its exit code, when it printed what it had to say), and an error as one line."""
     ours = logging.getLogger("theseus_ops")
     if not ours.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -120,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         ours.addHandler(handler)
         ours.setLevel(logging.INFO)
     try:
-        if args.report:
-            print(report(WorkflowConfig.from_env(), args.family))
-            return 0
-        out = seed_demo(WorkflowConfig.from_env(), args.scale, args.family, args.target, Path(args.families_root),
-                        Path(args.datasets_root))
+        out = command()
     except TheseusError as exc:
         print(f"theseus-ops: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return exc.exit_code
+    if isinstance(out, int):
+        return out
     print(json.dumps(out))
     return 0
 

