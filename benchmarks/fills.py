@@ -89,27 +89,15 @@ def family_identity(root: Path, kind: str) -> dict[str, float]:
     """The random-init identity oracle of ``tests/test_families.py`` for one family (16 examples, width 32):
     the largest relative weight error. ``clip``: a pooled norm space no weight reads (``post_ln``);
     ``roberta-bare``: attention sums whose neighbours' data maps are noisy on weak directions."""
-    from safetensors.torch import save_file
-
-    from tests.test_families import _model
+    from tests.test_families import identity_case
 
     folder = root / f"family-{kind}"
-    _model(kind, 32).eval().save_pretrained(folder / "A")
-    delta = tiny.random_delta(load_file(str(folder / "A" / "model.safetensors")), 0.02)
-    tiny.save_delta(delta, folder / "tv.safetensors")
-    gen = torch.Generator().manual_seed(0)
-    if kind in ("vit", "clip", "vit-bare"):
-        images = torch.randn(16, 3, 40, 40, generator=gen)
-        data = {"pixel_values": torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")}
-    else:
-        ids = torch.randint(3, 64, (16, 24), generator=gen)
-        data = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    save_file(data, str(folder / "c.safetensors"))
+    delta, calibration, _paired = identity_case(folder, kind)
     errors = {}
     for fill in FILLS:
         cfg = TransportConfig(str(folder / "A"), str(folder / "A"), "theseus",
-                              task_vector=str(folder / "tv.safetensors"),
-                              calibration=CalibrationSpec(str(folder / "c.safetensors")), fill=fill, device="cpu")
+                              task_vector=str(folder / "tv.safetensors"), calibration=calibration, fill=fill,
+                              device="cpu")
         api.transport(cfg, folder / f"out-{fill}.safetensors")
         errors[fill] = _worst_weight_error(load_file(str(folder / f"out-{fill}.safetensors")), delta)
     return errors

@@ -84,13 +84,22 @@ def test_without_answers_the_answer_tokens_leave_the_mask(lm_dir, lm_task):
     assert bool((built.tensors["labels"] == -100).all())
 
 
-def test_a_classification_task_gets_text_rows_without_labels(root):
-    bert = em.bert_classifier(root / "bert", steps=5)
-    task = root / "topics"
+@pytest.fixture(scope="module")
+def bert(root):
+    return em.bert_classifier(root / "bert", steps=5)
+
+
+def _topics(root, name: str, heldout_repeats: int):
+    """A classification task of ``em.TEXT_ROWS`` with a held-out text of its texts repeated; (dir, evaluator)."""
+    task = root / name
     for split in ("train", "val", "test"):
         em.write_jsonl(task / f"{split}.jsonl", [{"text": t, "label": y} for t, y in em.TEXT_ROWS])
-    (task / "heldout.txt").write_text(" ".join(t for t, _ in em.TEXT_ROWS) * 3)
-    evaluator = evaluator_for(TaskConfig(task_kind="classification", dataset=task), report=lambda _m: None)
+    (task / "heldout.txt").write_text(" ".join(t for t, _ in em.TEXT_ROWS) * heldout_repeats)
+    return task, evaluator_for(TaskConfig(task_kind="classification", dataset=task), report=lambda _m: None)
+
+
+def test_a_classification_task_gets_text_rows_without_labels(root, bert):
+    task, evaluator = _topics(root, "topics", 3)
     built = build_calibration(evaluator, bert, CalibrationRecipe(task_rows=4, text_rows=2, probe_rows=0, max_length=8),
                               heldout=task / "heldout.txt")
     assert set(built.tensors) == {"input_ids", "attention_mask"} and built.used["text_rows"] == 2
@@ -139,14 +148,9 @@ def test_the_workflow_reads_its_recipe_from_the_environment(monkeypatch):
                                              "probe_rows": 128, "max_length": 128}
 
 
-def test_rows_never_exceed_the_positions_the_model_has(root):
+def test_rows_never_exceed_the_positions_the_model_has(root, bert):
     """A 64-position BERT gets rows of at most 62 tokens (text windows and probes too), whatever max_length says."""
-    bert = em.bert_classifier(root / "bert-positions", steps=1)
-    task = root / "topics-positions"
-    for split in ("train", "val", "test"):
-        em.write_jsonl(task / f"{split}.jsonl", [{"text": t, "label": y} for t, y in em.TEXT_ROWS])
-    (task / "heldout.txt").write_text(" ".join(t for t, _ in em.TEXT_ROWS) * 40)
-    evaluator = evaluator_for(TaskConfig(task_kind="classification", dataset=task), report=lambda _m: None)
+    task, evaluator = _topics(root, "topics-positions", 40)
     positions = transformers.AutoConfig.from_pretrained(str(bert)).max_position_embeddings
     built = build_calibration(evaluator, bert, CalibrationRecipe(task_rows=2, text_rows=2, probe_rows=2,
                                                                  max_length=4 * positions),

@@ -90,26 +90,30 @@ def _model(kind: str, hidden: int, image: int = 32, seed: int = 0):
     return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(image_size=image, patch_size=8, **common))
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "qwen2", "vit", "clip", "bert-bare", "roberta-bare", "vit-bare"])
-def test_family_identity_and_wider_target(tmp_path, kind):
-    model_a, model_b = _model(kind, 32).eval(), _model(kind, 48, image=40, seed=1).eval()
-    model_a.save_pretrained(tmp_path / "A")
-    model_b.save_pretrained(tmp_path / "B")
-    state = load_file(str(tmp_path / "A" / "model.safetensors"))
-    delta = tiny.random_delta(state, 0.02)
-    tiny.save_delta(delta, tmp_path / "tv.safetensors")
+def identity_case(root, kind: str) -> tuple[dict[str, torch.Tensor], CalibrationSpec, CalibrationSpec]:
+    """A random-init width-32 model of ``kind`` (root/A), a wider seed-1 one (root/B), a random delta of A
+    (root/tv.safetensors), and 16 calibration examples: (delta, A's calibration, A/B paired calibration).
+    Also the setting of ``benchmarks/fills.py``'s identity rows."""
+    _model(kind, 32).eval().save_pretrained(root / "A")
+    _model(kind, 48, image=40, seed=1).eval().save_pretrained(root / "B")
+    delta = tiny.random_delta(load_file(str(root / "A" / "model.safetensors")), 0.02)
+    tiny.save_delta(delta, root / "tv.safetensors")
     gen = torch.Generator().manual_seed(0)
     if kind in ("vit", "clip", "vit-bare"):
         images = torch.randn(16, 3, 40, 40, generator=gen)
         save_file({"pixel_values": torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")},
-                  str(tmp_path / "ca.safetensors"))
-        save_file({"pixel_values": images}, str(tmp_path / "cb.safetensors"))
-        same = CalibrationSpec(str(tmp_path / "ca.safetensors"))
-        paired = CalibrationSpec(None, str(tmp_path / "ca.safetensors"), str(tmp_path / "cb.safetensors"))
-    else:
-        ids = torch.randint(3, 64, (16, 24), generator=gen)
-        save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(tmp_path / "c.safetensors"))
-        same = paired = CalibrationSpec(str(tmp_path / "c.safetensors"))
+                  str(root / "ca.safetensors"))
+        save_file({"pixel_values": images}, str(root / "cb.safetensors"))
+        return (delta, CalibrationSpec(str(root / "ca.safetensors")),
+                CalibrationSpec(None, str(root / "ca.safetensors"), str(root / "cb.safetensors")))
+    ids = torch.randint(3, 64, (16, 24), generator=gen)
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(root / "c.safetensors"))
+    return delta, CalibrationSpec(str(root / "c.safetensors")), CalibrationSpec(str(root / "c.safetensors"))
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "qwen2", "vit", "clip", "bert-bare", "roberta-bare", "vit-bare"])
+def test_family_identity_and_wider_target(tmp_path, kind):
+    delta, same, paired = identity_case(tmp_path, kind)
 
     def transport(target, calibration):
         cfg = TransportConfig(str(tmp_path / "A"), str(tmp_path / target), "theseus",
