@@ -8,20 +8,10 @@ cataloging: seconds); the DAGs on these vectors are ``make demo-real`` itself.
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
+from tests.real_support import REAL_MARKS
 
-from theseus_ops.demo.real import sources
-
-IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-MISSING = sources.missing()
-
-pytestmark = [
-    pytest.mark.real,
-    pytest.mark.skipif(bool(MISSING) and not IN_CI,
-                       reason=f"needs the `real` extra (missing {', '.join(MISSING)}): make real"),
-]
+pytestmark = REAL_MARKS
 
 
 def test_seed_real_catalogs_both_lines_once(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,16 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from theseus_ops.demo.real import sources
+from tests.real_support import REAL_MARKS
 
-IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-MISSING = sources.missing()
-
-pytestmark = [
-    pytest.mark.real,
-    pytest.mark.skipif(bool(MISSING) and not IN_CI,
-                       reason=f"needs the `real` extra (missing {', '.join(MISSING)}): make real"),
-]
+pytestmark = REAL_MARKS
 
 # few calibration rows and short sequences keep a MiniLM theseus transport within a minute or two
 MINILM_ROWS = 32
