@@ -17,3 +17,10 @@ REAL_MARKS = [
     pytest.mark.skipif(bool(MISSING) and not IN_CI,
                        reason=f"needs the `real` extra (missing {', '.join(MISSING)}): make real"),
 ]
+
+
+def real_test(test):
+    """REAL_MARKS on one test, in a module whose other tests need no extra."""
+    for mark in REAL_MARKS:
+        test = mark(test)
+    return test

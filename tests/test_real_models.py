@@ -155,9 +155,6 @@ def test_bare_minilm_theseus_onto_its_permuted_release(bare_port):
     assert result["error"] < 0.1 * result["baseline"]
 
 
-@pytest.mark.xfail(reason="transport quality: theseus does not yet reproduce the tuned source within 1e-3 on the "
-                          "bare MiniLM's permuted release (the default weights fill: 1.8e-3 with 48 calibration rows, "
-                          "the pad fill 2.9e-2; see BENCHMARKS.md section 5)", strict=False)
 def test_bare_minilm_theseus_meets_the_exact_oracle(bare_port):
     """The target: a function-preserving release is an exact oracle, so ≤ 1e-3 relative error."""
     assert bare_port[1]["error"] <= 1e-3

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from theseus_ops.demo.family import TARGETS, Family, build_family, ensure_references, family_config
 from theseus_ops.demo.skills import load_split
-from theseus_ops.errors import TheseusError
+from theseus_ops.errors import InputError, TheseusError
 from theseus_ops.evaluation import Candidate, NotApplicable, TaskConfig, score_at, sweep_and_select
 from theseus_ops.evaluation.calibration import build_calibration, shared_vocabulary
 from theseus_ops.evaluation.generation import GenerationEvaluator
@@ -50,6 +50,16 @@ class BenchConfig:
     calibration: CalibrationRecipe | None = None
     # the upper bound (each target fine-tuned directly on each skill; built once, cached in the family)
     references: bool = True
+
+    def __post_init__(self) -> None:
+        for what, given, allowed in (("method(s)", self.methods, tuple(method_names())),
+                                     ("target release(s)", self.targets, TARGETS)):
+            unknown = sorted(set(given) - set(allowed))
+            if unknown or not given:
+                raise InputError(f"bench quality: unknown {what} {unknown or '(none given)'}; "
+                                 f"choose from {', '.join(allowed)}")
+        if not self.alphas:
+            raise InputError("bench quality: the α grid is empty")
 
 
 class Release:
