@@ -99,8 +99,8 @@ def _inputs(pair: Pair, config: dict, seed: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def _task_vectors(model: torch.nn.Module, rank: int = 16) -> tuple[TaskVector, TaskVector]:
-    gen = torch.Generator().manual_seed(1)
+def _task_vectors(model: torch.nn.Module, rank: int = 16, seed: int = 1) -> tuple[TaskVector, TaskVector]:
+    gen = torch.Generator().manual_seed(seed)
     state = {n: p.detach() for n, p in model.named_parameters()}
     full = TaskVector("full", deltas={n: 1e-3 * torch.randn(p.shape, generator=gen).to(p) for n, p in state.items()})
     lora = TaskVector("lora")
@@ -157,7 +157,26 @@ def _transport(pair: ModelPair, tv: TaskVector, alignment: Alignment, bench: Pai
     return result, report.summary
 
 
-def run_pair(name: str, device: torch.device) -> dict:
+def vector_curve(pair: ModelPair, source: torch.nn.Module, alignment: Alignment, bench: Pair, device: torch.device,
+                 prepare_s: float, counts: tuple[int, ...]) -> list[dict]:
+    """N task vectors on one pair: one prepare plus N applies, each vector distinct (seeded), measured per N.
+
+    ``separate_s`` is what N independent transports would cost (N prepares and N applies) at this run's
+    prepare time: the saving the cached alignment buys."""
+    rows = []
+    for n in counts:
+        vectors = []
+        for k in range(n):
+            full, _ = _task_vectors(source, seed=100 + k)
+            vectors.append(TaskVector("full", deltas={k_: v for k_, v in full.deltas.items()
+                                                      if pair.architecture.match(k_)}))
+        applies = [_timed(device, lambda tv=tv: _transport(pair, tv, alignment, bench, device))[0] for tv in vectors]
+        rows.append({"n": n, "prepare_s": prepare_s, "apply_total_s": sum(applies), "apply_mean_s": sum(applies) / n,
+                     "total_s": prepare_s + sum(applies), "separate_s": n * prepare_s + sum(applies)})
+    return rows
+
+
+def run_pair(name: str, device: torch.device, curve: tuple[int, ...] = ()) -> dict:
     bench = PAIRS[name]
     source, target = _build(bench, bench.source, device, 0), _build(bench, bench.target, device, 1)
     data_a, data_b = _inputs(bench, bench.source, 2), _inputs(bench, bench.target, 2)
@@ -204,7 +223,9 @@ def run_pair(name: str, device: torch.device) -> dict:
         return max(float((id_out.deltas[k].float() - v.float()).norm() / v.float().norm())
                    for k, v in full.deltas.items())
 
+    curve_rows = vector_curve(pair, source, alignment, bench, device, t_stats + t_maps, curve) if curve else []
     return {"pair": name, "device": str(device), "dtype": bench.dtype, "spaces": len(alignment.maps),
+            "vector_curve": curve_rows,
             "forward_s": t_forward, "statistics_s": t_stats, "maps_s": t_maps, "maps_svd_s": t_maps_svd,
             "maps_over_forward": t_maps / t_forward, "statistics_over_forward": t_stats / t_forward,
             "prepare_over_forward": (t_stats + t_maps) / t_forward, "apply_full_s": t_apply_full,
@@ -219,16 +240,23 @@ def main() -> None:
     parser.add_argument("--pairs", default="vit-cpu", help=f"comma-separated, of {sorted(PAIRS)}")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="benchmarks/results/transport_speed.json")
+    parser.add_argument("--curve", default="", metavar="N,N",
+                        help="also time N distinct task vectors on one prepared pair, e.g. 1,4,16")
     args = parser.parse_args()
+    curve = tuple(int(n) for n in args.curve.split(",") if n.strip())
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    rows = [run_pair(name, device) for name in args.pairs.split(",")]
+    rows = [run_pair(name, device, curve) for name in args.pairs.split(",")]
     cols = ["pair", "forward_s", "statistics_s", "maps_s", "maps_svd_s", "prepare_over_forward",
             "maps_over_forward", "apply_full_over_forward", "apply_lora16_over_forward", "peak_gib",
             "identity_oracle_rel_err", "identity_oracle_rel_err_svd"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    for r in rows:
+        for c in r["vector_curve"]:
+            print(f"{r['pair']}: N={c['n']:>3}  one prepare + N applies {c['total_s']:.2f}s "
+                  f"(applies {c['apply_total_s']:.2f}s)  N separate transports {c['separate_s']:.2f}s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "transformers": transformers.__version__, "machine": platform.machine(),

@@ -83,12 +83,58 @@ def normalize_modes(path: Path) -> None:
 
 
 def temp_file(dest: str | Path, suffix: str = ".tmp") -> Path:
-    """A new, empty temporary file beside ``dest`` with the umask's mode; the caller renames or removes it."""
+    """A new, empty temporary file beside ``dest`` with the umask's mode; the caller renames or removes it.
+
+    Prefer :func:`scratch_file`, which also removes it when a signal lands between its creation and
+    the caller's cleanup.
+    """
     dest = Path(dest)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
     os.close(fd)
     _open_mode(Path(name), directory=False)
     return Path(name)
+
+
+@contextlib.contextmanager
+def scratch_file(dest: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``dest`` that is gone after the block unless the block renamed it away.
+
+    It is created with SIGINT/SIGTERM held (see :func:`_signals_held`), so no signal can arrive
+    between its creation and the ``finally`` that removes it.
+    """
+    tmp: Path | None = None
+    try:
+        with _signals_held():
+            tmp = temp_file(dest, suffix)
+        yield tmp
+    finally:
+        if tmp is not None:
+            _uninterrupted(lambda: tmp.unlink(missing_ok=True))
+
+
+def _uninterrupted(cleanup: Callable[[], None], attempts: int = 10) -> None:
+    """Run ``cleanup`` to the end even when a signal's exception lands in it, then raise that exception.
+
+    The cleanup runs with the signals held, so none cuts it (``shutil.rmtree`` cut by an exception
+    closes a descriptor twice). A handler that had already been accepted can still run before the hold
+    is in place, between any two bytecodes; the cleanup, idempotent, is then retried. An ``OSError``
+    is the cleanup's own failure and propagates.
+    """
+    interrupted: BaseException | None = None
+    done = False
+    for _ in range(attempts):
+        try:
+            with _signals_held():
+                cleanup()
+                done = True
+        except OSError:
+            raise
+        except BaseException as exc:  # a signal handler's exception: finish first, re-raise after
+            interrupted = interrupted or exc
+        if done:
+            break
+    if interrupted is not None:
+        raise interrupted
 
 
 @contextlib.contextmanager
@@ -103,14 +149,11 @@ def replacing(dest: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(dest, suffix)
-    try:
+    with scratch_file(dest, suffix) as tmp:
         yield tmp
         normalize_modes(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with _signals_held():
+            os.replace(tmp, dest)
 
 
 def _listing(directory: Path) -> list[str]:
@@ -171,8 +214,8 @@ def check_output(dest: str | Path, directory: bool = False, overwrite: bool = Fa
     if not existing.is_dir():
         raise InputError(f"{what} {dest}: {existing} is a file, not a directory")
     try:
-        probe = temp_file(existing / ".theseus-ops-probe")
-        probe.unlink()
+        with scratch_file(existing / ".theseus-ops-probe"):
+            pass
     except OSError as exc:
         raise InputError(f"{what} {dest}: cannot write in {existing} ({exc.strerror or exc})") from exc
     if not os.path.lexists(absolute):
@@ -210,21 +253,64 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# Signals that arrived while held, in order, re-delivered when the outermost hold ends; and the depth.
+_held_signals: list[int] = []
+_hold_depth = [0]
+
+
+def _defer(signum: int, frame) -> None:
+    _held_signals.append(signum)
+
+
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done: the renames that publish outputs are not cut."""
-    import signal
+    """SIGINT and SIGTERM wait until the block is done: the renames that publish outputs are not cut.
 
-    held = {signal.SIGINT, signal.SIGTERM}
+    Blocking them in the kernel is not enough: a signal that arrived just before the block has already
+    been accepted, and Python runs its handler at the next bytecode it executes, which may be inside the
+    block (right after a temporary file was created and before it was recorded). So the block also
+    swaps in a handler that only records the signal, and the signal's own handler runs once the
+    outermost hold ends. Outside the main thread (no handlers can be set there) only the mask applies.
+    """
+    import signal
+    import threading
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    main = threading.current_thread() is threading.main_thread()
+    outermost = _hold_depth[0] == 0
+    previous_handlers: dict[int, object] = {}
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(held))
     except (AttributeError, OSError, ValueError):  # no POSIX signal masks here
-        yield
-        return
+        previous_mask = None
+    try:
+        if main and outermost:
+            for signum in held:
+                previous_handlers[signum] = signal.signal(signum, _defer)
+    except BaseException:  # an already-accepted signal ran its handler before both were swapped
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        if previous_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        raise
+    _hold_depth[0] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _hold_depth[0] -= 1
+        if previous_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a blocked signal is delivered now
+        if previous_handlers:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            pending = list(_held_signals)
+            _held_signals.clear()
+            if pending:
+                handler = previous_handlers[pending[0]]
+                if callable(handler):
+                    handler(pending[0], None)  # the program's own handler (the CLI raises here)
+                elif handler == signal.SIG_DFL:
+                    signal.raise_signal(pending[0])
 
 
 @contextlib.contextmanager
@@ -266,9 +352,8 @@ def atomic_outputs(*outputs: tuple[str | Path, bool]) -> Iterator[list[Path]]:
                 else:
                     os.replace(path, dest)
     finally:
-        with _signals_held():  # a signal now is delivered after the cleanup, not in the middle of it
-            for stage in stages:
-                shutil.rmtree(stage, ignore_errors=True)
+        # a signal now is delivered after the cleanup, not in the middle of it
+        _uninterrupted(lambda: [shutil.rmtree(stage, ignore_errors=True) for stage in stages])
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from theseus_ops.errors import InputError
-from theseus_ops.io.atomic import replacing, temp_file
+from theseus_ops.io.atomic import replacing, scratch_file
 from theseus_ops.retry import RetryPolicy, call_with_retry
 
 Progress = Callable[[str], None]
@@ -124,8 +124,7 @@ class LocalLandingZone:
         file, so of concurrent writers exactly one succeeds, and the file appears complete."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        name = temp_file(dest, suffix=".part")
-        try:
+        with scratch_file(dest, suffix=".part") as name:
             with open(name, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -135,8 +134,6 @@ class LocalLandingZone:
             except FileExistsError:
                 return False
             return True
-        finally:
-            Path(name).unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

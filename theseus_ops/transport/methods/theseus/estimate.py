@@ -12,7 +12,7 @@ from theseus_ops.progress import Ticker
 from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
-from theseus_ops.transport.weight_prior import weight_matching_priors, with_followed_maps
+from theseus_ops.transport.weight_prior import weight_matching_priors, with_followed_maps, without_rounding_noise
 
 log = logging.getLogger("theseus_ops")
 
@@ -142,6 +142,8 @@ def _complete_from_weights(
     plans = [p for p in plans if any(s in wanted for t in p.targets for s in (t.reads, *t.writes) if s)]
     source_weights, target_weights = base_state({p.source_name for p in plans},
                                                 {t.name for p in plans for t in p.targets})
+    source_weights = {k: without_rounding_noise(v) for k, v in source_weights.items()}
+    target_weights = {k: without_rounding_noise(v) for k, v in target_weights.items()}
     follows = {k: by_key[k].follows for k in keys if by_key[k].follows}
     neighbours = _neighbours(plans)
     for key, followed in follows.items():
