@@ -40,32 +40,29 @@ def raising_sigterm():
 
 def test_a_signal_during_a_hold_reaches_the_handler_after_the_block(raising_sigterm):
     done = []
-    with pytest.raises(_Raised):
-        with atomic._signals_held():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)  # Python would run a handler here if one were installed
-            done.append("block finished")
+    with pytest.raises(_Raised), atomic._signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # Python would run a handler here if one were installed
+        done.append("block finished")
     assert done == ["block finished"]
     assert signal.getsignal(signal.SIGTERM) is not atomic._defer  # the program's handler is back
 
 
 def test_nested_holds_deliver_once_at_the_outermost_end(raising_sigterm):
     order = []
-    with pytest.raises(_Raised):
+    with pytest.raises(_Raised), atomic._signals_held():
         with atomic._signals_held():
-            with atomic._signals_held():
-                os.kill(os.getpid(), signal.SIGTERM)
-            order.append("inner ended, still held")
+            os.kill(os.getpid(), signal.SIGTERM)
+        order.append("inner ended, still held")
     assert order == ["inner ended, still held"]
 
 
 def test_a_signal_in_the_writer_publishes_nothing_and_leaves_nothing(raising_sigterm, tmp_path):
     dest = tmp_path / "out.json"
-    with pytest.raises(_Raised):
-        with atomic.replacing(dest) as tmp:
-            tmp.write_text("half")
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)
+    with pytest.raises(_Raised), atomic.replacing(dest) as tmp:
+        tmp.write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
     assert list(tmp_path.iterdir()) == []
 
 

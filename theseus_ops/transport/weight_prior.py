@@ -16,8 +16,9 @@ E_Aᵀ E_B over the shared vocabulary, for a norm or bias γ_A γ_Bᵀ. The rule
 too; on an identical or permuted target it is that permutation times a positive semi-definite
 matrix, which is why a map completed from it stays exact there.
 
-One backward pass through the rules gives every space's G_s at once (autograd), so the prior costs
-about one transport of the base weights, and no decomposition.
+A backward pass through each parameter's rule gives its share of every G_s it touches (autograd), so the
+prior costs about one transport of the base weights, and no decomposition; taken parameter by parameter,
+its memory is one parameter's graph.
 
 A space that no weight reads and only a norm writes (CLIP's pooled ``post_layernorm``, seen on one
 token per image) gets almost nothing from its weights. The architecture then says which space it
@@ -101,13 +102,14 @@ def weight_matching_priors(
     """
     wanted = set(keys)
     leaves = {k: maps[k].detach().double().clone().requires_grad_(True) for k in wanted if k in maps}
-    score = None
+    grads: dict[str, torch.Tensor] = {}
     for plan in plans:
         if plan.reason or plan.spec is None or plan.source_name not in source_weights:
             continue
         for target in plan.targets:
             spaces = [s for s in (target.reads, *target.writes) if s and not is_shared(s)]
-            if not any(s in leaves for s in spaces) or any(s not in maps for s in spaces):
+            differentiated = list(dict.fromkeys(s for s in spaces if s in leaves))
+            if not differentiated or any(s not in maps for s in spaces):
                 continue
             tw = target_weights.get(target.name)
             if tw is None:
@@ -125,11 +127,12 @@ def weight_matching_priors(
             except RuleRefused:
                 continue
             term = (moved * tw.double()).sum() * target.factor
-            score = term if score is None else score + term
-    if score is None or not leaves:
-        return {}
-    grads = torch.autograd.grad(score, list(leaves.values()), allow_unused=True)
-    return {k: g.detach() for k, g in zip(leaves, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)}
+            # One backward per parameter: its graph (float64 copies of the weight, moved and compared) is
+            # freed before the next one is built, so memory holds one parameter's, not the model's.
+            for space, grad in zip(differentiated, torch.autograd.grad(term, [leaves[s] for s in differentiated]),
+                                   strict=True):
+                grads[space] = grad if space not in grads else grads[space] + grad
+    return {k: g for k, g in grads.items() if bool(g.abs().sum() > 0)}
 
 
 def with_followed_maps(priors: Mapping[str, torch.Tensor], follows: Mapping[str, str],
