@@ -219,3 +219,25 @@ def test_pooled_norm_space_follows_the_last_layer():
     requests = space_requests(clip, {"post_ln", "layers.2.q"}, build_layer_map("uniform", 3, 3), "", "")
     follows = {r.key: r.follows for r in requests}
     assert follows == {"post_ln": "layers.2.resid_out", "layers.2.q": None}
+
+
+def test_vit_value_space_is_completed_through_the_attention_output(tmp_path):
+    """Deeper than the 2-layer identity cases: a value space whose only weight is W_v, behind a LayerNorm
+    that never moves along its mean direction, takes the missing direction from the attention output's
+    map (attention mixes tokens, not channels: ``"follows": "attn_out"``). Without it one value
+    direction stayed dropped, and the identity oracle was 7% off on a v_proj (benchmarks/transport_speed.py)."""
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=128, patch_size=16, hidden_size=192, intermediate_size=768,
+                                    num_hidden_layers=4, num_attention_heads=3, num_labels=10)
+    transformers.ViTForImageClassification(config).eval().save_pretrained(tmp_path / "A")
+    delta = tiny.random_delta(load_file(str(tmp_path / "A" / "model.safetensors")), 0.02)
+    tiny.save_delta(delta, tmp_path / "tv.safetensors")
+    images = torch.randn(16, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    save_file({"pixel_values": images}, str(tmp_path / "c.safetensors"))
+    cfg = TransportConfig(str(tmp_path / "A"), str(tmp_path / "A"), "theseus",
+                          task_vector=str(tmp_path / "tv.safetensors"),
+                          calibration=CalibrationSpec(str(tmp_path / "c.safetensors")))
+    api.transport(cfg, tmp_path / "out.safetensors")
+    out = load_file(str(tmp_path / "out.safetensors"))
+    worst = max(float((out[k] - v).norm() / v.norm()) for k, v in delta.items())
+    assert worst < 1e-4, worst

@@ -115,3 +115,24 @@ def test_summary_cells_are_readable():
     text = aligned(head, rows).splitlines()
     starts = {line.index("passed") for line in text[2:]}
     assert len(starts) == 1 and text[0].index("gate") == starts.pop()  # the gate column lines up
+
+
+def test_weight_completion_logs_space_k_of_n_per_round(tmp_path, caplog):
+    """The completion rounds are most of a real model's prepare (a minute a round on SmolLM2-135M)."""
+    from tests import tiny
+    from theseus_ops.config import CalibrationSpec
+
+    config = tiny.llama_config()
+    tiny.save(tiny.build(config, seed=0), tmp_path / "a")
+    tiny.save(tiny.build(config, seed=1), tmp_path / "b")
+    calibration = tiny.calibration(tmp_path / "cal.safetensors", rows=4)  # too few rows: spaces stay open
+    with caplog.at_level(logging.INFO, logger="theseus_ops"):
+        api.prepare(PrepareConfig(str(tmp_path / "a"), str(tmp_path / "b"), method="theseus", device="cpu",
+                                  calibration=CalibrationSpec(str(calibration))), tmp_path / "a.safetensors")
+    messages = _messages(caplog)
+    opened = [m for m in messages if m.startswith("maps: completing ") and "from the base weights" in m]
+    assert opened, messages
+    k = int(opened[0].split()[2])
+    lines = [m for m in messages if m.startswith("maps: completion round 1: space ")]
+    assert lines[0].startswith(f"maps: completion round 1: space 1/{k} (")
+    assert lines[-1].startswith(f"maps: completion round 1: space {k}/{k} (")

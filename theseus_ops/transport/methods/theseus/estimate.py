@@ -155,7 +155,9 @@ def _complete_from_weights(
         priors = with_followed_maps(weight_matching_priors(plans, source_weights, target_weights, maps, keys),
                                     {k: follows[k] for k in keys if k in follows}, maps)
         moved = []
-        for key in keys:
+        ticker = Ticker(len(keys), fraction=0.25)  # a round of a real model's 263 spaces takes about a minute
+        for i, key in enumerate(keys, 1):
+            ticker.tick(i, progress, f"maps: completion round {round_ + 1}: space")
             if key not in priors:
                 continue  # no parameter of this space carries weights to match (what is open stays dropped)
             before = maps[key]
