@@ -157,6 +157,16 @@ def _transport(pair: ModelPair, tv: TaskVector, alignment: Alignment, bench: Pai
     return result, report.summary
 
 
+def _pair_task_vectors(pair: ModelPair, bench: Pair, source: torch.nn.Module,
+                       seed: int = 1) -> tuple[TaskVector, TaskVector]:
+    """``_task_vectors`` of the source, restricted for a ViT to the parameters its architecture covers."""
+    full, lora = _task_vectors(source, seed=seed)
+    if bench.kind == "vit":
+        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if pair.architecture.match(k)})
+        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if pair.architecture.match(k)})
+    return full, lora
+
+
 def vector_curve(pair: ModelPair, source: torch.nn.Module, alignment: Alignment, bench: Pair, device: torch.device,
                  prepare_s: float, counts: tuple[int, ...]) -> list[dict]:
     """N task vectors on one pair: one prepare plus N applies, each vector distinct (seeded), measured per N.
@@ -165,11 +175,7 @@ def vector_curve(pair: ModelPair, source: torch.nn.Module, alignment: Alignment,
     prepare time: the saving the cached alignment buys."""
     rows = []
     for n in counts:
-        vectors = []
-        for k in range(n):
-            full, _ = _task_vectors(source, seed=100 + k)
-            vectors.append(TaskVector("full", deltas={k_: v for k_, v in full.deltas.items()
-                                                      if pair.architecture.match(k_)}))
+        vectors = [_pair_task_vectors(pair, bench, source, seed=100 + k)[0] for k in range(n)]
         applies = [_timed(device, lambda tv=tv: _transport(pair, tv, alignment, bench, device))[0] for tv in vectors]
         rows.append({"n": n, "prepare_s": prepare_s, "apply_total_s": sum(applies), "apply_mean_s": sum(applies) / n,
                      "total_s": prepare_s + sum(applies), "separate_s": n * prepare_s + sum(applies)})
@@ -198,10 +204,7 @@ def run_pair(name: str, device: torch.device, curve: tuple[int, ...] = ()) -> di
     t_forward, _ = _timed(device, forward)
     info_a, info_b = info_from_model(source, f"{MEMORY}/source"), info_from_model(target, f"{MEMORY}/target")
     pair = pair_of(info_a, info_b, "identity")
-    full, lora = _task_vectors(source)
-    if bench.kind == "vit":
-        full = TaskVector("full", deltas={k: v for k, v in full.deltas.items() if pair.architecture.match(k)})
-        lora = TaskVector("lora", lora={k: v for k, v in lora.lora.items() if pair.architecture.match(k)})
+    full, lora = _pair_task_vectors(pair, bench, source)
     loaded = Loaded(source_model=source, target_model=target, calibration=(_calibration(data_a), _calibration(data_b)))
 
     # the SVD route, side by side in the same run (the speed-up of the eigh route is this ratio); its

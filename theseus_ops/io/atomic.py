@@ -352,8 +352,11 @@ def atomic_outputs(*outputs: tuple[str | Path, bool]) -> Iterator[list[Path]]:
                 else:
                     os.replace(path, dest)
     finally:
-        # a signal now is delivered after the cleanup, not in the middle of it
-        _uninterrupted(lambda: [shutil.rmtree(stage, ignore_errors=True) for stage in stages])
+        def remove_stages() -> None:
+            for stage in stages:
+                shutil.rmtree(stage, ignore_errors=True)
+
+        _uninterrupted(remove_stages)  # a signal now is delivered after the cleanup, not in the middle of it
 
 
 @contextlib.contextmanager
