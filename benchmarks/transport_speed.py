@@ -238,9 +238,92 @@ def run_pair(name: str, device: torch.device, curve: tuple[int, ...] = ()) -> di
             "left_out": summary["left_out"], "transported": len(full_b.names())}
 
 
+# Real pretrained pairs from the offline fixtures (``python -m theseus_ops.demo.real``): a fixture name and
+# its function-preserving release, so the oracle is exact (v2 + tau' must compute what v1 + tau does).
+REAL_PAIRS = {"minilm-real": ("minilm", "v2-perm"), "smollm2-real": ("smollm2", "v2-perm")}
+REAL_MAX_ROWS = 48  # the calibration rows BENCHMARKS.md's real-model figures use
+
+
+def _peak_gib(device: torch.device) -> float:
+    """The device's peak allocation, or on the CPU the process's peak resident set (so far)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
+def run_real_pair(name: str, device: torch.device) -> dict:
+    """A real pair through the file-based entry points, timed as ``run_pair`` times a random one.
+
+    The bare forward is both models on the same calibration rows the prepare sees; the oracle is
+    ``demo.real.oracle`` on the transported full fine-tune, and the LoRA apply ports the fixture's adapter.
+    """
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from theseus_ops import api
+    from theseus_ops.demo.real import build_real
+    from theseus_ops.demo.real.oracle import oracle
+    from theseus_ops.io.models import load_model
+    from theseus_ops.io.task_vectors import read_task_vector
+    from theseus_ops.pipeline import open_pair
+
+    fixture, release = REAL_PAIRS[name]
+    fx = build_real()
+    src, tgt = fx.model(fixture), fx.model(fixture, release)
+    pair = open_pair(str(src), str(tgt), "identity")
+    models = [load_model(pair.source, device), load_model(pair.target, device)]
+    cal = fx.calibration(fixture)
+    rows = {k: v[:REAL_MAX_ROWS] for k, v in load_file(str(cal)).items() if k in ("input_ids", "attention_mask")}
+    batch = PrepareConfig(str(src), str(tgt), CalibrationSpec(str(cal))).batch_size
+
+    def forward():
+        with torch.inference_mode():
+            for model in models:
+                for start in range(0, REAL_MAX_ROWS, batch):
+                    model(**{k: v[start:start + batch].to(device) for k, v in rows.items()})
+
+    forward()  # warm-up
+    t_forward, _ = _timed(device, forward)
+    cfg = PrepareConfig(str(src), str(tgt), CalibrationSpec(str(cal)), max_rows=REAL_MAX_ROWS, device=device.type)
+    clock = _StageClock(device)
+    _sync(device)
+    start = time.perf_counter()
+    alignment = compute_alignment(cfg, pair, loaded=Loaded(source_model=models[0], target_model=models[1]),
+                                  progress=clock)
+    _sync(device)
+    t_prepare = time.perf_counter() - start
+    t_stats = (clock.statistics_done or start) - start
+    models.clear()  # the oracle loads its own models
+    loaded = Loaded(alignment=alignment)
+    tcfg = TransportConfig(str(src), str(tgt), "theseus", task_vector=str(fx.task_vector(fixture)),
+                           alignment=MEMORY, device=device.type)
+    full = read_task_vector(fx.task_vector(fixture), pair.source)
+    lora = read_task_vector(fx.lora(fixture), pair.source)
+    t_apply_full, (result, report) = _timed(device, lambda: transport_in_memory(tcfg, pair, full, loaded))
+    t_apply_lora, _ = _timed(device, lambda: transport_in_memory(tcfg, pair, lora, loaded))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "transported.safetensors"
+        api.publish_transport(result, report, pair, "theseus", out)
+        error = oracle(fx, fixture, release, fx.task_vector(fixture), out)["error"]
+    return {"pair": name, "device": str(device), "dtype": str(next(iter(alignment.maps.values())).dtype),
+            "spaces": len(alignment.maps), "vector_curve": [], "forward_s": t_forward, "statistics_s": t_stats,
+            "maps_s": t_prepare - t_stats, "maps_svd_s": None, "maps_over_forward": (t_prepare - t_stats) / t_forward,
+            "statistics_over_forward": t_stats / t_forward, "prepare_over_forward": t_prepare / t_forward,
+            "apply_full_s": t_apply_full, "apply_full_over_forward": t_apply_full / t_forward,
+            "apply_lora16_s": t_apply_lora, "apply_lora16_over_forward": t_apply_lora / t_forward,
+            "peak_gib": _peak_gib(device),
+            "identity_oracle_rel_err": None, "identity_oracle_rel_err_svd": None, "real_oracle_rel_err": error,
+            "left_out": report.summary["left_out"], "transported": len(result.names())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", default="vit-cpu", help=f"comma-separated, of {sorted(PAIRS)}")
+    parser.add_argument("--pairs", default="vit-cpu",
+                        help=f"comma-separated, of {sorted(PAIRS)} (random init) and {sorted(REAL_PAIRS)} (the real "
+                             "fixtures, `make real`)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="benchmarks/results/transport_speed.json")
     parser.add_argument("--curve", default="", metavar="N,N",
@@ -249,13 +332,15 @@ def main() -> None:
     curve = tuple(int(n) for n in args.curve.split(",") if n.strip())
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    rows = [run_pair(name, device, curve) for name in args.pairs.split(",")]
+    rows = [run_real_pair(name, device) if name in REAL_PAIRS else run_pair(name, device, curve)
+            for name in args.pairs.split(",")]
     cols = ["pair", "forward_s", "statistics_s", "maps_s", "maps_svd_s", "prepare_over_forward",
             "maps_over_forward", "apply_full_over_forward", "apply_lora16_over_forward", "peak_gib",
-            "identity_oracle_rel_err", "identity_oracle_rel_err_svd"]
+            "identity_oracle_rel_err", "identity_oracle_rel_err_svd", "real_oracle_rel_err"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+              + " |")
     for r in rows:
         for c in r["vector_curve"]:
             print(f"{r['pair']}: N={c['n']:>3}  one prepare + N applies {c['total_s']:.2f}s "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import shutil
@@ -193,6 +194,34 @@ def test_release_is_registered_summarised_and_marked(stack):
     assert serving, "the micro family registers at least one transported model (see test_workflow)"
     for model in summary["candidates"]:
         assert catalog.get_alias(model.rsplit("/", 1)[0], "candidate").version == model.rsplit("/", 1)[1]
+
+
+def test_every_task_that_ran_reports_how_long_it_took(stack):
+    """The runner's table says where a run's time went, per task (the performance issue asks for it)."""
+    for report in (stack["watch"], stack["transport"], stack["rerun"]):
+        for task in report["tasks"]:
+            if task["try_number"]:  # it ran: Airflow timed it
+                assert task["seconds"] is not None and task["seconds"] >= 0, task
+            else:  # never started (skipped upstream): no time, rather than a made-up zero
+                assert task["seconds"] is None, task
+    ports = [t["seconds"] for t in tis(stack["transport"], "port") if t["state"] == "success"]
+    assert ports and min(ports) > 0  # a port transports, scores and registers: never instantaneous
+
+
+def test_the_runners_table_gives_each_task_its_state_and_time_aligned(stack):
+    """What ``make demo`` prints for a run: one aligned line per task instance, with how long it ran."""
+    spec = importlib.util.spec_from_file_location("theseus_runner", RUNNER)
+    runner = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = runner  # dataclasses look their module up there
+    spec.loader.exec_module(runner)
+    report = runner.DagRunReport(**stack["transport"])
+    lines = runner.task_table(report)
+    assert len(lines) == len(report.tasks)
+    for line, task in zip(lines, report.tasks, strict=True):
+        assert line.split()[0] == task["task_id"] and task["state"] in line and f"try {task['try_number']}" in line
+        if task["seconds"] is not None:
+            assert f"{task['seconds']:.1f} s" in line
+    assert len({line.index(" try ") for line in lines}) == 1  # every column lines up
 
 
 def test_rerun_of_the_same_release_changes_nothing(stack):

@@ -192,6 +192,15 @@ def consume_asset_triggers(dag_id: str) -> int:
         return session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id)).rowcount
 
 
+def _seconds(ti) -> float | None:
+    """How long a task instance ran (Airflow's ``duration``, else end minus start); None if it never ran."""
+    if ti.duration is not None:
+        return round(float(ti.duration), 3)
+    if ti.start_date is None or ti.end_date is None:
+        return None
+    return round((ti.end_date - ti.start_date).total_seconds(), 3)
+
+
 def run_dag(dag_id: str, conf: dict | None = None, returns: tuple[str, ...] = ()) -> DagRunReport:
     """Run ``dag_id`` once with ``conf``; report its state, its task instances and ``returns`` tasks' XCom."""
     dag = load_dag(dag_id)
@@ -205,12 +214,23 @@ def run_dag(dag_id: str, conf: dict | None = None, returns: tuple[str, ...] = ()
                                                                  ti.task_id, ti.map_index))
     tasks = [{"task_id": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
               "state": str(ti.state), "try_number": ti.try_number, "pool": ti.pool, "queue": ti.queue,
-              "log": str(task_log_path(ti)) if ti.try_number else None}
+              "seconds": _seconds(ti), "log": str(task_log_path(ti)) if ti.try_number else None}
              for ti in instances]
     report = DagRunReport(dag_id, dr.run_id, str(dr.state), tasks)
     for task_id in returns:
         report.returns[task_id] = _return_value(dag_id, dr.run_id, task_id)
     return report
+
+
+def task_table(report: DagRunReport) -> list[str]:
+    """One line per task instance: task, map label, state, how long it ran, try; columns aligned."""
+    rows = [(t["task_id"], str(t["label"] or (t["map_index"] if t["map_index"] >= 0 else "")), t["state"],
+             "" if t["seconds"] is None else f"{t['seconds']:.1f} s", f"try {t['try_number']}")
+            for t in report.tasks]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(4)]
+    # text columns as wide as their widest cell, times right-aligned, so every status and time lines up
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths[:3], strict=True)) + "  "
+            + row[3].rjust(widths[3]) + "  " + row[4] for row in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,11 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.__dict__, default=str))
     else:
         print(f"{report.dag_id} {report.run_id}: {report.state}")
-        rows = [(t["task_id"], str(t["label"] or (t["map_index"] if t["map_index"] >= 0 else "")), t["state"],
-                 f"try {t['try_number']}") for t in report.tasks]
-        widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
-        for row in rows:  # columns as wide as their widest cell, so every status lines up
-            print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+        for line in task_table(report):
+            print(line)
         logs = sorted({str(Path(t["log"]).parents[1]) for t in report.tasks if t["log"]})
         if logs:
             print(f"task logs (also in the Airflow UI): {os.path.commonpath(logs)}")

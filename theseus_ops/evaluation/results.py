@@ -59,7 +59,9 @@ class Candidate:
         out: dict = {"alpha": self.alpha, "val": dict(self.val), "test": dict(self.test),
                      "general_loss": self.general_loss}
         if self.method != "base":
-            out.update({"sweep": [p.as_dict() for p in self.sweep], "seconds": self.seconds})
+            out.update({"sweep": [p.as_dict() for p in self.sweep], "seconds": self.seconds,
+                        "transport_seconds": self.transport_seconds})
+        out["eval_seconds"] = self.eval_seconds  # where a port's time goes: transporting, or scoring
         return out
 
 

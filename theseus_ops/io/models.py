@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -193,6 +194,40 @@ def weights_sha256(files: tuple[Path, ...]) -> str:
         stat = os.lstat(check_regular_file(file, str(file.parent)))
         digest.update(file.name.encode() + b"\0" + _cached_file_sha256(file, stat.st_size, stat.st_mtime_ns).encode())
     return digest.hexdigest()
+
+
+class ShardTensors(Mapping[str, torch.Tensor]):
+    """The named tensors of a model's shards, each read when asked for and not kept.
+
+    Why: the weight completion reads every base weight of both models once per round. Held as a dict,
+    they are a float32 copy of both models beside the loaded ones (a gigabyte on a 135M-parameter pair,
+    tens on an 8B one); read on access, memory holds the one being used. Names and shapes come from
+    the headers, so membership costs nothing.
+    """
+
+    def __init__(self, info: ModelInfo, names: Iterable[str]) -> None:
+        wanted = set(names)
+        self._file_of: dict[str, Path] = {}
+        for file in info.files:
+            for name in read_safetensors_header(file):
+                if name in wanted:
+                    self._file_of.setdefault(name, file)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file = self._file_of[name]
+        with safe_open(str(file), framework="pt") as fh:
+            return fh.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._file_of))
+
+    def __len__(self) -> int:
+        return len(self._file_of)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._file_of
 
 
 def load_state(info: ModelInfo, names: list[str] | None = None) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import datetime as _dt
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -20,7 +20,7 @@ from theseus_ops.config import PrepareConfig
 from theseus_ops.errors import InputError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.finite import require_finite
-from theseus_ops.io.models import ModelInfo, load_model, load_state, resolve_device
+from theseus_ops.io.models import ModelInfo, ShardTensors, load_model, resolve_device
 from theseus_ops.pipeline.calibration import check_token_range, load_calibrations, trim_calibrations
 from theseus_ops.pipeline.loaded import NOTHING_LOADED, Loaded
 from theseus_ops.pipeline.pair import ModelPair, model_summary
@@ -95,8 +95,8 @@ class EstimateRun:
         return plan_transport(pair.architecture, list(pair.source.shapes), pair.target.shapes, pair.layer_map,
                               pair.target_prefix, pair.source.config, pair.target.config)
 
-    def base_state(self, source_names: set[str], target_names: set[str]) -> tuple[dict[str, torch.Tensor],
-                                                                                  dict[str, torch.Tensor]]:
+    def base_state(self, source_names: set[str], target_names: set[str]) -> tuple[Mapping[str, torch.Tensor],
+                                                                                  Mapping[str, torch.Tensor]]:
         return (_stored_state(self.pair.source, self.loaded.source_model, source_names),
                 _stored_state(self.pair.target, self.loaded.target_model, target_names))
 
@@ -110,16 +110,17 @@ class EstimateRun:
                             ProbeConfig(seed=self.probe_seed, min_examples=max(8, min_examples)), pair.decoder_start())
 
 
-def _stored_state(info: ModelInfo, model: torch.nn.Module | None, names: set[str]) -> dict[str, torch.Tensor]:
+def _stored_state(info: ModelInfo, model: torch.nn.Module | None, names: set[str]) -> Mapping[str, torch.Tensor]:
     """The named base tensors, by the names the plans use.
 
-    From the shards where there are any, not the built model: a model's module names may differ from
-    its stored ones. A model handed over in memory (``pipeline.pair.info_from_model``) has no shards;
-    its plans were made from its own ``state_dict``, so that is where its tensors come from. Without
-    this the ``weights`` fill would find no weights and silently leave every open direction dropped.
+    From the shards where there are any, each read when used (:class:`ShardTensors`), not the built
+    model: a model's module names may differ from its stored ones. A model handed over in memory
+    (``pipeline.pair.info_from_model``) has no shards; its plans were made from its own ``state_dict``,
+    so that is where its tensors come from. Without this the ``weights`` fill would find no weights
+    and silently leave every open direction dropped.
     """
     if info.files:
-        return load_state(info, sorted(names))
+        return ShardTensors(info, names)
     if model is None:
         raise InputError(f"{info.path}: no weight files and no model in memory to read the base weights from")
     state = model.state_dict()

@@ -59,5 +59,5 @@ class TaskVector:
 
     def norm(self, name: str) -> float:
         if self.vector_format == "full":
-            return float(self.deltas[name].double().norm())
+            return float(torch.linalg.vector_norm(self.deltas[name], dtype=torch.float64))  # no float64 copy
         return self.lora[name].frobenius()

@@ -35,7 +35,7 @@ ran and by the data's own rounding, which differs on a permuted copy of the targ
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -82,6 +82,43 @@ def without_rounding_noise(weight: torch.Tensor, tol: float = WEIGHT_NOISE_TOL) 
 _UNFILTERED_SHARE = 1e-3
 
 
+class FilteredWeights(Mapping[str, torch.Tensor]):
+    """``weights`` as :func:`without_rounding_noise` returns them, filtered on first use.
+
+    Why a mapping and not a dict of filtered copies: ``weights`` may read each tensor from disk when
+    asked (``io.models.ShardTensors``), so that the completion's rounds hold one base weight at a
+    time. The verdict is kept: a filtered weight (rare) stays in memory, an untouched one is read
+    again next time without its eigendecomposition being repeated.
+    """
+
+    def __init__(self, weights: Mapping[str, torch.Tensor]) -> None:
+        self._weights = weights
+        self._filtered: dict[str, torch.Tensor] = {}
+        self._untouched: set[str] = set()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._filtered:
+            return self._filtered[name]
+        weight = self._weights[name]
+        if name in self._untouched:
+            return weight
+        filtered = without_rounding_noise(weight)
+        if filtered is weight:
+            self._untouched.add(name)
+        else:
+            self._filtered[name] = filtered
+        return filtered
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._weights
+
+
 def weight_matching_priors(
     plans: Iterable[ParamPlan],
     source_weights: Mapping[str, torch.Tensor],
@@ -100,22 +137,24 @@ def weight_matching_priors(
     A parameter whose rule refuses it (a vocabulary that differs, a patch kernel that does not fit) or
     whose spaces lack a map contributes nothing. A space no parameter touches gets no entry.
     """
-    wanted = set(keys)
-    leaves = {k: maps[k].detach().double().clone().requires_grad_(True) for k in wanted if k in maps}
+    wanted = {k for k in keys if k in maps}
     grads: dict[str, torch.Tensor] = {}
     for plan in plans:
         if plan.reason or plan.spec is None or plan.source_name not in source_weights:
             continue
         for target in plan.targets:
             spaces = [s for s in (target.reads, *target.writes) if s and not is_shared(s)]
-            differentiated = list(dict.fromkeys(s for s in spaces if s in leaves))
+            differentiated = list(dict.fromkeys(s for s in spaces if s in wanted))
             if not differentiated or any(s not in maps for s in spaces):
                 continue
             tw = target_weights.get(target.name)
             if tw is None:
                 continue
+            # This parameter's own float64 leaves: a leaf per space for the whole model would hold a float64
+            # copy of every map at once (a gigabyte on a 135M-parameter pair), as large as the priors.
+            leaves = {s: maps[s].detach().double().requires_grad_(True) for s in differentiated}
 
-            def map_of(space: str | None) -> torch.Tensor | None:
+            def map_of(space: str | None, leaves: dict[str, torch.Tensor] = leaves) -> torch.Tensor | None:
                 if space is None or is_shared(space):
                     return None
                 return leaves[space] if space in leaves else maps[space].detach().double()

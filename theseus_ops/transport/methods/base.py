@@ -14,7 +14,7 @@ only when asked for).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,8 +102,11 @@ class EstimateContext(Protocol):
         """The plan of every source base parameter onto the target (what the ``weights`` fill matches)."""
         ...
 
-    def base_state(self, source_names: set[str], target_names: set[str]) -> tuple[Inputs, Inputs]:
-        """The named base weights of the source and the target, as stored (the plans' names)."""
+    def base_state(self, source_names: set[str], target_names: set[str]) -> tuple[Mapping[str, torch.Tensor],
+                                                                                  Mapping[str, torch.Tensor]]:
+        """The named base weights of the source and the target, as stored (the plans' names).
+
+        Mappings, which may read each tensor when it is asked for: the completion holds one at a time."""
         ...
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -12,7 +12,10 @@ from theseus_ops.progress import Ticker
 from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
-from theseus_ops.transport.weight_prior import weight_matching_priors, with_followed_maps, without_rounding_noise
+from theseus_ops.transport.weight_prior import FilteredWeights, weight_matching_priors, with_followed_maps
+
+# (source names, target names) -> both bases' named weights, possibly read from disk on access
+BaseState = Callable[[set[str], set[str]], tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]]
 
 log = logging.getLogger("theseus_ops")
 
@@ -31,7 +34,7 @@ def estimate_maps(
     progress: Callable[[str], None] | None = None,
     probes: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None,
     weight_plans: Callable[[], list[ParamPlan]] | None = None,
-    base_state: Callable[[set[str], set[str]], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None,
+    base_state: BaseState | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, SpaceQuality]]:
     """Statistics for every requested space, then one polar factor per space.
 
@@ -87,7 +90,7 @@ def _complete_from_probes(
     data_stats: dict,
     maps: dict[str, torch.Tensor],
     quality: dict[str, SpaceQuality],
-    probes: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+    probes: Callable[[int], tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]],
     *,
     layout: str,
     options: MapOptions,
@@ -113,7 +116,7 @@ def _complete_from_probes(
 
 def _complete_from_weights(
     plans: list[ParamPlan],
-    base_state: Callable[[set[str], set[str]], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+    base_state: BaseState,
     data_stats: dict,
     by_key: dict[str, SpaceRequest],
     maps: dict[str, torch.Tensor],
@@ -142,8 +145,7 @@ def _complete_from_weights(
     plans = [p for p in plans if any(s in wanted for t in p.targets for s in (t.reads, *t.writes) if s)]
     source_weights, target_weights = base_state({p.source_name for p in plans},
                                                 {t.name for p in plans for t in p.targets})
-    source_weights = {k: without_rounding_noise(v) for k, v in source_weights.items()}
-    target_weights = {k: without_rounding_noise(v) for k, v in target_weights.items()}
+    source_weights, target_weights = FilteredWeights(source_weights), FilteredWeights(target_weights)
     follows = {k: by_key[k].follows for k in keys if by_key[k].follows}
     neighbours = _neighbours(plans)
     for key, followed in follows.items():
