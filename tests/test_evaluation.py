@@ -372,8 +372,14 @@ def test_sweep_keeps_the_target_base_when_every_alpha_hurts(lm_dir, lm_task):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the base is back, bit for bit
     assert any("selected base" in line for line in lines)
     record = noise.as_dict()
-    assert set(record) == {"alpha", "val", "test", "general_loss", "sweep", "seconds"}
+    assert set(record) == {"alpha", "val", "test", "general_loss", "sweep", "seconds", "transport_seconds",
+                           "eval_seconds"}
     assert record["sweep"][0]["alpha"] == 0.5 and "exact_match" in record["sweep"][0]
+    # where the time went: scoring three alphas, test and general takes time; the parts add up to the whole
+    assert record["eval_seconds"] > 0 and record["transport_seconds"] >= 0
+    assert abs(record["transport_seconds"] + record["eval_seconds"] - record["seconds"]) < 2e-3
+    assert set(selection.base.as_dict()) == {"alpha", "val", "test", "general_loss", "eval_seconds"}
+    assert selection.base.as_dict()["eval_seconds"] > 0
 
 
 def test_sweep_picks_the_method_and_alpha_that_repair_a_damaged_base(lm_dir, lm_task, tmp_path):

@@ -136,3 +136,10 @@ def test_weight_completion_logs_space_k_of_n_per_round(tmp_path, caplog):
     lines = [m for m in messages if m.startswith("maps: completion round 1: space ")]
     assert lines[0].startswith(f"maps: completion round 1: space 1/{k} (")
     assert lines[-1].startswith(f"maps: completion round 1: space {k}/{k} (")
+    # each round's summary and each statistics line say how much memory the process holds (docs/memory.md)
+    summaries = [m for m in messages if re.match(r"maps: completion round \d+: \d+ space\(s\) re-estimated", m)]
+    statistics = [m for m in messages if m.startswith("statistics: ")]
+    for line in summaries + statistics:
+        resident = re.search(r", (\d+\.\d) GiB resident$", line)
+        assert resident and 0.05 < float(resident.group(1)) < 64, line
+    assert summaries and statistics

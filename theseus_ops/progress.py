@@ -35,3 +35,25 @@ class Ticker:
         """Call ``report`` with ``"<what> <i>/<total> (<elapsed>s)"`` when step ``i`` is due."""
         if report is not None and self.due(i):
             report(f"{what} {i}/{self.total} ({self.elapsed:.1f}s)")
+
+
+def resident_gib() -> float | None:
+    """This process's resident memory in GiB (Linux ``/proc``), or None where it cannot be read.
+
+    Why in progress lines: on a large pair, memory, not time, is what ends a prepare; a task log that
+    shows it growing phase by phase says which phase to look at (docs/memory.md gives the terms).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_note() -> str:
+    """``", 3.4 GiB resident"`` for a progress line, or nothing where memory cannot be read."""
+    gib = resident_gib()
+    return "" if gib is None else f", {gib:.1f} GiB resident"

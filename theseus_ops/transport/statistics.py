@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from theseus_ops.errors import InputError
-from theseus_ops.progress import Ticker
+from theseus_ops.progress import Ticker, memory_note
 from theseus_ops.transport.architecture import Split
 from theseus_ops.transport.fused import select_part
 
@@ -356,7 +356,7 @@ def collect_statistics(
                 done = min(start + batch_size, total)
                 if progress and ticker.due(-(-done // batch_size)):
                     progress(f"statistics: {done}/{total} examples, {len(requests)} spaces, "
-                             f"{time.perf_counter() - started:.1f} s")
+                             f"{time.perf_counter() - started:.1f} s{memory_note()}")
     finally:
         rec_a.close()
         rec_b.close()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from theseus_ops.progress import Ticker
+from theseus_ops.progress import Ticker, memory_note
 from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
@@ -173,7 +173,7 @@ def _complete_from_weights(
         touched = set().union(*(neighbours.get(k, set()) for k in moved)) if moved else set()
         if progress:
             progress(f"maps: completion round {round_ + 1}: {len(keys)} space(s) re-estimated, {len(moved)} moved, "
-                     f"{time.perf_counter() - started:.1f} s")
+                     f"{time.perf_counter() - started:.1f} s{memory_note()}")
         keys = sorted(touched & completing)
         if not keys:
             break
@@ -200,7 +200,11 @@ def _moved(before: torch.Tensor, after: torch.Tensor) -> bool:
 # A completed map that moved less than this (relative to its largest entry) leaves its neighbours' priors
 # as they were. Measured on the bare-RoBERTa identity oracle: 1e-5 and 1e-6 give the same maps (4e-7
 # off the identity after three rounds); each round costs one re-estimate of every space it visits.
-MAP_MOVED_TOL = 1e-5
+# 1e-4 (2026-12-07): the real oracles are unchanged to three digits (SmolLM2 full 1.287e-4, bare MiniLM
+# 1.51e-4) and every random-init oracle and equivariance test passes, while rounds 2 and 3 of a SmolLM2-135M
+# prepare re-estimate 261 and 199 spaces instead of 261 and 261 (prepare 289 s -> 261 s); 1e-3 breaks the
+# bare-RoBERTa identity oracle (BENCHMARKS.md §2).
+MAP_MOVED_TOL = 1e-4
 
 
 # Rounds of weight completion: a structural gap travels one linear layer per round, and the neighbours'
