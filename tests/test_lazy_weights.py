@@ -76,3 +76,45 @@ def test_filtered_weights_filter_once_and_keep_the_filtered_copy():
     assert torch.equal(first, full) and first.dtype == torch.float32  # untouched: returned as read
     assert reads.reads["full"] == 2  # read again each time (not held), its verdict kept
     assert torch.equal(weights["bias"], reads["bias"])  # a vector has no rank to filter
+
+
+def _live_models() -> int:
+    import gc
+
+    import transformers
+
+    gc.collect()
+    return sum(isinstance(o, transformers.PreTrainedModel) for o in gc.get_objects())
+
+
+def test_a_prepare_frees_the_models_it_loaded_before_the_completion(tmp_path):
+    """After the last forward pass only the shards are read: both bases need not stay resident."""
+    from theseus_ops.config import CalibrationSpec, PrepareConfig
+    from theseus_ops.pipeline import Loaded, compute_alignment, open_pair
+
+    config = tiny.llama_config()
+    tiny.save(tiny.build(config, seed=0), tmp_path / "a")
+    tiny.save(tiny.build(config, seed=1), tmp_path / "b")
+    calibration = tiny.calibration(tmp_path / "cal.safetensors", rows=4)  # too few rows: the completion runs
+    cfg = PrepareConfig(str(tmp_path / "a"), str(tmp_path / "b"), CalibrationSpec(str(calibration)), device="cpu")
+    pair = open_pair(cfg.source_base, cfg.target_base, "identity")
+
+    def live_at_completion(loaded: Loaded) -> list[int]:
+        """Models alive when the completion starts, beyond those alive before the prepare."""
+        before = _live_models()
+        seen: list[int] = []
+
+        def progress(message: str) -> None:
+            if message.startswith("maps: completing "):
+                seen.append(_live_models() - before)
+
+        alignment = compute_alignment(cfg, pair, loaded=loaded, progress=progress)
+        assert alignment.maps
+        return seen
+
+    assert live_at_completion(Loaded()) == [0]  # loaded by the prepare itself: freed
+    source, target = tiny.build(config, seed=0), tiny.build(config, seed=1)
+    assert live_at_completion(Loaded(source_model=source, target_model=target)) == [0]  # the caller's stay...
+    assert _live_models() >= 2
+    with torch.inference_mode():  # ...usable as they were
+        source(input_ids=torch.tensor([[1, 2, 3]]))

@@ -90,6 +90,10 @@ class EstimateRun:
         self._models = LoadedModels(source_model, target_model, [r for r in requests if r.key not in self.skipped])
         return self._models
 
+    def release_models(self) -> None:
+        """Forget the models; those this run loaded are then freed, those of ``loaded`` stay the caller's."""
+        self._models = None
+
     def weight_plans(self) -> list[ParamPlan]:
         pair = self.pair
         return plan_transport(pair.architecture, list(pair.source.shapes), pair.target.shapes, pair.layer_map,

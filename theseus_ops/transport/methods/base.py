@@ -94,6 +94,14 @@ class EstimateContext(Protocol):
         """Both base models on the device (loaded once)."""
         ...
 
+    def release_models(self) -> None:
+        """Drop the context's hold on the models it loaded itself (the caller's own models stay theirs).
+
+        A method calls it once it needs no forward pass any more, holding no model itself, so that the
+        rest of the estimate (the weight completion reads the shards) does not keep both bases resident.
+        """
+        ...
+
     def probes(self, min_examples: int = 8) -> tuple[Inputs, Inputs]:
         """Seeded synthetic inputs, the same examples for both models."""
         ...

@@ -35,6 +35,7 @@ def estimate_maps(
     probes: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] | None = None,
     weight_plans: Callable[[], list[ParamPlan]] | None = None,
     base_state: BaseState | None = None,
+    release_models: Callable[[], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, SpaceQuality]]:
     """Statistics for every requested space, then one polar factor per space.
 
@@ -42,12 +43,19 @@ def estimate_maps(
     undetermined are completed from a second statistics pass over the probe inputs (only those spaces
     are hooked), see ``maps.complete_from_probes``. With the ``weights`` fill and ``weight_plans`` given,
     they are completed from the base weights instead (``weight_prior``): no second forward pass.
+
+    ``release_models``: called, with this function's own references dropped, once no forward pass is
+    left (every fill but ``project``, whose probes run the models again), so that a caller holding no
+    other reference frees both bases before the maps and the completion (docs/memory.md).
     """
     stats = collect_statistics(
         source_model, target_model, requests, source_data, target_data,
         layout=layout, batch_size=batch_size, device=device, with_gram=options.needs_gram, progress=progress,
         precision=options.precision,
     )
+    if release_models is not None and not (probes is not None and options.fill == "project"):
+        source_model = target_model = None
+        release_models()
     maps, quality = {}, {}
     by_key = {r.key: r for r in requests}
     complete = (probes is not None and options.fill == "project") or (

@@ -15,11 +15,12 @@ class Theseus(PreparedMaps):
         from theseus_ops.transport.methods.theseus.estimate import estimate_maps
 
         calibration = ctx.calibration()  # read and checked before the (slow) model loads
-        models = ctx.models()
+        # The models are passed, not held here: estimate_maps releases them after its last forward pass.
         maps, quality = estimate_maps(
-            models.source, models.target, models.requests, calibration.source, calibration.target,
+            ctx.models().source, ctx.models().target, ctx.models().requests, calibration.source, calibration.target,
             layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
             progress=ctx.progress, probes=ctx.probes, weight_plans=ctx.weight_plans, base_state=ctx.base_state,
+            release_models=ctx.release_models,
         )
         info = dict(calibration.info)
         if ctx.options.fill == "project":

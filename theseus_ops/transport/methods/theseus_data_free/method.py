@@ -14,13 +14,14 @@ class TheseusDataFree(PreparedMaps):
         from theseus_ops.transport.methods.theseus.estimate import estimate_maps
 
         info: dict = {"probe": "seeded synthetic inputs", "seed": ctx.probe_seed}
-        models = ctx.models()
         source, target = ctx.probes()
         info["rows"] = next(iter(source.values())).shape[0]
+        # The models are passed, not held here: estimate_maps releases them after its last forward pass.
         maps, quality = estimate_maps(
-            models.source, models.target, models.requests, source, target,
+            ctx.models().source, ctx.models().target, ctx.models().requests, source, target,
             layout=ctx.layout, options=ctx.options, batch_size=ctx.batch_size, device=ctx.device,
             progress=ctx.progress, probes=None, weight_plans=ctx.weight_plans, base_state=ctx.base_state,
+            release_models=ctx.release_models,
         )
         return Estimate(maps, quality, info)
 
