@@ -134,6 +134,17 @@ def _prepare(pair: ModelPair, loaded: Loaded, bench: Pair, device: torch.device,
     """(statistics s, maps s, alignment) of the architecture's every space, as ``prepare`` estimates them."""
     cfg = PrepareConfig(MEMORY, MEMORY, CalibrationSpec(MEMORY), batch_size=bench.batch, device=device.type,
                         solver=solver)
+    t_stats, t_maps, alignment = _timed_alignment(cfg, pair, loaded, device)
+    # the pipeline hands maps back on the CPU (as an alignment file holds them); apply on the device, as the
+    # task vectors are there
+    on_device = Alignment({k: v.to(device) for k, v in alignment.maps.items()}, alignment.quality,
+                          alignment.provenance)
+    return t_stats, t_maps, on_device
+
+
+def _timed_alignment(cfg: PrepareConfig, pair: ModelPair, loaded: Loaded,
+                     device: torch.device) -> tuple[float, float, Alignment]:
+    """(statistics s, maps s, alignment) of ``compute_alignment``, split where the last statistics batch reports."""
     clock = _StageClock(device)
     _sync(device)
     start = time.perf_counter()
@@ -141,11 +152,18 @@ def _prepare(pair: ModelPair, loaded: Loaded, bench: Pair, device: torch.device,
     _sync(device)
     end = time.perf_counter()
     split = clock.statistics_done or start
-    # the pipeline hands maps back on the CPU (as an alignment file holds them); apply on the device, as the
-    # task vectors are there
-    on_device = Alignment({k: v.to(device) for k, v in alignment.maps.items()}, alignment.quality,
-                          alignment.provenance)
-    return split - start, end - split, on_device
+    return split - start, end - split, alignment
+
+
+def _speed_row(name: str, device: torch.device, dtype: str, spaces: int, t_forward: float, t_stats: float,
+               t_maps: float, t_apply_full: float, t_apply_lora: float, **extra) -> dict:
+    """One pair's result row: the times and their ratios to the bare forward, plus what ``extra`` adds."""
+    return {"pair": name, "device": str(device), "dtype": dtype, "spaces": spaces,
+            "forward_s": t_forward, "statistics_s": t_stats, "maps_s": t_maps,
+            "maps_over_forward": t_maps / t_forward, "statistics_over_forward": t_stats / t_forward,
+            "prepare_over_forward": (t_stats + t_maps) / t_forward, "apply_full_s": t_apply_full,
+            "apply_full_over_forward": t_apply_full / t_forward, "apply_lora16_over_forward": t_apply_lora / t_forward,
+            "apply_lora16_s": t_apply_lora, **extra}
 
 
 def _transport(pair: ModelPair, tv: TaskVector, alignment: Alignment, bench: Pair,
@@ -227,15 +245,10 @@ def run_pair(name: str, device: torch.device, curve: tuple[int, ...] = ()) -> di
                    for k, v in full.deltas.items())
 
     curve_rows = vector_curve(pair, source, alignment, bench, device, t_stats + t_maps, curve) if curve else []
-    return {"pair": name, "device": str(device), "dtype": bench.dtype, "spaces": len(alignment.maps),
-            "vector_curve": curve_rows,
-            "forward_s": t_forward, "statistics_s": t_stats, "maps_s": t_maps, "maps_svd_s": t_maps_svd,
-            "maps_over_forward": t_maps / t_forward, "statistics_over_forward": t_stats / t_forward,
-            "prepare_over_forward": (t_stats + t_maps) / t_forward, "apply_full_s": t_apply_full,
-            "apply_full_over_forward": t_apply_full / t_forward, "apply_lora16_over_forward": t_apply_lora / t_forward,
-            "apply_lora16_s": t_apply_lora, "peak_gib": peak, "identity_oracle_rel_err": identity_error("eigh"),
-            "identity_oracle_rel_err_svd": identity_error("svd"),
-            "left_out": summary["left_out"], "transported": len(full_b.names())}
+    return _speed_row(name, device, bench.dtype, len(alignment.maps), t_forward, t_stats, t_maps, t_apply_full,
+                      t_apply_lora, vector_curve=curve_rows, maps_svd_s=t_maps_svd, peak_gib=peak,
+                      identity_oracle_rel_err=identity_error("eigh"), identity_oracle_rel_err_svd=identity_error("svd"),
+                      left_out=summary["left_out"], transported=len(full_b.names()))
 
 
 # Real pretrained pairs from the offline fixtures (``python -m theseus_ops.demo.real``): a fixture name and
@@ -288,14 +301,8 @@ def run_real_pair(name: str, device: torch.device) -> dict:
     forward()  # warm-up
     t_forward, _ = _timed(device, forward)
     cfg = PrepareConfig(str(src), str(tgt), CalibrationSpec(str(cal)), max_rows=REAL_MAX_ROWS, device=device.type)
-    clock = _StageClock(device)
-    _sync(device)
-    start = time.perf_counter()
-    alignment = compute_alignment(cfg, pair, loaded=Loaded(source_model=models[0], target_model=models[1]),
-                                  progress=clock)
-    _sync(device)
-    t_prepare = time.perf_counter() - start
-    t_stats = (clock.statistics_done or start) - start
+    t_stats, t_maps, alignment = _timed_alignment(cfg, pair, Loaded(source_model=models[0], target_model=models[1]),
+                                                  device)
     models.clear()  # the oracle loads its own models
     loaded = Loaded(alignment=alignment)
     tcfg = TransportConfig(str(src), str(tgt), "theseus", task_vector=str(fx.task_vector(fixture)),
@@ -308,15 +315,10 @@ def run_real_pair(name: str, device: torch.device) -> dict:
         out = Path(tmp) / "transported.safetensors"
         api.publish_transport(result, report, pair, "theseus", out)
         error = oracle(fx, fixture, release, fx.task_vector(fixture), out)["error"]
-    return {"pair": name, "device": str(device), "dtype": str(next(iter(alignment.maps.values())).dtype),
-            "spaces": len(alignment.maps), "vector_curve": [], "forward_s": t_forward, "statistics_s": t_stats,
-            "maps_s": t_prepare - t_stats, "maps_svd_s": None, "maps_over_forward": (t_prepare - t_stats) / t_forward,
-            "statistics_over_forward": t_stats / t_forward, "prepare_over_forward": t_prepare / t_forward,
-            "apply_full_s": t_apply_full, "apply_full_over_forward": t_apply_full / t_forward,
-            "apply_lora16_s": t_apply_lora, "apply_lora16_over_forward": t_apply_lora / t_forward,
-            "peak_gib": _peak_gib(device),
-            "identity_oracle_rel_err": None, "identity_oracle_rel_err_svd": None, "real_oracle_rel_err": error,
-            "left_out": report.summary["left_out"], "transported": len(result.names())}
+    return _speed_row(name, device, str(next(iter(alignment.maps.values())).dtype), len(alignment.maps), t_forward,
+                      t_stats, t_maps, t_apply_full, t_apply_lora, vector_curve=[], maps_svd_s=None,
+                      peak_gib=_peak_gib(device), identity_oracle_rel_err=None, identity_oracle_rel_err_svd=None,
+                      real_oracle_rel_err=error, left_out=report.summary["left_out"], transported=len(result.names()))
 
 
 def main() -> None:

@@ -208,10 +208,10 @@ class ShardTensors(Mapping[str, torch.Tensor]):
     def __init__(self, info: ModelInfo, names: Iterable[str]) -> None:
         wanted = set(names)
         self._file_of: dict[str, Path] = {}
-        for file in info.files:
+        for file in info.files:  # a name in two shards is read from the later one, as ``load_state`` reads it
             for name in read_safetensors_header(file):
                 if name in wanted:
-                    self._file_of.setdefault(name, file)
+                    self._file_of[name] = file
 
     def __getitem__(self, name: str) -> torch.Tensor:
         from safetensors import safe_open

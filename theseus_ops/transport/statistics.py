@@ -351,8 +351,6 @@ def collect_statistics(
                         del rec_a.values[hooks_a[req.key]]
                     if last_b[hooks_b[req.key]] == i:
                         del rec_b.values[hooks_b[req.key]]
-                rec_a.values.clear()
-                rec_b.values.clear()
                 done = min(start + batch_size, total)
                 if progress and ticker.due(-(-done // batch_size)):
                     progress(f"statistics: {done}/{total} examples, {len(requests)} spaces, "
