@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ def _rss_bytes(pid: int) -> int | None:
     return None
 
 
-def measure(prepare_args: list[str], interval: float) -> dict:
+def measure(prepare_args: list[str], interval: float, keep: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "alignment.safetensors"
         cmd = [str(Path(sys.executable).parent / "theseus-ops"), "prepare", *prepare_args, "--out", str(out)]
@@ -59,6 +60,8 @@ def measure(prepare_args: list[str], interval: float) -> dict:
         if proc.returncode != 0:
             sys.exit(f"prepare_memory: prepare failed (rc {proc.returncode}): {lines[-1][1]}")
         maps_bytes = out.stat().st_size
+        if keep is not None:  # to set two versions' maps side by side
+            shutil.copyfile(out, keep)
     phases = []
     for i, (t, line) in enumerate(lines):
         end = lines[i + 1][0] if i + 1 < len(lines) else float("inf")
@@ -73,10 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     parser.add_argument("--out", default="benchmarks/results/prepare_memory.json")
+    parser.add_argument("--keep", type=Path, metavar="FILE", help="also keep the alignment there (to compare maps)")
     parser.add_argument("prepare_args", nargs=argparse.REMAINDER, help="-- then prepare's own arguments")
     args = parser.parse_args()
     prepare_args = args.prepare_args[1:] if args.prepare_args[:1] == ["--"] else args.prepare_args
-    result = measure(prepare_args, args.interval)
+    result = measure(prepare_args, args.interval, args.keep)
     last = None
     for phase in result["phases"]:  # a phase whose peak differs from the one before it, so the table stays short
         if phase["peak_gib"] != last:

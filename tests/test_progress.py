@@ -117,7 +117,7 @@ def test_summary_cells_are_readable():
     assert len(starts) == 1 and text[0].index("gate") == starts.pop()  # the gate column lines up
 
 
-def test_weight_completion_logs_space_k_of_n_per_round(tmp_path, caplog):
+def test_weight_completion_logs_space_k_of_n_group_by_group(tmp_path, caplog):
     """The completion rounds are most of a real model's prepare (a minute a round on SmolLM2-135M)."""
     from tests import tiny
     from theseus_ops.config import CalibrationSpec
@@ -132,14 +132,15 @@ def test_weight_completion_logs_space_k_of_n_per_round(tmp_path, caplog):
     messages = _messages(caplog)
     opened = [m for m in messages if m.startswith("maps: completing ") and "from the base weights" in m]
     assert opened, messages
-    k = int(opened[0].split()[2])
-    lines = [m for m in messages if m.startswith("maps: completion round 1: space ")]
-    assert lines[0].startswith(f"maps: completion round 1: space 1/{k} (")
-    assert lines[-1].startswith(f"maps: completion round 1: space {k}/{k} (")
-    # each round's summary and each statistics line say how much memory the process holds (docs/memory.md)
-    summaries = [m for m in messages if re.match(r"maps: completion round \d+: \d+ space\(s\) re-estimated", m)]
+    k, groups = (int(n) for n in re.match(r"maps: completing (\d+) .* in (\d+) independent group", opened[0]).groups())
+    lines = [m for m in messages if m.startswith("maps: completion: space ")]
+    assert lines[0].startswith("maps: completion: space ") and f"(group 1/{groups}, " in lines[0]
+    assert lines[-1].startswith(f"maps: completion: space {k}/{k} (group {groups}/{groups}, ")
+    # the summary, each group's line and each statistics line say how much memory the process holds
+    summaries = [m for m in messages if re.match(rf"maps: completion: {k} space\(s\) in {groups} group\(s\); "
+                                                 r"rounds re-estimated \d+(/\d+)* and moved \d+(/\d+)*, ", m)]
     statistics = [m for m in messages if m.startswith("statistics: ")]
-    for line in summaries + statistics:
+    for line in summaries + lines + statistics:
         resident = re.search(r", (\d+\.\d) GiB resident$", line)
         assert resident and 0.05 < float(resident.group(1)) < 64, line
     assert summaries and statistics

@@ -144,25 +144,84 @@ def _complete_from_weights(
     the spaces next to one whose map moved, until none moves (at most ``WEIGHT_PRIOR_ROUNDS``). A
     space that ``follows`` another (a norm's output keeps its input's coordinates) also takes that
     space's map into its prior (``weight_prior.with_followed_maps``).
+
+    Spaces that share no parameter (and follow none of each other), directly or through other spaces
+    being completed, never see each other's maps move, so they are completed group by group
+    (:func:`_independent_groups`): the maps are exactly those of rounds over every space at once, while
+    only one group's priors are held, and each group's statistics are freed once its maps are final.
+    Layers never join: each layer's input is a space of its own, which no weight of the layer before reads
+    (a Llama-style residual space is written by o_proj and down_proj, read by nothing), so a decoder or an
+    encoder splits into a few groups per layer, such as the attention input with q, k and v, or the MLP
+    input, hidden and output spaces.
     """
     keys = sorted(k for k in data_stats if by_key[k].structure is None)
-    if progress:
-        progress(f"maps: completing {len(keys)} partly undetermined space(s) from the base weights")
     # Only the parameters of the spaces to complete (and their neighbours' maps) enter the priors.
     wanted = set(keys)
     plans = [p for p in plans if any(s in wanted for t in p.targets for s in (t.reads, *t.writes) if s)]
     source_weights, target_weights = base_state({p.source_name for p in plans},
                                                 {t.name for p in plans for t in p.targets})
-    source_weights, target_weights = FilteredWeights(source_weights), FilteredWeights(target_weights)
+    weights = (FilteredWeights(source_weights), FilteredWeights(target_weights))
     follows = {k: by_key[k].follows for k in keys if by_key[k].follows}
     neighbours = _neighbours(plans)
     for key, followed in follows.items():
         neighbours.setdefault(followed, set()).add(key)
+    groups = _independent_groups(keys, neighbours, follows)
+    if progress:
+        progress(f"maps: completing {len(keys)} partly undetermined space(s) from the base weights, "
+                 f"in {len(groups)} independent group(s)")
+    started = time.perf_counter()
+    re_estimated: list[int] = []
+    moved: list[int] = []
+    ticker = Ticker(len(groups))
+    done = 0
+    for g, group in enumerate(groups, 1):
+        members = set(group)
+        group_plans = [p for p in plans if any(s in members for t in p.targets for s in (t.reads, *t.writes) if s)]
+        # a group as large as a real model's whole completion gets its rounds' own lines
+        rounds = _complete_group(group, group_plans, weights, follows, neighbours, data_stats, by_key, maps,
+                                 quality, options=options,
+                                 progress=progress if len(group) >= _ROUND_LINES_FROM else None)
+        for r, (visited, changed) in enumerate(rounds):
+            if r == len(re_estimated):
+                re_estimated.append(0)
+                moved.append(0)
+            re_estimated[r] += visited
+            moved[r] += changed
+        for key in group:
+            del data_stats[key]  # this group's maps are final
+        done += len(group)
+        if progress and ticker.due(g):
+            progress(f"maps: completion: space {done}/{len(keys)} (group {g}/{len(groups)}, {group[0]}), "
+                     f"{time.perf_counter() - started:.1f} s{memory_note()}")
+    if progress:
+        per_round = "/".join(map(str, re_estimated)) or "0"
+        per_round_moved = "/".join(map(str, moved)) or "0"
+        progress(f"maps: completion: {len(keys)} space(s) in {len(groups)} group(s); rounds re-estimated "
+                 f"{per_round} and moved {per_round_moved}, {time.perf_counter() - started:.1f} s{memory_note()}")
+    data_stats.clear()
+
+
+def _complete_group(
+    keys: list[str],
+    plans: list[ParamPlan],
+    weights: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]],
+    follows: dict[str, str],
+    neighbours: dict[str, set[str]],
+    data_stats: dict,
+    by_key: dict[str, SpaceRequest],
+    maps: dict[str, torch.Tensor],
+    quality: dict[str, SpaceQuality],
+    *,
+    options: MapOptions,
+    progress: Callable[[str], None] | None,
+) -> list[tuple[int, int]]:
+    """The completion rounds of one independent group; (spaces re-estimated, spaces moved) per round."""
     completing = set(keys)
     data_quality = {k: quality[k] for k in keys}  # the data-only estimates' ranks stand in every round
     started = time.perf_counter()
+    counts = []
     for round_ in range(WEIGHT_PRIOR_ROUNDS):
-        priors = with_followed_maps(weight_matching_priors(plans, source_weights, target_weights, maps, keys),
+        priors = with_followed_maps(weight_matching_priors(plans, *weights, maps, keys),
                                     {k: follows[k] for k in keys if k in follows}, maps)
         moved = []
         ticker = Ticker(len(keys), fraction=0.25)  # a round of a real model's 263 spaces takes about a minute
@@ -176,6 +235,8 @@ def _complete_from_weights(
                                                          data_quality=data_quality[key])
             if _moved(before, maps[key]):
                 moved.append(key)
+        del priors
+        counts.append((len(keys), len(moved)))
         # Only a space next to one whose map moved (sharing a parameter with it) can have a new prior: a
         # direction gained, or a weak direction that the data map left noisy and the prior has now set.
         touched = set().union(*(neighbours.get(k, set()) for k in moved)) if moved else set()
@@ -185,7 +246,37 @@ def _complete_from_weights(
         keys = sorted(touched & completing)
         if not keys:
             break
-    data_stats.clear()
+    return counts
+
+
+def _independent_groups(keys: list[str], neighbours: dict[str, set[str]],
+                        follows: Mapping[str, str]) -> list[list[str]]:
+    """``keys`` split into groups no parameter or ``follows`` link joins, each sorted, ordered by first key.
+
+    A link through a space that is not being completed does not join two groups: that space's map is
+    final, so neither side's prior can change it.
+    """
+    wanted = set(keys)
+    links: dict[str, set[str]] = {k: (neighbours.get(k, set()) & wanted) - {k} for k in keys}
+    for key, followed in follows.items():
+        if key in wanted and followed in wanted:
+            links[key].add(followed)
+            links[followed].add(key)
+    seen: set[str] = set()
+    groups = []
+    for key in keys:
+        if key in seen:
+            continue
+        group, stack = set(), [key]
+        while stack:
+            space = stack.pop()
+            if space in group:
+                continue
+            group.add(space)
+            stack.extend(links[space] - group)
+        seen |= group
+        groups.append(sorted(group))
+    return sorted(groups, key=lambda group: group[0])
 
 
 def _neighbours(plans: list[ParamPlan]) -> dict[str, set[str]]:
@@ -213,6 +304,10 @@ def _moved(before: torch.Tensor, after: torch.Tensor) -> bool:
 # prepare re-estimate 261 and 199 spaces instead of 261 and 261 (prepare 289 s -> 261 s); 1e-3 breaks the
 # bare-RoBERTa identity oracle (BENCHMARKS.md §2).
 MAP_MOVED_TOL = 1e-4
+
+
+# A group of at least this many spaces (a post-norm encoder's whole model) logs each round's progress too.
+_ROUND_LINES_FROM = 64
 
 
 # Rounds of weight completion: a structural gap travels one linear layer per round, and the neighbours'
