@@ -75,7 +75,7 @@ def prepare(cfg: PrepareConfig, out: str | Path, overwrite: bool = False) -> Ali
     """
     check_output(out, overwrite=overwrite, what="--out")
     pair = open_pair(cfg.source_base, cfg.target_base, cfg.layer_map)
-    alignment = compute_alignment(cfg, pair)
+    alignment = compute_alignment(cfg, pair, scratch=Path(out).resolve().parent if cfg.stream else None)
     check_alignment_result(alignment, pair)
     with overwriting([out] if overwrite else []):
         alignment.save(out)

@@ -135,6 +135,10 @@ def build_parser(providers: list | None = None) -> argparse.ArgumentParser:
                    help=_method_help(estimating))
     _add_map_options(p)
     _add_method_options(p, estimating)
+    p.add_argument("--stream", action="store_true",
+                   help="run one block of each model at a time from its weight files and keep each map in a file "
+                        "once final, for a pair that does not fit in memory whole (Llama-style models; the maps "
+                        "are the same; docs/memory.md)")
     p.add_argument("--out", required=True, metavar="ALIGNMENT")
     _add_overwrite(p)
 
@@ -221,7 +225,7 @@ def _run(args: argparse.Namespace, providers: list) -> int:
     if args.command == "prepare":
         cfg = PrepareConfig(source_base=args.source_base, target_base=args.target_base,
                             calibration=_calibration(args), method=args.method, method_config=_method_config(args),
-                            **_map_settings(args))
+                            stream=args.stream, **_map_settings(args))
         alignment = api.prepare(cfg, args.out, overwrite=args.overwrite)
         worst = max((q["residual"] for q in alignment.quality.values()), default=float("nan"))
         if not args.quiet:

@@ -145,12 +145,19 @@ class PrepareConfig(MapSettings):
     calibration: CalibrationSpec = CalibrationSpec()
     method: str = "theseus"
     method_config: Any = None
+    stream: bool = False  # one block of each model at a time (docs/memory.md); the maps are the same
 
     def __post_init__(self) -> None:
         info = get_method(self.method)
         caps = info.capabilities
         if not caps.estimates_maps:
             raise InputError(f"prepare makes alignments for {_estimating_methods()}, not {self.method}")
+        if self.stream and not caps.streams:
+            streaming = ", ".join(n for n in method_names() if get_method(n).capabilities.streams)
+            raise InputError(f"--stream runs {streaming} block by block, not {self.method}")
+        if self.stream and self.fill == "project":
+            raise InputError("--stream does not take --fill project (its probe pass runs the models again); "
+                             "use the default weights fill or pad")
         if caps.needs_calibration and not self.calibration.given:
             raise NotApplicableError(f"method {self.method} needs calibration data: --calibration FILE")
         if not caps.needs_calibration and self.calibration.given:

@@ -5,6 +5,7 @@ provenance, so that one ``prepare`` serves every task vector on the same pair.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from theseus_ops.errors import InputError
 from theseus_ops.io.atomic import atomic_path
 from theseus_ops.io.display import shown
+from theseus_ops.io.map_store import SpilledMaps, StoredMaps, save_tensors_one_by_one
 from theseus_ops.io.safetensors_header import read_header
 from theseus_ops.transport.layer_map import SCHEME_KEY
 
@@ -26,13 +28,21 @@ ALIGNMENT_VERSION = "1"
 class Alignment:
     """Maps keyed by target space (``layers.3.q``), per-space quality, and provenance."""
 
-    maps: dict[str, torch.Tensor]
+    maps: Mapping[str, torch.Tensor]  # a dict, or (a streamed prepare) maps read from a file one at a time
     quality: dict[str, dict]
     provenance: dict
 
     def save(self, path: str | Path) -> None:
         meta = {META_KEY: json.dumps({"version": ALIGNMENT_VERSION, "provenance": self.provenance,
                                       "quality": self.quality}, sort_keys=True)}
+        if isinstance(self.maps, SpilledMaps):  # a streamed prepare's: written one map at a time from its file
+            names = {k: f"map.{k}" for k in self.maps}
+            spilled, key_of = self.maps, {name: k for k, name in names.items()}
+            save_tensors_one_by_one(lambda name: spilled[key_of[name]], {names[k]: spilled.shape(k) for k in names},
+                                    path, meta)
+            self.maps = StoredMaps(path, names)
+            spilled.close()
+            return
         tensors = {f"map.{k}": v.contiguous().float().cpu() for k, v in self.maps.items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)

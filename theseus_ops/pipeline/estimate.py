@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
@@ -20,15 +21,18 @@ from theseus_ops.config import PrepareConfig
 from theseus_ops.errors import InputError
 from theseus_ops.io.alignment import Alignment
 from theseus_ops.io.finite import require_finite
+from theseus_ops.io.map_store import SpilledMaps
 from theseus_ops.io.models import ModelInfo, ShardTensors, load_model, resolve_device
+from theseus_ops.pipeline.blocks import streamed_pair
 from theseus_ops.pipeline.calibration import check_token_range, load_calibrations, trim_calibrations
 from theseus_ops.pipeline.loaded import NOTHING_LOADED, Loaded
 from theseus_ops.pipeline.pair import ModelPair, model_summary
 from theseus_ops.transport.architecture import ARCHITECTURE_KEY
 from theseus_ops.transport.engine import ParamPlan, all_space_keys, plan_transport, space_requests
 from theseus_ops.transport.methods import get_method
-from theseus_ops.transport.methods.base import CalibrationInputs, LoadedModels
+from theseus_ops.transport.methods.base import CalibrationInputs, LoadedModels, StreamedModels
 from theseus_ops.transport.probes import ProbeConfig, probe_inputs
+from theseus_ops.transport.statistics import SpaceRequest
 
 log = logging.getLogger("theseus_ops")
 
@@ -46,7 +50,8 @@ class EstimateRun:
     """The :class:`~theseus_ops.transport.methods.base.EstimateContext` of one estimate: inputs on demand."""
 
     def __init__(self, cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None,
-                 loaded: Loaded = NOTHING_LOADED, progress: Callable[[str], None] = log_progress) -> None:
+                 loaded: Loaded = NOTHING_LOADED, progress: Callable[[str], None] = log_progress,
+                 scratch: Path | None = None) -> None:
         self.cfg, self.pair, self.keys, self.loaded = cfg, pair, keys, loaded
         self.options = cfg.map_options
         self.layout = pair.architecture.token_layout
@@ -54,6 +59,8 @@ class EstimateRun:
         self.probe_seed = cfg.probe_seed
         self.device = resolve_device(cfg.device)
         self.progress = progress
+        self.stream = cfg.stream
+        self.scratch = scratch
         self.skipped: list[str] = []
         self._models: LoadedModels | None = None
 
@@ -79,9 +86,7 @@ class EstimateRun:
             self.progress(f"loading models {pair.source.path} and {pair.target.path} on {self.device}")
         source_model = loaded.source_model if loaded.source_model is not None else load_model(pair.source, self.device)
         target_model = loaded.target_model if loaded.target_model is not None else load_model(pair.target, self.device)
-        wanted = self.keys if self.keys is not None else all_space_keys(pair.architecture, pair.layer_map)
-        requests = space_requests(pair.architecture, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
-                                  pair.source.config, pair.target.config)
+        requests = self._requests()
         present_a, present_b = _existing_modules(source_model), _existing_modules(target_model)
         self.skipped = [r.key for r in requests
                         if r.source.module_in(present_a) is None or r.target.module_in(present_b) is None]
@@ -89,6 +94,28 @@ class EstimateRun:
             raise InputError(f"space(s) {', '.join(self.skipped)} are needed but a model lacks their module")
         self._models = LoadedModels(source_model, target_model, [r for r in requests if r.key not in self.skipped])
         return self._models
+
+    def _requests(self) -> list[SpaceRequest]:
+        pair = self.pair
+        wanted = self.keys if self.keys is not None else all_space_keys(pair.architecture, pair.layer_map)
+        return space_requests(pair.architecture, wanted, pair.layer_map, pair.source_prefix, pair.target_prefix,
+                              pair.source.config, pair.target.config)
+
+    def streamed_models(self) -> StreamedModels:
+        pair = self.pair
+        if self.loaded.source_model is not None or self.loaded.target_model is not None or not (
+                pair.source.files and pair.target.files):
+            raise InputError("--stream reads both models block by block from their weight files; "
+                             "models handed over in memory are whole already: prepare without --stream")
+        self.progress(f"streaming models {pair.source.path} and {pair.target.path} block by block on {self.device}")
+        streamed, self.skipped = streamed_pair(pair.source, pair.target, _block_containers(pair), self._requests(),
+                                               self.device)
+        if self.skipped and self.keys is not None:
+            raise InputError(f"space(s) {', '.join(self.skipped)} are needed but a model lacks their module")
+        return streamed
+
+    def map_store(self) -> SpilledMaps:
+        return SpilledMaps(self.scratch)
 
     def release_models(self) -> None:
         """Forget the models; those this run loaded are then freed, those of ``loaded`` stay the caller's."""
@@ -114,6 +141,13 @@ class EstimateRun:
                             ProbeConfig(seed=self.probe_seed, min_examples=max(8, min_examples)), pair.decoder_start())
 
 
+def _block_containers(pair: ModelPair) -> tuple[str, str]:
+    """The module path of each model's blocks (``model.layers``), from the architecture's layer sites."""
+    template = next(iter(pair.architecture.layer_sites.values())).module[0]
+    container = template.split(".${layer}")[0]
+    return pair.source_prefix + container, pair.target_prefix + container
+
+
 def _stored_state(info: ModelInfo, model: torch.nn.Module | None, names: set[str]) -> Mapping[str, torch.Tensor]:
     """The named base tensors, by the names the plans use.
 
@@ -132,14 +166,16 @@ def _stored_state(info: ModelInfo, model: torch.nn.Module | None, names: set[str
 
 
 def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None = None,
-                      loaded: Loaded = NOTHING_LOADED, *, progress: Callable[[str], None] | None = None) -> Alignment:
+                      loaded: Loaded = NOTHING_LOADED, *, progress: Callable[[str], None] | None = None,
+                      scratch: Path | None = None) -> Alignment:
     """Maps for the given target-space keys (all of the architecture's when None), with provenance.
 
     ``loaded`` hands over models and calibration examples the caller holds; ``progress`` receives the
-    long steps' lines (default: the ``theseus_ops`` log).
+    long steps' lines (default: the ``theseus_ops`` log). ``scratch``: where a streamed prepare keeps its
+    maps until the alignment is saved (default: the system's temporary directory).
     """
     started = time.perf_counter()
-    run = EstimateRun(cfg, pair, keys, loaded, progress or log_progress)
+    run = EstimateRun(cfg, pair, keys, loaded, progress or log_progress, scratch)
     estimate = get_method(cfg.method).impl.estimate(run, cfg.method_config)
     run._models = None  # the models go before the alignment is assembled
     provenance = {
@@ -152,9 +188,11 @@ def compute_alignment(cfg: PrepareConfig, pair: ModelPair, keys: set[str] | None
         "options": cfg.provenance_options(),
         "layer_map": pair.layer_map.describe(),
         "skipped_spaces": run.skipped,
+        "streamed": cfg.stream,  # block by block (the maps are the same either way)
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return Alignment({k: v.cpu() for k, v in estimate.maps.items()},
+    maps = estimate.maps if isinstance(estimate.maps, SpilledMaps) else {k: v.cpu() for k, v in estimate.maps.items()}
+    return Alignment(maps,
                      {k: q.as_dict() for k, q in estimate.quality.items()}, provenance)
 
 

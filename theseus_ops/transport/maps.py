@@ -173,8 +173,7 @@ def _projected_polar(cross: torch.Tensor, rank_tol: float, scale: float | None =
     """
     a, b = cross.shape
     wide = a <= b
-    gram = cross @ cross.T if wide else cross.T @ cross
-    vals, vecs = _eigh(gram)
+    vals, vecs = _eigh(cross @ cross.T if wide else cross.T @ cross)  # the Gram is freed once decomposed
     vals = vals.clamp_min(0.0)
     top = float(vals.max()) if vals.numel() else 0.0
     if scale is not None:
@@ -188,6 +187,7 @@ def _projected_polar(cross: torch.Tensor, rank_tol: float, scale: float | None =
     weight = x.pow(_CUTOFF_POWER) / (1.0 + x.pow(_CUTOFF_POWER))
     h = torch.where(vals > 0, weight / vals.clamp_min(torch.finfo(vals.dtype).tiny).sqrt(), torch.zeros_like(vals))
     middle = (vecs * h) @ vecs.T
+    del vecs  # the largest map's float64 workspace is what a streamed prepare's peak is made of (docs/memory.md)
     t = middle @ cross if wide else cross @ middle
     return PolarResult(t, rank, 0, 0, weak)
 
@@ -228,12 +228,13 @@ def _pad_filled_polar_wide(cross: torch.Tensor, rank_tol: float, prior_of) -> Po
     right = (cross.T @ left) / vals[determined].sqrt()
     result = left @ right.T
     missing = vecs[:, ~determined]  # an orthonormal basis of what the map does not reach yet
+    del vecs
     filled = [0, 0]
     for stage in (0, 1):
         if missing.shape[1] == 0:
             break
         # The prior restricted to both complements, in the missing basis: Qᵀ P (I − R Rᵀ).
-        reduced = missing.T @ prior_of(stage)
+        reduced = _times_pad(missing.T, cross.shape[1]) if stage == 0 else missing.T @ prior_of(stage)
         reduced = reduced - (reduced @ right) @ right.T
         mu, w = _eigh(reduced @ reduced.T)
         mu = mu.clamp_min(0.0)
@@ -248,6 +249,17 @@ def _pad_filled_polar_wide(cross: torch.Tensor, rank_tol: float, prior_of) -> Po
     # an eigenvalue λ comes with an absolute error of about eps·λ_max, so 1/s is off by eps·λ_max/λ relatively
     defect = 10 * torch.finfo(vals.dtype).eps * top / float(vals[determined].min()) if rank else 0.0
     return PolarResult(_orthonormal_rows(result, defect), rank, filled[0], filled[1])
+
+
+def _times_pad(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``rows @ E`` for the zero-pad embedding E (k × width, k ≤ width), without building E or multiplying.
+
+    Equal to the product bit for bit (each entry is one term times 1 plus zeros), and it spares a
+    d_A × d_B float64 identity and a d_A²·d_B matrix product on every padded space.
+    """
+    out = torch.zeros(rows.shape[0], width, dtype=rows.dtype, device=rows.device)
+    out[:, : rows.shape[1]] = rows
+    return out
 
 
 # T·Tᵀ may miss the identity by this much: maps are stored in float32, whose rounding is 6e-8.

@@ -302,8 +302,15 @@ def collect_statistics(
     with_gram: bool = False,
     progress: Callable[[str], None] | None = None,
     precision: str = "float32",
+    forward: Callable[[int, dict, dict], None] | None = None,
 ) -> dict[str, SpaceStatistics]:
-    """Stream the calibration examples through both models and accumulate every requested space."""
+    """Stream the calibration examples through both models and accumulate every requested space.
+
+    ``forward(start, batch_a, batch_b)``: runs both models on the batch of examples from ``start``
+    instead of their whole forward passes, so that a prepare that streams block by block
+    (``estimate.estimate_maps_by_block``) runs one block of each on its stored hidden states; the hooks
+    sit on the modules of ``source_model`` and ``target_model`` by name either way.
+    """
     if not requests:
         return {}
     total = next(iter(source_data.values())).shape[0]
@@ -330,8 +337,11 @@ def collect_statistics(
                 batch_a = {k: v[start : start + batch_size] for k, v in source_data.items()}
                 batch_b = {k: v[start : start + batch_size] for k, v in target_data.items()}
                 masks = _row_masks(batch_a, batch_b, device)
-                run_a(**model_inputs(batch_a, source_model, device))
-                run_b(**model_inputs(batch_b, target_model, device))
+                if forward is not None:
+                    forward(start, batch_a, batch_b)
+                else:
+                    run_a(**model_inputs(batch_a, source_model, device))
+                    run_b(**model_inputs(batch_b, target_model, device))
                 rows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # site pairs shared by requests
                 for i, (req, pair_key) in enumerate(zip(requests, pair_keys, strict=True)):
                     if pair_key not in rows:

@@ -44,6 +44,7 @@ class Capabilities:
     and ``transport --alignment`` reuse them.
     ``in_default_workflow``: tried by the workflow when no methods are configured (a new, still measured
     method says False and is run only when named).
+    ``streams``: ``prepare --stream`` can run it one block of each model at a time (docs/memory.md).
     """
 
     needs_calibration: bool = False
@@ -52,6 +53,7 @@ class Capabilities:
     handles_lora: bool = True
     estimates_maps: bool = False
     in_default_workflow: bool = True
+    streams: bool = False
 
     def __post_init__(self) -> None:
         if self.needs_labels and not self.needs_calibration:

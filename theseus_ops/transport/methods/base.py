@@ -14,7 +14,7 @@ only when asked for).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -76,6 +76,31 @@ class LoadedModels:
     requests: list[SpaceRequest]
 
 
+class BlockSegment(Protocol):
+    """One stretch of both models that runs on its own: what comes before the blocks, a block, what follows.
+
+    Entering it loads its weights and returns ``forward(start, batch_a, batch_b)``, which runs the
+    stretch of both models on the hidden states the segment before it left for that batch (and keeps
+    its own outputs for the next); leaving it frees them. ``requests``: the spaces whose sites lie in it.
+    """
+
+    name: str
+    requests: list[SpaceRequest]
+
+    def __enter__(self) -> Callable[[int, dict, dict], None]: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass
+class StreamedModels:
+    """Both models as skeletons (their modules, for the hooks, with no block's weights loaded) and segments."""
+
+    source: torch.nn.Module
+    target: torch.nn.Module
+    segments: list[BlockSegment]
+
+
 class EstimateContext(Protocol):
     """What ``prepare`` (or transport without an alignment) gives a map-estimating method."""
 
@@ -92,6 +117,16 @@ class EstimateContext(Protocol):
 
     def models(self) -> LoadedModels:
         """Both base models on the device (loaded once)."""
+        ...
+
+    stream: bool
+
+    def streamed_models(self) -> StreamedModels:
+        """Both models to be run one block at a time (``prepare --stream``): never wholly in memory."""
+        ...
+
+    def map_store(self) -> MutableMapping[str, torch.Tensor]:
+        """Where a streamed estimate puts each final map: a scratch file, so that the maps need no memory."""
         ...
 
     def release_models(self) -> None:

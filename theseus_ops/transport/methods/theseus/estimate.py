@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 import torch
 
+from theseus_ops.errors import InputError
 from theseus_ops.progress import Ticker, memory_note
 from theseus_ops.transport.engine import ParamPlan
 from theseus_ops.transport.maps import MapOptions, SpaceQuality, estimate_space_map
+from theseus_ops.transport.methods.base import BlockSegment, StreamedModels
 from theseus_ops.transport.statistics import SpaceRequest, collect_statistics
 from theseus_ops.transport.weight_prior import FilteredWeights, weight_matching_priors, with_followed_maps
 
@@ -60,14 +62,7 @@ def estimate_maps(
     by_key = {r.key: r for r in requests}
     complete = (probes is not None and options.fill == "project") or (
         weight_plans is not None and base_state is not None and options.fill == "weights")
-    ticker = Ticker(len(stats))
-    for k, key in enumerate(sorted(stats), 1):
-        maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options,
-                                                     structure=by_key[key].structure)
-        if progress and ticker.due(k):
-            progress(f"maps: space {k}/{ticker.total} ({key}), {ticker.elapsed:.1f} s")
-        if not (complete and quality[key].needs_completion):
-            del stats[key]  # the spaces left are completed from probe inputs below
+    _data_maps(stats, by_key, maps, quality, options=options, keep_open=complete, progress=progress)
     if complete and stats and options.fill == "weights":
         _complete_from_weights(weight_plans(), base_state, stats, by_key, maps, quality,
                                options=options, progress=progress)
@@ -75,6 +70,15 @@ def estimate_maps(
         _complete_from_probes(source_model, target_model, [by_key[k] for k in sorted(stats)], stats,
                               maps, quality, probes, layout=layout, options=options, batch_size=batch_size,
                               device=device, progress=progress)
+    _warn_underdetermined(maps, quality, options)
+    if progress:
+        progress(f"maps: {len(maps)} spaces estimated")
+    return maps, quality
+
+
+def _warn_underdetermined(maps: Mapping[str, torch.Tensor], quality: dict[str, SpaceQuality],
+                          options: MapOptions) -> None:
+    """A warning per space with fewer activation rows than its width: what filled the rest, what was dropped."""
     for key in sorted(maps):
         q = quality[key]
         if q.underdetermined:
@@ -86,9 +90,105 @@ def estimate_maps(
                 what = f"{filled} filled from {source}, {max(0, q.undetermined - filled)} dropped"
             log.warning("space %s: %d activation rows for width %d; the map is underdetermined "
                         "(data rank %d, %s)", key, q.rows, max(q.width_a, q.width_b), q.data_rank, what)
+
+
+def estimate_maps_by_block(
+    streamed: StreamedModels,
+    source_data: dict[str, torch.Tensor],
+    target_data: dict[str, torch.Tensor],
+    store: MutableMapping[str, torch.Tensor],
+    *,
+    layout: str,
+    options: MapOptions,
+    batch_size: int,
+    device: torch.device,
+    progress: Callable[[str], None] | None = None,
+    weight_plans: Callable[[], list[ParamPlan]] | None = None,
+    base_state: BaseState | None = None,
+) -> tuple[MutableMapping[str, torch.Tensor], dict[str, SpaceQuality]]:
+    """:func:`estimate_maps`, one segment of both models at a time (``prepare --stream``, docs/memory.md).
+
+    Each segment (what runs before the blocks, each block, what runs after them) is loaded, run over
+    every calibration batch on the hidden states the segment before it left, and freed; its spaces'
+    statistics become maps, completed group by group as in :func:`estimate_maps` (groups never span
+    two segments, which is checked), and each map goes to ``store`` (a file, for a model whose maps
+    do not fit in memory) once final. So memory holds one block of each model, the hidden states,
+    and one segment's statistics and priors, whatever the depth. The maps are those of
+    :func:`estimate_maps`: the same products in the same order.
+
+    The ``project`` fill is refused: its probes would run every block again.
+    """
+    if options.fill == "project":
+        raise InputError("--stream does not take --fill project (its probe pass runs the models again); "
+                         "use the default weights fill or pad")
+    complete = weight_plans is not None and base_state is not None and options.fill == "weights"
+    plans = weight_plans() if complete else []
+    by_key = {r.key: r for segment in streamed.segments for r in segment.requests}
+    _check_segments_apart(streamed.segments, plans)
+    quality: dict[str, SpaceQuality] = {}
+    total = next(iter(source_data.values())).shape[0]
+    ticker = Ticker(len(streamed.segments))
+    for n, segment in enumerate(streamed.segments, 1):
+        with segment as forward:
+            if segment.requests:
+                stats = collect_statistics(
+                    streamed.source, streamed.target, segment.requests, source_data, target_data, layout=layout,
+                    batch_size=batch_size, device=device, with_gram=options.needs_gram,
+                    precision=options.precision, forward=forward)
+            else:  # nothing hooked here (what runs before the first block, say), but the next segment needs it
+                stats = {}
+                with torch.inference_mode():
+                    for start in range(0, total, batch_size):
+                        forward(start, {k: v[start:start + batch_size] for k, v in source_data.items()},
+                                {k: v[start:start + batch_size] for k, v in target_data.items()})
+        maps: dict[str, torch.Tensor] = {}
+        _data_maps(stats, by_key, maps, quality, options=options, keep_open=complete, progress=None)
+        if complete and stats:
+            _complete_from_weights(plans, base_state, stats, by_key, maps, quality, options=options, progress=None)
+        _warn_underdetermined(maps, quality, options)
+        for key in sorted(maps):
+            store[key] = maps.pop(key)  # final: out of memory
+        if progress and ticker.due(n):
+            progress(f"blocks: {n}/{len(streamed.segments)} ({segment.name}, {len(segment.requests)} spaces), "
+                     f"{ticker.elapsed:.1f} s{memory_note()}")
     if progress:
-        progress(f"maps: {len(maps)} spaces estimated")
-    return maps, quality
+        progress(f"maps: {len(quality)} spaces estimated block by block")
+    return store, quality
+
+
+def _data_maps(stats: dict, by_key: dict[str, SpaceRequest], maps: dict[str, torch.Tensor],
+               quality: dict[str, SpaceQuality], *, options: MapOptions, keep_open: bool,
+               progress: Callable[[str], None] | None) -> None:
+    """Each space's map from its data alone, in place; ``keep_open``: keep the statistics a completion needs."""
+    ticker = Ticker(len(stats))
+    for k, key in enumerate(sorted(stats), 1):
+        maps[key], quality[key] = estimate_space_map(stats[key], by_key[key].source_key, options,
+                                                     structure=by_key[key].structure)
+        if progress and ticker.due(k):
+            progress(f"maps: space {k}/{ticker.total} ({key}), {ticker.elapsed:.1f} s")
+        if not (keep_open and quality[key].needs_completion):
+            del stats[key]  # the spaces left are completed below
+
+
+def _check_segments_apart(segments: list[BlockSegment], plans: list[ParamPlan]) -> None:
+    """Every parameter and ``follows`` link stays inside one segment, so each segment's maps are final.
+
+    A Llama-style decoder's are: each layer's input is a space of its own. An architecture where a weight
+    read one block's space and wrote the next one's could not be completed block by block.
+    """
+    segment_of = {r.key: segment.name for segment in segments for r in segment.requests}
+    for segment in segments:
+        for request in segment.requests:
+            if request.follows in segment_of and segment_of[request.follows] != segment.name:
+                raise InputError(f"--stream: space {request.key} follows {request.follows}, in another block; "
+                                 "prepare without --stream")
+    for plan in plans:
+        for target in plan.targets:
+            names = {segment_of[s] for s in (target.reads, *target.writes) if s in segment_of}
+            if len(names) > 1:
+                raise InputError(f"--stream: parameter {plan.source_name} links spaces of "
+                                 f"{' and '.join(sorted(names))}; their maps cannot be made block by block: "
+                                 "prepare without --stream")
 
 
 def _complete_from_probes(
