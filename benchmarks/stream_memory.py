@@ -36,14 +36,14 @@ COMMON = dict(num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=
               max_position_embeddings=4096, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
 
 
-def build(path: Path, widths: dict, seed: int) -> Path:
+def build(path: Path, widths: dict, seed: int, layers: int = 16) -> Path:
     """A random-init Llama in bfloat16 at ``path`` (skipped when it is there)."""
     import transformers
 
     if (path / "config.json").is_file():
         return path
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**COMMON, **widths)
+    config = transformers.LlamaConfig(**{**COMMON, "num_hidden_layers": layers}, **widths)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # built in bfloat16: no float32 copy of 1.3 B parameters
     try:
@@ -91,22 +91,18 @@ def _numel(shape) -> int:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/stream-1b"), help="where the pair is built (cached)")
-    parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--fill", default="pad", choices=("pad", "weights"))
-    parser.add_argument("--out", default="benchmarks/results/stream_memory.json")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+def run(work: Path, rows: int = 16, length: int = 128, fill: str = "pad", layers: int = 16) -> dict:
+    """Build (or reuse) the pair under ``work``, run the streamed prepare, print and return the figures."""
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    source, target = build(args.work / "source", SOURCE, 0), build(args.work / "target", TARGET, 1)
-    cal = calibration(args.work / f"calibration-{args.rows}x{args.length}.safetensors", args.rows, args.length)
+    suffix = "" if layers == 16 else f"-{layers}"
+    source = build(work / f"source{suffix}", SOURCE, 0, layers)
+    target = build(work / f"target{suffix}", TARGET, 1, layers)
+    cal = calibration(work / f"calibration-{rows}x{length}.safetensors", rows, length)
     print(f"pair ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    terms = bound(source, target, args.rows * args.length)
+    terms = bound(source, target, rows * length)
     result = measure(["--source-base", str(source), "--target-base", str(target), "--calibration", str(cal),
-                      "--device", "cpu", "--fill", args.fill, "--stream"], interval=0.5)
+                      "--device", "cpu", "--fill", fill, "--stream"], interval=0.5)
     last = None
     for phase in result["phases"]:
         if phase["peak_gib"] != last:
@@ -116,9 +112,23 @@ def main() -> None:
     print(f"wall {result['wall_s']} s, peak {result['peak_gib']} GiB; bound {gib['bound']} GiB = larger model "
           f"{max(gib['source_model'], gib['target_model'])} + blocks {gib['source_block']} + {gib['target_block']} "
           f"+ hidden states {gib['hidden_states']}; maps {result['maps_bytes'] / 2**30:.2f} GiB on disk")
+    return {"date": time.strftime("%Y-%m-%d"), "fill": fill, "layers": layers, "tokens": rows * length,
+            "bound_gib": gib, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stream-1b"), help="where the pair is built (cached)")
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--fill", default="pad", choices=("pad", "weights"))
+    parser.add_argument("--layers", type=int, default=16, help="depth of both models (fewer: a quicker check)")
+    parser.add_argument("--out", default="benchmarks/results/stream_memory.json")
+    args = parser.parse_args()
+    result = run(args.work, args.rows, args.length, args.fill, args.layers)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "bound_gib": gib, **result}, indent=2))
+    out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Run from the repository root, e.g.
     .venv/bin/python benchmarks/transport_speed.py --pairs vit-cpu                 # CPU smoke
     python benchmarks/transport_speed.py --pairs vit-base,llama-1b --out $OUT/speed.json   # GPU
+    .venv/bin/python benchmarks/transport_speed.py --pairs "" --stream-1b /tmp/stream-1b   # streamed 1B pair
 
 Pairs are built from configs with random weights (nothing is downloaded, nothing is written but the
 results). Every step goes through the library's in-memory entry points, the ones ``prepare`` and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -330,12 +332,21 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/transport_speed.json")
     parser.add_argument("--curve", default="", metavar="N,N",
                         help="also time N distinct task vectors on one prepared pair, e.g. 1,4,16")
+    parser.add_argument("--stream-1b", metavar="DIR", type=Path,
+                        help="also measure prepare --stream on the 1B-class Llama pair built (once) under DIR, "
+                             "against the streaming bound (benchmarks/stream_memory.py); about 20 minutes on 2 cores")
     args = parser.parse_args()
     curve = tuple(int(n) for n in args.curve.split(",") if n.strip())
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     rows = [run_real_pair(name, device) if name in REAL_PAIRS else run_pair(name, device, curve)
-            for name in args.pairs.split(",")]
+            for name in args.pairs.split(",") if name]
+    streamed = None
+    if args.stream_1b is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from stream_memory import run as run_streamed
+
+        streamed = run_streamed(args.stream_1b)
     cols = ["pair", "forward_s", "statistics_s", "maps_s", "maps_svd_s", "prepare_over_forward",
             "maps_over_forward", "apply_full_over_forward", "apply_lora16_over_forward", "peak_gib",
             "identity_oracle_rel_err", "identity_oracle_rel_err_svd", "real_oracle_rel_err"]
@@ -352,7 +363,7 @@ def main() -> None:
     meta = {"torch": torch.__version__, "transformers": transformers.__version__, "machine": platform.machine(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d")}
-    out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    out.write_text(json.dumps({**meta, "rows": rows, "stream_1b": streamed}, indent=2))
 
 
 if __name__ == "__main__":

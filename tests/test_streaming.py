@@ -167,3 +167,22 @@ def test_smollm2_streamed_maps_equal_the_whole_forward_pass(tmp_path):
     differ = [k for k in keys if not torch.equal(out[False][k], out[True][k])]
     assert not differ, differ
     assert json.loads(safe_open(tmp_path / "streamed.align", framework="pt").metadata()["theseus.alignment"])
+
+
+def test_a_failed_streamed_prepare_leaves_no_scratch_file_and_no_alignment(tmp_path):
+    """A block whose weights are missing from the shards: one line, exit 2, nothing left beside --out."""
+    from safetensors.torch import save_file
+
+    a, b, calibration = _pair(tmp_path, tiny.llama_config(layers=3), rows=4)
+    shard = next(b.glob("*.safetensors"))
+    tensors = load_file(shard)
+    del tensors["model.layers.2.mlp.down_proj.weight"]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    out.mkdir()
+    done = _cli("prepare", "--source-base", a, "--target-base", b, "--calibration", calibration, "--device", "cpu",
+                "--stream", "--out", out / "a.align")
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "model.layers.2.mlp.down_proj.weight" in line, done.stderr
+    assert list(out.iterdir()) == []  # neither the scratch store nor a partial alignment

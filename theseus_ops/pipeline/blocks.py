@@ -80,7 +80,7 @@ class BlockModel:
 
         for name in names:
             if name not in self._tensors:
-                raise InputError(f"{self.info.path}: the weights have no {name}; prepare without --stream")
+                raise InputError(f"{self.info.path}: the weight files have no {name}, which its config.json builds")
             set_module_tensor_to_device(self.model, name, self.device, value=self._tensors[name])
 
     def _free(self, names: list[str]) -> None:

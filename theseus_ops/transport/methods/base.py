@@ -14,7 +14,7 @@ only when asked for).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -92,6 +92,20 @@ class BlockSegment(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class MapStore(Protocol):
+    """Maps kept outside memory, set once each; ``close`` discards them (a failed estimate leaves no scratch file)."""
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None: ...
+
+    def __getitem__(self, key: str) -> torch.Tensor: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class StreamedModels:
     """Both models as skeletons (their modules, for the hooks, with no block's weights loaded) and segments."""
@@ -125,7 +139,7 @@ class EstimateContext(Protocol):
         """Both models to be run one block at a time (``prepare --stream``): never wholly in memory."""
         ...
 
-    def map_store(self) -> MutableMapping[str, torch.Tensor]:
+    def map_store(self) -> MapStore:
         """Where a streamed estimate puts each final map: a scratch file, so that the maps need no memory."""
         ...
 

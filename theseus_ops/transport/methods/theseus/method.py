@@ -16,10 +16,15 @@ class Theseus(PreparedMaps):
 
         calibration = ctx.calibration()  # read and checked before the (slow) model loads
         if ctx.stream:  # one block of each model at a time, each map to a file once final (docs/memory.md)
-            maps, quality = estimate_maps_by_block(
-                ctx.streamed_models(), calibration.source, calibration.target, ctx.map_store(), layout=ctx.layout,
-                options=ctx.options, batch_size=ctx.batch_size, device=ctx.device, progress=ctx.progress,
-                weight_plans=ctx.weight_plans, base_state=ctx.base_state)
+            store = ctx.map_store()
+            try:
+                maps, quality = estimate_maps_by_block(
+                    ctx.streamed_models(), calibration.source, calibration.target, store, layout=ctx.layout,
+                    options=ctx.options, batch_size=ctx.batch_size, device=ctx.device, progress=ctx.progress,
+                    weight_plans=ctx.weight_plans, base_state=ctx.base_state)
+            except BaseException:
+                store.close()  # no scratch file outlives a failed prepare
+                raise
             return Estimate(maps, quality, self._calibration_info(ctx, calibration.info, quality))
         # The models are passed, not held here: estimate_maps releases them after its last forward pass.
         maps, quality = estimate_maps(
