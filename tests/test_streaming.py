@@ -46,12 +46,19 @@ def _both(tmp_path: Path, a: Path, b: Path, calibration: Path, **options) -> tup
     return Alignment.load(tmp_path / "stream-False.align"), Alignment.load(tmp_path / "stream-True.align")
 
 
-@pytest.mark.parametrize(("tie", "rows", "fill"), [(False, 3, "weights"), (True, 16, "weights"), (False, 3, "pad")])
-def test_a_streamed_prepare_gives_the_maps_of_a_whole_forward_pass(tmp_path, tie, rows, fill):
-    """Bit for bit: the same products in the same order, block by block (3 rows: the completion runs)."""
-    a, b, calibration = _pair(tmp_path, tiny.llama_config(layers=3, tie=tie), rows)
+@pytest.mark.parametrize(("family", "tie", "rows", "fill"), [
+    ("llama", False, 3, "weights"), ("llama", True, 16, "weights"), ("llama", False, 3, "pad"),
+    ("mistral", False, 3, "weights"),
+])
+def test_a_streamed_prepare_gives_the_maps_of_a_whole_forward_pass(tmp_path, family, tie, rows, fill):
+    """Bit for bit: the same products in the same order, block by block (3 rows: the completion runs).
+
+    Mistral (the llama architecture's sliding-window member) reads each block's attention type in its loop.
+    """
+    config = tiny.llama_config(layers=3, tie=tie) if family == "llama" else tiny.mistral_config()
+    a, b, calibration = _pair(tmp_path, config, rows)
     whole, streamed = _both(tmp_path, a, b, calibration, fill=fill)
-    assert whole.maps.keys() == streamed.maps.keys() and len(whole.maps) == 29
+    assert whole.maps.keys() == streamed.maps.keys() and len(whole.maps) == 9 * config.num_hidden_layers + 2
     differ = [k for k in whole.maps if not torch.equal(whole.maps[k], streamed.maps[k])]
     assert not differ, differ
     assert whole.quality == streamed.quality

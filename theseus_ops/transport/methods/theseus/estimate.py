@@ -143,8 +143,9 @@ def estimate_maps_by_block(
                                 {k: v[start:start + batch_size] for k, v in target_data.items()})
         maps: dict[str, torch.Tensor] = {}
         _data_maps(stats, by_key, maps, quality, options=options, keep_open=complete, progress=None)
-        if complete and stats:
-            _complete_from_weights(plans, base_state, stats, by_key, maps, quality, options=options, progress=None)
+        if complete and stats:  # a 1B-class block's completion takes minutes on a CPU: its own lines
+            _complete_from_weights(plans, base_state, stats, by_key, maps, quality, options=options,
+                                   progress=progress)
         _warn_underdetermined(maps, quality, options)
         for key in sorted(maps):
             store[key] = maps.pop(key)  # final: out of memory
