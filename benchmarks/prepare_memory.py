@@ -72,6 +72,15 @@ def measure(prepare_args: list[str], interval: float, keep: Path | None = None) 
             "maps_bytes": maps_bytes, "phases": phases}
 
 
+def print_phases(result: dict) -> None:
+    """Each phase whose peak differs from the one before it (so the table stays short), with its opening line."""
+    last = None
+    for phase in result["phases"]:
+        if phase["peak_gib"] != last:
+            print(f"{phase['t']:8.1f} s  {phase['peak_gib']:6.2f} GiB  {phase['line']}")
+            last = phase["peak_gib"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
@@ -81,11 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     prepare_args = args.prepare_args[1:] if args.prepare_args[:1] == ["--"] else args.prepare_args
     result = measure(prepare_args, args.interval, args.keep)
-    last = None
-    for phase in result["phases"]:  # a phase whose peak differs from the one before it, so the table stays short
-        if phase["peak_gib"] != last:
-            print(f"{phase['t']:8.1f} s  {phase['peak_gib']:6.2f} GiB  {phase['line']}")
-            last = phase["peak_gib"]
+    print_phases(result)
     print(f"wall {result['wall_s']} s, peak {result['peak_gib']} GiB, maps {result['maps_bytes'] / 1e9:.2f} GB (4·M)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_memory import measure
+from prepare_memory import measure, print_phases
 
 SOURCE = dict(hidden_size=2048, intermediate_size=5632, head_dim=128)
 TARGET = dict(hidden_size=2560, intermediate_size=6912, head_dim=160)
@@ -77,18 +78,11 @@ def bound(source: Path, target: Path, tokens: int) -> dict:
         info = inspect_model_dir(path)
         block = [n for n in info.shapes if n.startswith("model.layers.0.")]
         terms[f"{name}_model"] = _bytes(path)
-        terms[f"{name}_block"] = sum(_numel(info.shapes[n]) * 2 for n in block)  # bfloat16
+        terms[f"{name}_block"] = sum(math.prod(info.shapes[n]) * 2 for n in block)  # bfloat16
     terms["hidden_states"] = tokens * (SOURCE["hidden_size"] + TARGET["hidden_size"]) * 2
     terms["bound"] = max(terms["source_model"], terms["target_model"]) + terms["source_block"] + \
         terms["target_block"] + terms["hidden_states"]
     return terms
-
-
-def _numel(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 def run(work: Path, rows: int = 16, length: int = 128, fill: str = "pad", layers: int = 16) -> dict:
@@ -103,11 +97,7 @@ def run(work: Path, rows: int = 16, length: int = 128, fill: str = "pad", layers
     terms = bound(source, target, rows * length)
     result = measure(["--source-base", str(source), "--target-base", str(target), "--calibration", str(cal),
                       "--device", "cpu", "--fill", fill, "--stream"], interval=0.5)
-    last = None
-    for phase in result["phases"]:
-        if phase["peak_gib"] != last:
-            print(f"{phase['t']:8.1f} s  {phase['peak_gib']:6.2f} GiB  {phase['line']}")
-            last = phase["peak_gib"]
+    print_phases(result)
     gib = {k: round(v / 2**30, 3) for k, v in terms.items()}
     print(f"wall {result['wall_s']} s, peak {result['peak_gib']} GiB; bound {gib['bound']} GiB = larger model "
           f"{max(gib['source_model'], gib['target_model'])} + blocks {gib['source_block']} + {gib['target_block']} "

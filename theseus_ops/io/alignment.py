@@ -36,11 +36,10 @@ class Alignment:
         meta = {META_KEY: json.dumps({"version": ALIGNMENT_VERSION, "provenance": self.provenance,
                                       "quality": self.quality}, sort_keys=True)}
         if isinstance(self.maps, SpilledMaps):  # a streamed prepare's: written one map at a time from its file
-            names = {k: f"map.{k}" for k in self.maps}
-            spilled, key_of = self.maps, {name: k for k, name in names.items()}
-            save_tensors_one_by_one(lambda name: spilled[key_of[name]], {names[k]: spilled.shape(k) for k in names},
-                                    path, meta)
-            self.maps = StoredMaps(path, names)
+            spilled = self.maps
+            save_tensors_one_by_one(lambda name: spilled[name.removeprefix("map.")],
+                                    {f"map.{k}": spilled.shape(k) for k in spilled}, path, meta)
+            self.maps = StoredMaps(path, {k: f"map.{k}" for k in spilled})
             spilled.close()
             return
         tensors = {f"map.{k}": v.contiguous().float().cpu() for k, v in self.maps.items()}

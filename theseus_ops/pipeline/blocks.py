@@ -20,6 +20,7 @@ checks that their maps equal those of a whole forward pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -32,6 +33,8 @@ from theseus_ops.transport.statistics import ResolvedSite, SpaceRequest, model_i
 
 # Architectures whose blocks take everything they need as arguments (checked by tests/test_streaming.py).
 STREAMED_ARCHITECTURES = ("llama",)
+# The segments around the blocks: what runs before the first block, and after the last one.
+BEFORE, AFTER = "before", "after"
 
 
 class _Catcher(torch.nn.Module):
@@ -178,19 +181,16 @@ def _stored_dtype(info: ModelInfo) -> torch.dtype:
     counts: dict[str, int] = {}
     for name, code in info.dtypes.items():
         if code in names:
-            count = 1
-            for n in info.shapes[name]:
-                count *= n
-            counts[code] = counts.get(code, 0) + count
+            counts[code] = counts.get(code, 0) + math.prod(info.shapes[name])
     return names[max(counts, key=counts.get)] if counts else torch.float32
 
 
 class _Segment:
-    """A stretch of both models (``BlockSegment``): before the blocks, one block, or after them."""
+    """A stretch of both models (``BlockSegment``): ``block`` i, or (None) what runs before or after the blocks."""
 
     def __init__(self, name: str, requests: list[SpaceRequest], pair: tuple[BlockModel, BlockModel],
-                 block: int | None, where: str) -> None:
-        self.name, self.requests, self._pair, self._block, self._where = name, requests, pair, block, where
+                 block: int | None) -> None:
+        self.name, self.requests, self._pair, self._block = name, requests, pair, block
 
     def __enter__(self) -> Callable[[int, dict, dict], None]:
         for model in self._pair:
@@ -209,12 +209,12 @@ class _Segment:
 
     def _forward(self, start: int, batch_a: dict, batch_b: dict) -> None:
         for model, batch in zip(self._pair, (batch_a, batch_b), strict=True):
-            if self._where == "before":
-                model.begin(start, batch)
-            elif self._where == "after":
-                model.finish(start, batch)
-            else:
+            if self._block is not None:
                 model.run_block(self._block, start)
+            elif self.name == BEFORE:
+                model.begin(start, batch)
+            else:
+                model.finish(start, batch)
 
 
 def streamed_pair(source: ModelInfo, target: ModelInfo, containers: tuple[str, str],
@@ -229,10 +229,11 @@ def streamed_pair(source: ModelInfo, target: ModelInfo, containers: tuple[str, s
                          f"({len(pair[0].blocks)}); prepare without --stream")
     by_segment: dict[str, list[SpaceRequest]] = {}
     skipped = []
-    modules = [list(dict(model.model.named_modules())) for model in pair]
+    # each model's module names by registration order, which is the order a forward runs them
+    positions = [{name: i for i, (name, _) in enumerate(model.model.named_modules())} for model in pair]
     for request in requests:
-        places = [_place(model.container, names, site)
-                  for model, names, site in zip(pair, modules, (request.source, request.target), strict=True)]
+        places = [_place(model.container, where, site)
+                  for model, where, site in zip(pair, positions, (request.source, request.target), strict=True)]
         if None in places:
             skipped.append(request.key)
             continue
@@ -241,22 +242,21 @@ def streamed_pair(source: ModelInfo, target: ModelInfo, containers: tuple[str, s
                              "target; block by block needs each block paired with the same one: prepare without "
                              "--stream")
         by_segment.setdefault(places[0], []).append(request)
-    order = ["before", *(f"block {i}" for i in range(len(pair[0].blocks))), "after"]
-    segments = [_Segment(name, by_segment.get(name, []), pair, None if name in ("before", "after")
-                         else int(name.split()[1]), name if name in ("before", "after") else "block")
-                for name in order]
+    blocks = [(f"block {i}", i) for i in range(len(pair[0].blocks))]
+    segments = [_Segment(name, by_segment.get(name, []), pair, block)
+                for name, block in [(BEFORE, None), *blocks, (AFTER, None)]]
     return StreamedModels(pair[0].model, pair[1].model, segments), skipped
 
 
-def _place(container: str, modules: list[str], site: ResolvedSite) -> str | None:
+def _place(container: str, positions: dict[str, int], site: ResolvedSite) -> str | None:
     """Which segment a site's module runs in: ``before``, ``block i`` or ``after``; None if the model lacks it.
 
-    ``modules``: the model's module names in registration order, which is the order a forward runs them.
+    ``positions``: the model's module names, each with its place in the order a forward runs them.
     """
-    name = site.module_in(set(modules))
+    name = site.module_in(positions)
     if name is None:
         return None
     if _inside(name, container):
         index = name[len(container) + 1:].split(".")[0]
         return f"block {int(index)}" if index.isdigit() else None
-    return "before" if modules.index(name) < modules.index(container) else "after"
+    return BEFORE if positions[name] < positions[container] else AFTER

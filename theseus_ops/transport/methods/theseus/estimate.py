@@ -257,8 +257,7 @@ def _complete_from_weights(
     """
     keys = sorted(k for k in data_stats if by_key[k].structure is None)
     # Only the parameters of the spaces to complete (and their neighbours' maps) enter the priors.
-    wanted = set(keys)
-    plans = [p for p in plans if any(s in wanted for t in p.targets for s in (t.reads, *t.writes) if s)]
+    plans = _touching(plans, set(keys))
     source_weights, target_weights = base_state({p.source_name for p in plans},
                                                 {t.name for p in plans for t in p.targets})
     weights = (FilteredWeights(source_weights), FilteredWeights(target_weights))
@@ -276,11 +275,9 @@ def _complete_from_weights(
     ticker = Ticker(len(groups))
     done = 0
     for g, group in enumerate(groups, 1):
-        members = set(group)
-        group_plans = [p for p in plans if any(s in members for t in p.targets for s in (t.reads, *t.writes) if s)]
         # a group as large as a real model's whole completion gets its rounds' own lines
-        rounds = _complete_group(group, group_plans, weights, follows, neighbours, data_stats, by_key, maps,
-                                 quality, options=options,
+        rounds = _complete_group(group, _touching(plans, set(group)), weights, follows, neighbours, data_stats,
+                                 by_key, maps, quality, options=options,
                                  progress=progress if len(group) >= _ROUND_LINES_FROM else None)
         for r, (visited, changed) in enumerate(rounds):
             if r == len(re_estimated):
@@ -378,6 +375,11 @@ def _independent_groups(keys: list[str], neighbours: dict[str, set[str]],
         seen |= group
         groups.append(sorted(group))
     return sorted(groups, key=lambda group: group[0])
+
+
+def _touching(plans: list[ParamPlan], spaces: set[str]) -> list[ParamPlan]:
+    """The plans some of whose parameters read or write one of ``spaces``, in their order."""
+    return [p for p in plans if any(s in spaces for t in p.targets for s in (t.reads, *t.writes) if s)]
 
 
 def _neighbours(plans: list[ParamPlan]) -> dict[str, set[str]]:
